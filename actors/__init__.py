@@ -1,0 +1,1 @@
+"""Ray Data callables and Ray actors that keep models loaded (miners, embedders, predictors)."""

@@ -1,0 +1,1 @@
+"""Raw data -> the two tables every later stage reads: `items` and `interactions`."""

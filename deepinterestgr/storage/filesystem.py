@@ -1,0 +1,47 @@
+"""Resolving a run URI to a pyarrow filesystem (local or S3) the way boto3 reads its settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pyarrow import fs as pafs
+
+from deepinterestgr.config import StorageConfig
+from deepinterestgr.errors import StorageError
+
+
+def resolve(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str]:
+    """Return (filesystem, root path inside it, display URI) for a local path or `s3://bucket/prefix`."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"storage.uri {uri!r} names no bucket")
+        endpoint = cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = cfg.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        kwargs: dict = {
+            "region": region,
+            "connect_timeout": cfg.s3_connect_timeout_s,
+            "request_timeout": cfg.s3_request_timeout_s,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=cfg.s3_max_attempts),
+        }
+        if endpoint:
+            url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs["endpoint_override"] = url.netloc
+            kwargs["scheme"] = url.scheme
+        filesystem = pafs.S3FileSystem(**kwargs)
+        root = f"{parsed.netloc}{parsed.path}".rstrip("/")
+        try:
+            info = filesystem.get_file_info(parsed.netloc)
+        except OSError as exc:
+            raise StorageError(f"cannot reach S3 for {uri} (endpoint {endpoint or 'AWS default'}): {exc}") from None
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"bucket {parsed.netloc!r} of storage.uri {uri} does not exist (endpoint {endpoint})")
+        return filesystem, root, f"s3://{root}"
+    if parsed.scheme not in ("", "file"):
+        raise StorageError(f"storage.uri {uri!r}: only local paths and s3:// URIs are supported")
+    root = str(Path(parsed.path if parsed.scheme == "file" else uri).expanduser().resolve())
+    filesystem = pafs.LocalFileSystem()
+    filesystem.create_dir(root, recursive=True)
+    return filesystem, root, root

@@ -1,0 +1,26 @@
+"""Content fingerprints: a stage reruns only when its inputs' bytes (or its config) change."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from deepinterestgr.errors import DataError
+
+
+def fingerprint_paths(*paths: str | Path | None) -> str:
+    """sha256 over the names and bytes of the given files (folders: every file inside, sorted)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: does not exist")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.name).encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]

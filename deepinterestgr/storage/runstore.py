@@ -1,0 +1,188 @@
+"""A run's storage: committed stage outputs, one manifest entry per stage, atomic writes.
+
+Layout under the run root:
+    config.yaml                    the resolved config of the latest invocation
+    manifest/<stage>.json          the committed entry of each stage (written last, atomically)
+    <stage>/<attempt>/<table>/     Parquet files of one attempt
+
+A stage writes into a fresh attempt folder and commits by writing its manifest entry; readers only
+follow the manifest. A crash therefore leaves the previous commit intact, and the orphaned attempt
+is deleted the next time the stage starts. This works the same on S3, where renames are not atomic
+but a single object PUT is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from deepinterestgr.config import RunConfig
+from deepinterestgr.errors import StorageError
+from deepinterestgr.storage.filesystem import resolve
+
+VERSIONED_PACKAGES = ("deepinterestgr", "ray", "torch", "transformers", "pyarrow")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+@dataclass
+class ManifestEntry:
+    """What a committed stage produced, from which inputs and config."""
+
+    stage: str
+    config_hash: str
+    inputs: dict[str, str]
+    attempt: str
+    rows: dict[str, int] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=package_versions)
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this commit, for the manifest entries of downstream stages."""
+        return f"{self.stage}:{self.attempt}"
+
+
+class StageAttempt:
+    """One attempt at a stage: a private folder that becomes visible only on commit."""
+
+    def __init__(self, store: RunStore, stage: str, config_hash: str, inputs: dict[str, str]):
+        self.store, self.stage, self.config_hash, self.inputs = store, stage, config_hash, inputs
+        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.dir = f"{store.root}/{stage}/{self.attempt}"
+        self.entry: ManifestEntry | None = None
+
+    def path(self, name: str) -> str:
+        """Path (inside the store's filesystem) of a named output of this attempt."""
+        return f"{self.dir}/{name}"
+
+    def uri(self, name: str) -> str:
+        return self.store.uri_of(self.path(name))
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Write one Arrow table as `<name>/part-0.parquet`."""
+        self.store.fs.create_dir(self.path(name), recursive=True)
+        pq.write_table(table, f"{self.path(name)}/part-0.parquet", filesystem=self.store.fs)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.store.fs.create_dir(self.path(name).rsplit("/", 1)[0], recursive=True)
+        with self.store.fs.open_output_stream(self.path(name)) as handle:
+            handle.write(data)
+
+    def commit(self, rows: dict[str, int], report: dict) -> ManifestEntry:
+        """Make this attempt the stage's output by writing its manifest entry."""
+        entry = ManifestEntry(self.stage, self.config_hash, self.inputs, self.attempt, rows, report)
+        self.store.write_atomic(f"manifest/{self.stage}.json", json.dumps(asdict(entry), indent=2).encode())
+        self.entry = entry
+        return entry
+
+
+class RunStore:
+    """Access to one run's storage; the filesystem is picklable, so Ray tasks can use it too."""
+
+    def __init__(self, cfg: RunConfig):
+        self.filesystem_spec = cfg.storage
+        self.fs, self.root, self.uri = resolve(cfg.storage.uri, cfg.storage)
+
+    def uri_of(self, path: str) -> str:
+        """A URI for a path inside the store, as other tools (and image loaders) open it."""
+        return f"s3://{path}" if isinstance(self.fs, pafs.S3FileSystem) else path
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def write_atomic(self, relative: str, data: bytes) -> None:
+        """Write a small file so readers see the old bytes or the new ones, never a torn write."""
+        target = f"{self.root}/{relative}"
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        if isinstance(self.fs, pafs.S3FileSystem):
+            with self.fs.open_output_stream(target) as handle:
+                handle.write(data)
+            return
+        temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(temporary) as handle:
+            handle.write(data)
+        self.fs.move(temporary, target)
+
+    def read_text(self, relative: str) -> str | None:
+        path = f"{self.root}/{relative}"
+        if not self._exists(path):
+            return None
+        with self.fs.open_input_stream(path) as handle:
+            return handle.read().decode()
+
+    def save_config(self, cfg: RunConfig) -> None:
+        self.write_atomic("config.yaml", cfg.to_yaml().encode())
+
+    def entry(self, stage: str) -> ManifestEntry | None:
+        """The committed manifest entry of a stage, or None."""
+        text = self.read_text(f"manifest/{stage}.json")
+        if text is None:
+            return None
+        try:
+            return ManifestEntry(**json.loads(text))
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise StorageError(f"{self.uri}/manifest/{stage}.json is corrupt: {exc}") from None
+
+    def manifest(self) -> dict[str, ManifestEntry]:
+        """Every committed stage of the run."""
+        selector = pafs.FileSelector(f"{self.root}/manifest", allow_not_found=True)
+        names = [info.base_name[: -len(".json")] for info in self.fs.get_file_info(selector) if info.base_name.endswith(".json")]
+        return {name: entry for name in sorted(names) if (entry := self.entry(name)) is not None}
+
+    def is_fresh(self, stage: str, config_hash: str, inputs: dict[str, str]) -> bool:
+        """True when the stage committed with this config and these inputs: skip it."""
+        entry = self.entry(stage)
+        return entry is not None and entry.config_hash == config_hash and entry.inputs == inputs
+
+    def require(self, stage: str) -> ManifestEntry:
+        entry = self.entry(stage)
+        if entry is None:
+            raise StorageError(f"run {self.uri} has no committed '{stage}' stage: run `dig {stage}` first")
+        return entry
+
+    def table_path(self, stage: str, name: str) -> str:
+        """Folder of a committed table (for ray.data.read_parquet with this store's filesystem)."""
+        return f"{self.root}/{stage}/{self.require(stage).attempt}/{name}"
+
+    def read_table(self, stage: str, name: str) -> pa.Table:
+        return pq.read_table(self.table_path(stage, name), filesystem=self.fs)
+
+    def _remove_uncommitted(self, stage: str) -> None:
+        entry = self.entry(stage)
+        selector = pafs.FileSelector(f"{self.root}/{stage}", allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.Directory and (entry is None or info.base_name != entry.attempt):
+                self.fs.delete_dir(info.path)
+
+    @contextmanager
+    def stage(self, stage: str, config_hash: str, inputs: dict[str, str]) -> Iterator[StageAttempt]:
+        """Run a stage's writes in a private attempt; it is deleted unless `commit` was called."""
+        self._remove_uncommitted(stage)
+        attempt = StageAttempt(self, stage, config_hash, inputs)
+        try:
+            yield attempt
+        finally:
+            if attempt.entry is None:
+                if self._exists(attempt.dir):
+                    self.fs.delete_dir(attempt.dir)
+            else:
+                self._remove_uncommitted(stage)
