@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+import pyarrow as pa
 import ray
 
 from deepinterestgr.config import ConfigError, RunConfig, load_config
@@ -49,3 +50,8 @@ def run_main(stage: str, argv: list[str] | None, body) -> int:
         return 2
     print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def to_table(dataset: ray.data.Dataset) -> pa.Table:
+    """Collect a (small) Ray Dataset on the driver as one Arrow table."""
+    return pa.concat_tables(ray.get(dataset.to_arrow_refs()))

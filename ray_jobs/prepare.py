@@ -16,7 +16,7 @@ from deepinterestgr.data.registry import load_raw
 from deepinterestgr.errors import DataError
 from deepinterestgr.storage.fingerprint import fingerprint_paths
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import run_main, start_ray
+from ray_jobs.common import run_main, start_ray, to_table
 
 STAGE = "prepare"
 
@@ -84,7 +84,7 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
         for name, table in raw.extras.items():
             attempt.write_table(name, table)
 
-        split_table = pa.concat_tables(ray.get(split.to_arrow_refs()))
+        split_table = to_table(split)
         sizes = split_counts(split_table)
         report = {
             "run": store.uri,

@@ -8,6 +8,8 @@ import re
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _STYLE = re.compile(r"<(style|script)\b.*?</\1>", re.DOTALL | re.IGNORECASE)
 _TAG = re.compile(r"<[^>]+>")
+# Stray CSS rules left behind by scraped product pages: `.caption { font-family: ... }`.
+_CSS_RULE = re.compile(r"[\w.#:>-]*\s*\{[^{}]*:[^{}]*\}")
 _SPACE = re.compile(r"\s+")
 
 
@@ -20,4 +22,5 @@ def clean_text(value: object) -> str:
     text = str(value)
     text = _STYLE.sub(" ", _COMMENT.sub(" ", text))
     text = html.unescape(_TAG.sub(" ", text))
+    text = _CSS_RULE.sub(" ", text)
     return _SPACE.sub(" ", text).strip()

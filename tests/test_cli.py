@@ -1,0 +1,42 @@
+"""The `dig` console script as a user runs it, in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DIG = str(Path(sys.executable).with_name("dig"))
+
+
+def _dig(*args, cwd=None):
+    return subprocess.run([DIG, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_unbuilt_stage_says_so_and_fails():
+    result = _dig("pipeline")
+    assert result.returncode != 0
+    assert "not built yet" in result.stderr
+
+
+def test_bad_override_names_the_key():
+    result = _dig("prepare", "--set", "data.kcore=lots")
+    assert result.returncode == 2
+    assert "data.kcore" in result.stderr
+
+
+def test_unknown_stage_lists_the_stages():
+    result = _dig("train")
+    assert result.returncode == 2 and "prepare" in result.stderr
+
+
+def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "ray_jobs.prepare", "--run", str(run), "--set", "data.synthetic.num_items=30",
+         "--set", "data.synthetic.num_users=20", "--set", "ray.num_cpus=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["before_filter"]["items"] == 30 and report["evaluated_users"] == 20
+    assert "num_items: 30" in (run / "config.yaml").read_text()

@@ -1,0 +1,59 @@
+import pytest
+
+from deepinterestgr.config import ConfigError, RunConfig, load_config
+
+
+def test_defaults_are_the_embedded_synthetic_run():
+    cfg = load_config()
+    assert cfg.data.loader == "synthetic"
+    assert cfg.storage.uri == "runs/default"
+
+
+def test_yaml_file_and_overrides_are_typed(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 3\ndata:\n  loader: recbole\n  path: /x\n")
+    cfg = load_config(path, ["data.kcore=5", "data.drop_bad_rows=true", "storage.uri=s3://b/p"])
+    assert (cfg.seed, cfg.data.loader, cfg.data.kcore, cfg.data.drop_bad_rows) == (3, "recbole", 5, True)
+    assert cfg.storage.uri == "s3://b/p"
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("data.kcor=5", "data.kcor: unknown key"),
+        ("data.kcore=five", "data.kcore"),
+        ("data.loader=csv", "data.loader"),
+        ("data.synthetic.min_sequence=30", "min_sequence (30) exceeds max_sequence"),
+        ("nosuchsection.x=1", "nosuchsection: unknown key"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["data.kcore"])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  loadr: jsonl\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*data.loadr: unknown key"):
+        load_config(path)
+
+
+def test_section_hash_follows_the_section_and_seed():
+    base = RunConfig()
+    assert base.section_hash("data") == RunConfig().section_hash("data")
+    assert base.section_hash("data") != load_config(None, ["data.kcore=2"]).section_hash("data")
+    assert base.section_hash("data") != load_config(None, ["seed=1"]).section_hash("data")
+    assert base.section_hash("data") == load_config(None, ["storage.uri=/elsewhere"]).section_hash("data")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(None, ["data.kcore=4", "seed=9"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg

@@ -1,0 +1,47 @@
+import io
+
+import pyarrow.compute as pc
+from PIL import Image
+
+from deepinterestgr.config import DataConfig, SyntheticConfig
+from deepinterestgr.data.registry import load_raw
+from deepinterestgr.data.synthetic import CATALOG
+
+
+def _small(**kw):
+    return DataConfig(loader="synthetic", synthetic=SyntheticConfig(num_items=60, num_users=80, **kw))
+
+
+def test_same_seed_same_data_and_images():
+    a, b = load_raw(_small(), seed=7), load_raw(_small(), seed=7)
+    assert a.items.equals(b.items) and a.interactions.equals(b.interactions)
+    assert a.images == b.images
+    assert a.extras["user_truth"].equals(b.extras["user_truth"])
+    c = load_raw(_small(), seed=8)
+    assert not c.interactions.equals(a.interactions)
+
+
+def test_images_encode_the_category_colour():
+    raw = load_raw(_small(), seed=1)
+    truth = {row["item_id"]: row for row in raw.extras["item_truth"].to_pylist()}
+    for item_id, png in list(raw.images.items())[:10]:
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        assert image.getpixel((image.width - 1, 0)) == CATALOG[truth[item_id]["category"]][2]
+
+
+def test_sequences_follow_user_interests_up_to_the_noise():
+    raw = load_raw(_small(noise=0.1), seed=2)
+    item_interests = {r["item_id"]: set(r["interests"]) for r in raw.extras["item_truth"].to_pylist()}
+    user_interests = {r["user_id"]: set(r["interests"]) for r in raw.extras["user_truth"].to_pylist()}
+    rows = raw.interactions.to_pylist()
+    matching = sum(bool(item_interests[r["item_id"]] & user_interests[r["user_id"]]) for r in rows)
+    assert matching / len(rows) > 0.85
+    lengths = raw.interactions.group_by("user_id").aggregate([("item_id", "count")]).column("item_id_count")
+    assert pc.min(lengths).as_py() >= 5 and pc.max(lengths).as_py() <= 20
+
+
+def test_titles_and_descriptions_carry_the_latent_interests():
+    raw = load_raw(_small(), seed=3)
+    truth = {r["item_id"]: r["interests"] for r in raw.extras["item_truth"].to_pylist()}
+    for item in raw.items.to_pylist():
+        assert all(interest in item["description"] for interest in truth[item["item_id"]])
