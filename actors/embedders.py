@@ -1,0 +1,82 @@
+"""Ray Data callables that keep an encoder loaded: one instance per actor in the pool."""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image
+
+from deepinterestgr.tokenizer.encoders import resolve_text_encoder
+from deepinterestgr.tokenizer.text import enriched_text
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+
+
+class TextEmbedder:
+    """Adds `text_embedding` (L2-normalised) computed from each item's enriched text."""
+
+    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [enriched_text(row) for row in _rows(batch)]
+        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        batch["text_embedding"] = vectors.astype(np.float32)
+        return batch
+
+
+class ImageEmbedder:
+    """Adds `image_embedding` (CLIP vision pooler output) and `image_ok` for each item's image_uri.
+
+    An image that cannot be read gets a zero vector and image_ok=False; the batch goes on.
+    """
+
+    def __init__(self, model: str, filesystem: pafs.FileSystem | None = None, timeout_s: float = 10.0, device: str = "cpu"):
+        import torch
+        from transformers import AutoImageProcessor, CLIPVisionModel
+
+        self.torch = torch
+        self.model = CLIPVisionModel.from_pretrained(model).to(device).eval()
+        self.processor = AutoImageProcessor.from_pretrained(model)
+        self.filesystem, self.timeout_s, self.device = filesystem, timeout_s, device
+        self.dim = self.model.config.hidden_size
+
+    def _read(self, uri: str) -> bytes:
+        if uri.startswith(("http://", "https://")):
+            with urllib.request.urlopen(uri, timeout=self.timeout_s) as response:
+                return response.read()
+        if uri.startswith("s3://"):
+            filesystem, path = self.filesystem, uri[len("s3://"):]
+            if filesystem is None:
+                filesystem, path = pafs.FileSystem.from_uri(uri)
+            with filesystem.open_input_stream(path) as handle:
+                return handle.read()
+        with open(uri, "rb") as handle:
+            return handle.read()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, ok = [], []
+        for uri in batch["image_uri"]:
+            try:
+                images.append(Image.open(io.BytesIO(self._read(str(uri)))).convert("RGB") if uri else None)
+            except Exception:  # noqa: BLE001 - any unreadable image becomes a per-row failure
+                images.append(None)
+            ok.append(images[-1] is not None)
+        vectors = np.zeros((len(images), self.dim), dtype=np.float32)
+        present = [i for i, image in enumerate(images) if image is not None]
+        if present:
+            inputs = self.processor(images=[images[i] for i in present], return_tensors="pt").to(self.device)
+            with self.torch.no_grad():
+                vectors[present] = self.model(**inputs).pooler_output.float().cpu().numpy()
+        batch["image_embedding"] = vectors
+        batch["image_ok"] = np.array(ok)
+        return batch

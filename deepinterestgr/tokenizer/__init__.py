@@ -1,0 +1,1 @@
+"""Interest-enhanced item discretization (IEID): embeddings -> Semantic IDs and their prefix trie."""

@@ -1,0 +1,28 @@
+"""Residual k-means (faiss): the second tokenizer, with no neural network in between."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from deepinterestgr.tokenizer.rqvae import kmeans
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid for each row (exact L2 search)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
+
+
+def residual_kmeans(x: np.ndarray, levels: int, codebook_size: int, iters: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Codes [N, levels] and the centroids of each level, each level fitted on the previous residual."""
+    residual = np.ascontiguousarray(x, dtype=np.float32)
+    codes, centroids = [], []
+    for level in range(levels):
+        c = kmeans(residual, codebook_size, iters, seed + level)
+        index = nearest(residual, c)
+        codes.append(index)
+        centroids.append(c)
+        residual = residual - c[index]
+    return np.stack(codes, axis=1).astype(np.int64), centroids

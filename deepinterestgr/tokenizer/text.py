@@ -1,0 +1,20 @@
+"""The enriched item text the text encoder reads (IEID): catalog text plus mined evidence."""
+
+from __future__ import annotations
+
+
+def enriched_text(item: dict) -> str:
+    """title, description, caption and positively labelled descriptors, one per line, in that order.
+
+    The caption and descriptors come from the mining and labelling stages when they ran; a
+    descriptor without a label yet counts as positive.
+    """
+    parts = [item.get("title") or "", item.get("description") or "", item.get("caption") or ""]
+    descriptors = [
+        d["descriptor"]
+        for d in (item.get("descriptors") or [])
+        if d.get("descriptor") and d.get("label", 1) == 1
+    ]
+    if descriptors:
+        parts.append("Interests: " + "; ".join(descriptors))
+    return "\n".join(part for part in parts if part)

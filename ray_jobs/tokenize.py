@@ -1,0 +1,197 @@
+"""`dig tokenize`: item embeddings (Ray Data actor pool) -> RQ-VAE (Ray Train) -> unique SIDs + trie."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+from ray.train import CheckpointConfig, ScalingConfig
+from ray.train import DataConfig as TrainDataConfig
+from ray.train import RunConfig as TrainRunConfig
+from ray.train.torch import TorchTrainer
+
+from actors.embedders import ImageEmbedder, TextEmbedder
+from actors.rqvae_trainer import CHECKPOINT_FILE, collect_embeddings, train_rqvae
+from deepinterestgr.config import RunConfig
+from deepinterestgr.errors import DataError
+from deepinterestgr.storage.runstore import ManifestEntry, RunStore
+from deepinterestgr.tokenizer.report import sid_report, utilisation_png
+from deepinterestgr.tokenizer.rkmeans import residual_kmeans
+from deepinterestgr.tokenizer.rqvae import RQVAE
+from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
+from ray_jobs.common import run_main, start_ray, to_table
+
+STAGE = "tokenize"
+UPSTREAM = ("prepare", "label")
+
+
+@dataclass
+class Tokenized:
+    entry: ManifestEntry
+    sids: pa.Table
+    trie: SIDTrie
+
+
+def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset) -> ray.data.Dataset:
+    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded."""
+    t = cfg.tokenize
+    pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
+    data = items.map_batches(
+        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size},
+        batch_size=t.embed_batch_size, compute=pool,
+    )
+    if t.image_encoder:
+        data = data.map_batches(
+            ImageEmbedder, fn_constructor_kwargs={"model": t.image_encoder, "filesystem": store.fs},
+            batch_size=t.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=t.embed_actors),
+        )
+    return data.materialize()
+
+
+def check_embeddings(table: pa.Table) -> None:
+    """Empty catalogs, duplicate ids and non-finite vectors stop the stage, naming items."""
+    if table.num_rows == 0:
+        raise DataError("tokenize: the catalog has no items")
+    ids = table.column("item_id")
+    if pc.count_distinct(ids).as_py() != table.num_rows:
+        counts = pc.value_counts(ids)
+        raise DataError(f"tokenize: duplicate item ids {[c['values'] for c in counts.to_pylist() if c['counts'] > 1][:5]}")
+    for column in ("text_embedding", "image_embedding"):
+        if column not in table.column_names:
+            continue
+        vectors = np.stack(table.column(column).to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            raise DataError(f"tokenize: {column} is NaN or infinite for items {[ids[i].as_py() for i in bad[:5]]}")
+
+
+def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.data.Dataset) -> tuple[RQVAE, dict]:
+    """Fit the RQ-VAE with Ray Train; return the checkpoint with the lowest collision rate."""
+    r = cfg.tokenize.rqvae
+    columns = [c for c in ("item_id", "text_embedding", "image_embedding") if c in embeddings.columns()]
+    trainer = TorchTrainer(
+        train_rqvae,
+        train_loop_config={"rqvae": r.model_dump(), "seed": cfg.seed, "image_projection_dim": cfg.tokenize.image_projection_dim},
+        scaling_config=ScalingConfig(
+            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker}
+        ),
+        # Materialised so that iterating it needs no CPU tasks while the workers hold every core.
+        datasets={"train": embeddings.select_columns(columns).materialize()},
+        dataset_config=TrainDataConfig(datasets_to_split=[]),
+        run_config=TrainRunConfig(
+            name="rqvae",
+            storage_path=f"{attempt_dir}/ray_train",
+            storage_filesystem=store.fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="collision_rate", checkpoint_score_order="min"
+            ),
+        ),
+    )
+    result = trainer.fit()
+    checkpoint, metrics = min(result.best_checkpoints, key=lambda pair: (pair[1]["collision_rate"], -pair[1]["epoch"]))
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+    has_image = "image_embedding" in columns
+    text_dim = state["model"]["encoder.0.weight"].shape[1]
+    image_dim = state["model"]["w_v.weight"].shape[1] if has_image else None
+    model = RQVAE(text_dim, image_dim, r, cfg.tokenize.image_projection_dim)
+    model.load_state_dict(state["model"])
+    return model.eval(), {"best_epoch": metrics["epoch"], "history": result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []}
+
+
+def assign_codes(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.data.Dataset) -> tuple[list[str], np.ndarray, np.ndarray, list[int], dict, bytes | None]:
+    """(item ids, raw codes, last-level distances, level sizes, training info, model bytes) by method."""
+    t, r = cfg.tokenize, cfg.tokenize.rqvae
+    ids, text, image = collect_embeddings(embeddings)
+    if t.method == "external":
+        codes = load_external_sids(t.external_path, ids)
+        return ids, codes, None, [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])], {}, None
+    if len(ids) < r.codebook_size:
+        raise DataError(f"tokenize: {len(ids)} items are fewer than rqvae.codebook_size={r.codebook_size} codes")
+    sizes = [r.codebook_size] * r.levels
+    if t.method == "rkmeans":
+        codes, centroids = residual_kmeans(text.numpy(), r.levels, r.codebook_size, r.kmeans_iters, cfg.seed)
+        residual = text.numpy() - sum((c[codes[:, level]] for level, c in enumerate(centroids[:-1])), np.zeros_like(text.numpy()))
+        distances = torch.cdist(torch.from_numpy(residual), torch.from_numpy(centroids[-1])).numpy()
+        return ids, codes, distances, sizes, {}, None
+    model, info = train(cfg, store, attempt_dir, embeddings)
+    with torch.no_grad():
+        z = model.encode(text, image)
+        codes, inputs = model.quantizer.residuals(z)
+        distances = torch.cdist(inputs[-1], model.quantizer.codebooks[-1]).numpy()
+        info["reconstruction_mse"] = float(model(text, image)["recon"])
+    buffer = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "config": r.model_dump(), "text_dim": text.shape[1]}, buffer)
+    return ids, codes.numpy(), distances, sizes, info, buffer.getvalue()
+
+
+def _load(store: RunStore, entry: ManifestEntry) -> Tokenized:
+    trie_path = f"{store.table_path(STAGE, 'sids').rsplit('/', 1)[0]}/trie.npz"
+    with store.fs.open_input_stream(trie_path) as handle:
+        trie = SIDTrie.from_bytes(handle.read())
+    return Tokenized(entry, store.read_table(STAGE, "sids"), trie)
+
+
+def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) -> Tokenized:
+    """Embed, tokenize, disambiguate and commit; skipped when inputs and config are unchanged."""
+    inputs = {stage: e.fingerprint for stage in UPSTREAM if (e := store.entry(stage)) is not None}
+    if "prepare" not in inputs:
+        store.require("prepare")
+    config_hash = cfg.section_hash("tokenize")
+    if store.is_fresh(STAGE, config_hash, inputs):
+        print(f"tokenize: up to date in {store.uri}; skipped", file=sys.stderr)
+        return _load(store, store.require(STAGE))
+    if items is None:
+        source = "label" if "label" in inputs else "prepare"
+        items = ray.data.read_parquet(store.table_path(source, "items"), filesystem=store.fs)
+
+    with store.stage(STAGE, config_hash, inputs) as attempt:
+        embeddings = embed(cfg, store, items)
+        table = to_table(embeddings)
+        check_embeddings(table)
+        ids, raw, distances, sizes, info, model_bytes = assign_codes(cfg, store, attempt.dir, embeddings)
+        if cfg.tokenize.disambiguation == "reassign" and distances is not None:
+            final = reassign_last_level(raw, distances)
+        else:
+            final = add_extra_level(raw) if len(np.unique(raw, axis=0)) < len(raw) else raw
+        trie = SIDTrie.build(final)
+        report = {"method": cfg.tokenize.method, "disambiguation": cfg.tokenize.disambiguation, **sid_report(raw, final, sizes)}
+        report.update({k: v for k, v in info.items() if k != "history"})
+        if "image_ok" in table.column_names:
+            report["images_unreadable"] = int(table.num_rows - pc.sum(table.column("image_ok")).as_py())
+
+        sids = pa.table({"item_id": ids, "sid": pa.array(final.tolist(), pa.list_(pa.int64()))})
+        attempt.write_table("sids", sids)
+        keep = [c for c in ("item_id", "text_embedding", "image_embedding") if c in table.column_names]
+        attempt.write_table("embeddings", table.select(keep).sort_by("item_id"))
+        attempt.write_bytes("trie.npz", trie.to_bytes())
+        if model_bytes:
+            attempt.write_bytes("rqvae.pt", model_bytes)
+        attempt.write_bytes("history.json", json.dumps(info.get("history", []), default=str).encode())
+        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
+        attempt.write_bytes("utilisation.png", utilisation_png(report, cfg.tokenize.method))
+        entry = attempt.commit({"sids": sids.num_rows}, report)
+    return Tokenized(entry, sids, trie)
+
+
+def _main(cfg: RunConfig) -> dict:
+    store = RunStore(cfg)
+    store.save_config(cfg)
+    start_ray(cfg)
+    return run(cfg, store).entry.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(STAGE, argv, _main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
