@@ -44,7 +44,9 @@ def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset) -> ray.data.
     """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded."""
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
-    data = items.map_batches(
+    # Materialise the input first: the encoder actors start eagerly and may hold every CPU of a
+    # small machine, which would leave none for the read tasks that feed them.
+    data = items.materialize().map_batches(
         TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size},
         batch_size=t.embed_batch_size, compute=pool,
     )
@@ -90,9 +92,8 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
             name="rqvae",
             storage_path=f"{attempt_dir}/ray_train",
             storage_filesystem=store.fs,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="collision_rate", checkpoint_score_order="min"
-            ),
+            # Every evaluation keeps its (small) checkpoint: the metrics history is read from them.
+            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="collision_rate", checkpoint_score_order="min"),
         ),
     )
     result = trainer.fit()
@@ -104,7 +105,8 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
     image_dim = state["model"]["w_v.weight"].shape[1] if has_image else None
     model = RQVAE(text_dim, image_dim, r, cfg.tokenize.image_projection_dim)
     model.load_state_dict(state["model"])
-    return model.eval(), {"best_epoch": metrics["epoch"], "history": result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []}
+    history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
+    return model.eval(), {"best_epoch": metrics["epoch"], "history": history}
 
 
 def assign_codes(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.data.Dataset) -> tuple[list[str], np.ndarray, np.ndarray, list[int], dict, bytes | None]:

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+
+from deepinterestgr.errors import DataError
+from deepinterestgr.tokenizer.sids import (
+    SIDTrie,
+    add_extra_level,
+    collision_rate,
+    level_stats,
+    load_external_sids,
+    reassign_last_level,
+)
+from deepinterestgr.tokenizer.text import enriched_text
+
+
+def test_collision_rate_and_level_stats_by_hand():
+    codes = np.array([[0, 1], [0, 1], [1, 0], [2, 1]])
+    assert collision_rate(codes) == pytest.approx(0.25)
+    stats = level_stats(codes, [4, 2])
+    assert stats[0]["utilisation"] == pytest.approx(0.75)  # codes 0, 1, 2 of 4
+    assert stats[1]["perplexity"] == pytest.approx(np.exp(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75))))
+
+
+def test_extra_level_numbers_colliding_items():
+    codes = np.array([[1, 2], [1, 2], [3, 4], [1, 2]])
+    out = add_extra_level(codes)
+    assert out[:, -1].tolist() == [0, 1, 0, 2]
+    assert collision_rate(out) == 0
+
+
+def test_reassign_moves_farther_items_to_nearest_free_code():
+    codes = np.array([[0, 1], [0, 1], [0, 2], [1, 1]])
+    distances = np.array([[5.0, 0.3, 0.1, 0.9], [1.0, 0.2, 0.4, 0.5], [9, 9, 0, 9], [9, 0, 9, 9]])
+    out = reassign_last_level(codes, distances)
+    # item 1 is nearer to code 1 and keeps it; item 0 moves to its nearest free code (0 has 5.0, 3 has 0.9)
+    assert out.tolist() == [[0, 3], [0, 1], [0, 2], [1, 1]]
+
+
+def test_reassign_refuses_a_prefix_larger_than_the_codebook():
+    with pytest.raises(DataError, match="share the prefix"):
+        reassign_last_level(np.zeros((3, 2), dtype=int), np.zeros((3, 2)))
+
+
+def test_trie_lookup_masks_and_round_trip():
+    codes = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0], [1, 3, 2]])
+    trie = SIDTrie.build(codes)
+    for row, code in enumerate(codes):
+        assert trie.lookup(code.tolist()) == row
+    assert trie.lookup([0, 0, 0]) == -1 and trie.lookup([5, 0, 0]) == -1
+    assert (trie.children[0][0] >= 0).tolist() == [True, True, True]
+    node = trie.children[0][0, 0]
+    assert (trie.children[1][node] >= 0).tolist() == [False, True, False, False]
+    again = SIDTrie.from_bytes(trie.to_bytes())
+    assert again.sizes == trie.sizes and all((a == b).all() for a, b in zip(again.children, trie.children))
+    with pytest.raises(ValueError, match="unique"):
+        SIDTrie.build(np.array([[0, 1], [0, 1]]))
+
+
+def test_external_map_tokens_integers_and_errors(tmp_path):
+    path = tmp_path / "sids.json"
+    path.write_text(json.dumps({"a": ["<a_1>", "<b_2>", "<c_3>"], "b": [4, 5, 6]}))
+    assert load_external_sids(path, ["b", "a"]).tolist() == [[4, 5, 6], [1, 2, 3]]
+    with pytest.raises(DataError, match=r"1 catalog item\(s\) have no SID, e.g. \['z'\]"):
+        load_external_sids(path, ["a", "z"])
+    path.write_text(json.dumps({"a": [1, 2, 3], "b": [1, 2, 3], "c": [1, 2]}))
+    with pytest.raises(DataError, match=r"ragged lengths.*\['c'\]"):
+        load_external_sids(path, ["a", "b", "c"])
+    path.write_text(json.dumps({"a": ["<b_1>"]}))
+    with pytest.raises(DataError, match="item 'a' level 0"):
+        load_external_sids(path, ["a"])
+
+
+def test_enriched_text_keeps_order_and_only_positive_descriptors():
+    text = enriched_text({
+        "title": "Tent", "description": "Two-person", "caption": "a green tent",
+        "descriptors": [{"descriptor": "ultralight hiking", "label": 1}, {"descriptor": "nice", "label": 0},
+                        {"descriptor": "family camping"}],
+    })
+    assert text == "Tent\nTwo-person\na green tent\nInterests: ultralight hiking; family camping"
