@@ -23,14 +23,19 @@ from deepinterestgr.tokenizer.sids import collision_rate, level_stats
 CHECKPOINT_FILE = "rqvae.pt"
 
 
+def _matrix(column: np.ndarray) -> np.ndarray:
+    """A [rows, dim] float32 array from a tensor column or from a column of per-row arrays."""
+    return np.asarray(column if column.dtype != object else np.stack(column), dtype=np.float32)
+
+
 def collect_embeddings(shard) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
     """(item ids, text embeddings, image embeddings or None) sorted by item_id."""
     ids, text, image = [], [], []
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
         ids.extend(batch["item_id"].tolist())
-        text.append(batch["text_embedding"])
+        text.append(_matrix(batch["text_embedding"]))
         if "image_embedding" in batch:
-            image.append(batch["image_embedding"])
+            image.append(_matrix(batch["image_embedding"]))
     order = np.argsort(np.array(ids), kind="stable")
     text_t = torch.from_numpy(np.concatenate(text)[order]).float()
     image_t = torch.from_numpy(np.concatenate(image)[order]).float() if image else None
