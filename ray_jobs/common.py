@@ -12,6 +12,7 @@ import ray
 
 from deepinterestgr.config import ConfigError, RunConfig, load_config
 from deepinterestgr.errors import DataError, StorageError
+from deepinterestgr.storage.runstore import RunStore
 
 USER_ERRORS = (ConfigError, DataError, StorageError)
 
@@ -40,11 +41,17 @@ def start_ray(cfg: RunConfig) -> None:
     )
 
 
-def run_main(stage: str, argv: list[str] | None, body) -> int:
-    """Parse the config, call `body(cfg)`, print its report as JSON; user errors exit 2 with one line."""
+def stage_main(stage: str, run, argv: list[str] | None) -> int:
+    """Parse the config, open the run, join Ray, call `run(cfg, store)` and print its report as JSON.
+
+    User errors (config, data, storage) exit 2 with one line naming the problem.
+    """
     try:
         cfg = parse_config(stage, argv)
-        report = body(cfg)
+        store = RunStore(cfg)
+        store.save_config(cfg)
+        start_ray(cfg)
+        report = run(cfg, store).entry.report
     except USER_ERRORS as exc:
         print(f"dig {stage}: error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from deepinterestgr.data.registry import load_raw
 from deepinterestgr.errors import DataError
 from deepinterestgr.storage.fingerprint import fingerprint_paths
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import run_main, start_ray, to_table
+from ray_jobs.common import stage_main, to_table
 
 STAGE = "prepare"
 
@@ -103,15 +103,8 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
     return _load(store, entry)
 
 
-def _main(cfg: RunConfig) -> dict:
-    store = RunStore(cfg)
-    store.save_config(cfg)
-    start_ray(cfg)
-    return run(cfg, store).entry.report
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_main(STAGE, argv, _main)
+    return stage_main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

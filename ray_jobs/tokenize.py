@@ -27,7 +27,7 @@ from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
-from ray_jobs.common import run_main, start_ray, to_table
+from ray_jobs.common import stage_main, to_table
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "label")
@@ -184,15 +184,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     return Tokenized(entry, sids, trie)
 
 
-def _main(cfg: RunConfig) -> dict:
-    store = RunStore(cfg)
-    store.save_config(cfg)
-    start_ray(cfg)
-    return run(cfg, store).entry.report
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_main(STAGE, argv, _main)
+    return stage_main(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The generative recommender: SID vocabulary, model factory, constrained beam search."""

@@ -1,0 +1,109 @@
+"""Constrained beam search over the SID trie, batched over users, with the model's KV cache.
+
+The trie's dense per-level tables turn "which codes may follow these prefixes" into one gather for
+all beams of all users; invalid SIDs cannot be generated. Scores are sums of full-vocabulary
+log-probabilities, so with a beam at least as wide as the catalog the result equals scoring every
+item exhaustively (`exhaustive_scores`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deepinterestgr.recommender.vocab import SIDVocab
+from deepinterestgr.tokenizer.sids import SIDTrie
+
+
+@dataclass
+class BeamResult:
+    """Per user, best first: item rows (-1 where fewer valid items exist) and their log-probabilities."""
+
+    items: np.ndarray  # [B, K]
+    scores: np.ndarray  # [B, K]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded token ids and attention mask, so every prompt ends at the last position."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(dim=1) - 1).clamp_min(0)
+
+
+@torch.no_grad()
+def beam_search(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    trie: SIDTrie,
+    vocab: SIDVocab,
+    beam_width: int,
+    top_k: int,
+    pad_id: int = 0,
+) -> BeamResult:
+    """Top-`top_k` distinct items per prompt by constrained beam search of width `beam_width`."""
+    if top_k > beam_width:
+        raise ValueError(f"top_k ({top_k}) cannot exceed beam_width ({beam_width})")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (the recommender adds BOS)")
+    device = next(model.parameters()).device
+    batch = len(prompts)
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
+    cache = out.past_key_values
+    logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
+    starts = vocab.starts
+
+    nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)  # one beam per user: the root
+    scores = torch.zeros((batch, 1), device=device)
+    rows = torch.arange(batch, device=device).unsqueeze(1)
+    for level, size in enumerate(vocab.sizes):
+        children = torch.from_numpy(trie.children[level]).to(device)[nodes]  # [B, beams, size]
+        beams = nodes.shape[1]
+        level_lp = logprobs[:, starts[level]: starts[level] + size].view(batch, beams, size)
+        total = torch.where(children >= 0, scores.unsqueeze(-1) + level_lp, torch.full_like(level_lp, float("-inf")))
+        scores, flat = total.view(batch, -1).topk(min(beam_width, beams * size), dim=1)
+        parent, code = flat // size, flat % size
+        nodes = children.view(batch, -1).gather(1, flat)
+        if level == vocab.levels - 1:
+            break
+        # Cache row b*beams+p holds user b's beam p; the new beams pick (and duplicate) their parents' rows.
+        beam_index = (rows * beams + parent).view(-1)
+        cache.reorder_cache(beam_index)
+        mask = torch.cat([mask[beam_index], torch.ones((len(beam_index), 1), dtype=mask.dtype, device=device)], dim=1)
+        tokens = (code + int(starts[level])).view(-1, 1)
+        out = model(input_ids=tokens, attention_mask=mask, position_ids=_positions(mask)[:, -1:],
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    items = torch.where(torch.isfinite(scores), nodes, torch.full_like(nodes, -1))
+    return BeamResult(items[:, :top_k].cpu().numpy(), scores[:, :top_k].cpu().numpy())
+
+
+@torch.no_grad()
+def exhaustive_scores(
+    model: torch.nn.Module, prompt: list[int], codes: np.ndarray, vocab: SIDVocab, batch_size: int = 256
+) -> np.ndarray:
+    """Log-probability of every item's SID after `prompt`, by teacher forcing: the reference ranking."""
+    device = next(model.parameters()).device
+    tokens = torch.from_numpy(vocab.encode(codes)).to(device)
+    prefix = torch.tensor(prompt, device=device)
+    out = np.zeros(len(codes))
+    for start in range(0, len(codes), batch_size):
+        chunk = tokens[start: start + batch_size]
+        ids = torch.cat([prefix.expand(len(chunk), -1), chunk], dim=1)
+        logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+        steps = logprobs[:, len(prompt) - 1: -1].gather(2, chunk.unsqueeze(-1)).squeeze(-1)
+        out[start: start + len(chunk)] = steps.sum(1).cpu().numpy()
+    return out

@@ -1,0 +1,69 @@
+"""Our constrained beam search against exhaustive scoring, on a tiny randomly initialised model."""
+
+import numpy as np
+import pytest
+import torch
+
+from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
+from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model
+from deepinterestgr.tokenizer.sids import SIDTrie
+
+
+def _catalog(n=60, sizes=(4, 5, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    codes = set()
+    while len(codes) < n:
+        codes.add(tuple(int(rng.integers(s)) for s in sizes))
+    return np.array(sorted(codes))
+
+
+@pytest.fixture(scope="module")
+def tiny_random_model():
+    codes = _catalog()
+    model, vocab = compact_model([4, 5, 6], CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), seed=0)
+    return model, vocab, codes, SIDTrie.build(codes)
+
+
+def _prompts(vocab, codes, rng, users=5):
+    prompts = []
+    for _ in range(users):
+        history = codes[rng.choice(len(codes), size=int(rng.integers(1, 5)))]
+        prompts.append([BOS] + vocab.encode(history).reshape(-1).tolist())
+    return prompts
+
+
+def test_full_width_beam_equals_exhaustive_ranking(tiny_random_model):
+    model, vocab, codes, trie = tiny_random_model
+    prompts = _prompts(vocab, codes, np.random.default_rng(1))
+    result = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes))
+    for row, prompt in enumerate(prompts):
+        reference = exhaustive_scores(model, prompt, codes, vocab)
+        order = np.argsort(-reference, kind="stable")
+        assert result.items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(result.scores[row], reference[order], rtol=1e-4, atol=1e-4)
+
+
+def test_narrow_beam_returns_distinct_valid_items_in_score_order(tiny_random_model):
+    model, vocab, codes, trie = tiny_random_model
+    prompts = _prompts(vocab, codes, np.random.default_rng(2), users=8)
+    result = beam_search(model, prompts, trie, vocab, beam_width=10, top_k=10)
+    assert result.items.shape == (8, 10)
+    for items, scores in zip(result.items, result.scores):
+        assert len(set(items.tolist())) == 10 and (items >= 0).all()
+        assert (np.diff(scores) <= 1e-6).all()
+    exact = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=1)
+    assert (result.scores[:, 0] <= exact.scores[:, 0] + 1e-5).all()
+
+
+def test_beam_wider_than_the_catalog_pads_with_minus_one():
+    codes = _catalog(n=5, sizes=(2, 3, 2))
+    model, vocab = compact_model([2, 3, 2], CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), seed=0)
+    result = beam_search(model, [[BOS]], SIDTrie.build(codes), vocab, beam_width=8, top_k=8)
+    assert sorted(result.items[0][:5].tolist()) == list(range(5))
+    assert result.items[0][5:].tolist() == [-1, -1, -1]
+
+
+def test_top_k_above_beam_width_is_an_error(tiny_random_model):
+    model, vocab, codes, trie = tiny_random_model
+    with pytest.raises(ValueError, match="top_k"):
+        beam_search(model, [[BOS]], trie, vocab, beam_width=3, top_k=5)
