@@ -125,6 +125,43 @@ class TokenizeConfig(Section):
     rqvae: RQVAEConfig = RQVAEConfig()
 
 
+class SFTConfig(Section):
+    """Supervised fine-tuning of the generative recommender on Ray Train."""
+
+    # compact: a small Llama-style decoder built from this config and trained from scratch (the CPU
+    # default). The pretrained-LLM backbone is not built yet.
+    backbone: Literal["compact"] = "compact"
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Each user's training sequence is cut to its last `max_items` items.
+    max_items: int = Field(20, ge=1)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    # Validation HR@10/NDCG@10 with this beam each epoch; stop after `patience` epochs without gain.
+    beam_width: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
+class EvaluateConfig(Section):
+    """Test-split evaluation: HR@K / NDCG@K over the full catalog."""
+
+    ks: list[int] = [5, 10]
+    beam_width: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    actors: int = Field(1, ge=1)
+    # Remove items the user already interacted with from their recommendations.
+    exclude_history: bool = False
+
+
 class RayConfig(Section):
     """How the job reaches Ray: None starts (or joins) a local cluster, as `ray.init()` does."""
 
@@ -141,6 +178,8 @@ class RunConfig(Section):
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
+    sft: SFTConfig = SFTConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the seed and the named sections: a stage reruns when it changes."""

@@ -7,7 +7,7 @@ import sys
 
 # stage -> the issue that builds it, for stages whose entrypoint does not exist yet.
 NOT_BUILT = {"mine": 3, "label": 3, "tokenize": 4, "sft": 5, "evaluate": 5, "grpo": 6, "serve": 7, "pipeline": 8}
-BUILT = ["prepare", "tokenize"]
+BUILT = ["prepare", "tokenize", "sft", "evaluate"]
 STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline"]
 
 USAGE = """usage: dig <stage> [--config FILE] [--set key=value ...] [--run URI]

@@ -44,6 +44,8 @@ def start_ray(cfg: RunConfig) -> None:
 def stage_main(stage: str, run, argv: list[str] | None) -> int:
     """Parse the config, open the run, join Ray, call `run(cfg, store)` and print its report as JSON.
 
+    `run` returns the stage's ManifestEntry, or an object holding it as `.entry`.
+
     User errors (config, data, storage) exit 2 with one line naming the problem.
     """
     try:
@@ -51,7 +53,8 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
         store = RunStore(cfg)
         store.save_config(cfg)
         start_ray(cfg)
-        report = run(cfg, store).entry.report
+        result = run(cfg, store)
+        report = getattr(result, "entry", result).report
     except USER_ERRORS as exc:
         print(f"dig {stage}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ class CompactModelConfig:
     layers: int = 2
     heads: int = 4
     intermediate_size: int = 256
+    dropout: float = 0.0
     max_items: int = 50
 
 
@@ -37,6 +38,7 @@ def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple
         pad_token_id=PAD,
         bos_token_id=BOS,
         eos_token_id=SEP,
+        attention_dropout=cfg.dropout,
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).eval(), vocab

@@ -1,0 +1,98 @@
+"""The Ray Train worker loop for SFT of the compact generative recommender (DDP; gloo or nccl).
+
+Like the RQ-VAE loop, every worker reads the whole (small) sequence dataset and trains on rows
+rank::world_size, so shards are the same in every run. Validation users are split the same way and
+their hit counts are summed across workers, so every worker takes the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from deepinterestgr.config import SFTConfig
+from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.recommender.model import CompactModelConfig, compact_model
+from deepinterestgr.recommender.training import collate, target_ranks
+from deepinterestgr.tokenizer.sids import SIDTrie
+
+CHECKPOINT_FILE = "sft.pt"
+
+
+def build_model(cfg: SFTConfig, sizes: list[int], seed: int):
+    """The configured backbone and its SID vocabulary."""
+    compact = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1)
+    return compact_model(sizes, compact, seed)
+
+
+def train_sft(config: dict) -> None:
+    cfg = SFTConfig(**config["sft"])
+    seed, sizes = config["seed"], config["sizes"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    rows = [r for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="pandas") for r in b.to_dict("records")]
+    sequences = [list(r["tokens"]) for r in sorted(rows, key=lambda r: r["user"])][rank::world]
+    valid_prompts = config["valid_prompts"][rank::world]
+    valid_targets = np.array(config["valid_targets"])[rank::world]
+    trie = SIDTrie.from_bytes(config["trie"])
+
+    model, vocab = build_model(cfg, sizes, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, best, stale = 0, -1.0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+    device = ray.train.torch.get_device()
+    model.to(device)
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        ddp.train()
+        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank))
+        began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        for step, start in enumerate(range(0, len(order), cfg.batch_size)):
+            batch = collate([sequences[i] for i in order[start : start + cfg.batch_size].tolist()])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = ddp(**batch).loss
+            (loss / cfg.grad_accum).backward()
+            if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
+                torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens += int(batch["attention_mask"].sum())
+            loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
+        seconds = time.perf_counter() - began
+
+        ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width)
+        local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
+        n = float(len(ranks))
+        sums = torch.tensor([local["hr@10"] * n, local["ndcg@10"] * n, n, tokens / seconds])
+        if world > 1:
+            dist.all_reduce(sums)
+        hr, ndcg = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+        improved = ndcg > best
+        best, stale = (ndcg, 0) if improved else (best, stale + 1)
+        metrics = {"epoch": epoch, "loss": loss_sum / max(steps, 1), "val_hr@10": hr, "val_ndcg@10": ndcg,
+                   "tokens_per_s": float(sums[3]), "epoch_s": seconds}
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "best": best, "stale": stale}
+                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+                saved = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=saved)
+        if stale >= cfg.patience or math.isnan(metrics["loss"]):
+            break

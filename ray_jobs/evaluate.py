@@ -1,0 +1,84 @@
+"""`dig evaluate`: HR@K / NDCG@K on the test split for the generative recommender and its baselines."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import numpy as np
+import ray
+
+from actors.recommender import TargetRanker
+from deepinterestgr.config import RunConfig
+from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.recommender.sequences import most_popular, tokens
+from deepinterestgr.storage.runstore import ManifestEntry, RunStore
+from ray_jobs.common import stage_main, to_table
+from ray_jobs.sft import load_catalog, load_model
+
+STAGE = "evaluate"
+
+
+def popularity_ranks(ranking: np.ndarray, targets: np.ndarray, histories: list[list[int]] | None) -> np.ndarray:
+    """Full-ranking position of each target in the popularity order (history removed when given)."""
+    position = np.empty_like(ranking)
+    position[ranking] = np.arange(len(ranking))
+    ranks = position[targets]
+    if histories is not None:
+        ranks = np.array([r - int((position[list(set(h))] < r).sum()) for r, h in zip(ranks, histories)])
+    return ranks
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    keys = list(next(iter(results.values())))
+    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |" for name, m in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
+    model_stage = "grpo" if store.entry("grpo") is not None else "sft"
+    inputs = {stage: store.require(stage).fingerprint for stage in ("prepare", "tokenize", model_stage)}
+    config_hash = cfg.section_hash("evaluate", "sft")
+    if store.is_fresh(STAGE, config_hash, inputs):
+        print(f"evaluate: up to date in {store.uri}; skipped", file=sys.stderr)
+        return store.require(STAGE)
+    e = cfg.evaluate
+    catalog = load_catalog(store)
+    seqs = catalog.sequences
+    users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
+    histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
+    targets = np.array([int(seqs.test[u]) for u in users])
+    rows = [{"user": u, "prompt": tokens(h, catalog.codes, catalog.vocab, cfg.sft.max_items), "history": h, "target": int(t)}
+            for u, h, t in zip(users, histories, targets)]
+    with store.stage(STAGE, config_hash, inputs) as attempt:
+        ranked = ray.data.from_items(rows).map_batches(
+            TargetRanker,
+            fn_constructor_kwargs={
+                "load_model": functools.partial(load_model, store, model_stage), "trie_bytes": catalog.trie_bytes,
+                "vocab": catalog.vocab, "beam_width": e.beam_width, "exclude_history": e.exclude_history,
+            },
+            batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors),
+        )
+        table = to_table(ranked.select_columns(["user", "rank"])).sort_by("user")
+        gr_ranks = table.column("rank").to_numpy()
+        pop = popularity_ranks(most_popular(seqs, len(catalog.item_ids)), targets, histories if e.exclude_history else None)
+        results = {
+            f"GR ({model_stage})": ranking_metrics(gr_ranks, e.ks),
+            "most-popular": ranking_metrics(pop, e.ks),
+        }
+        report = {"model_stage": model_stage, "test_users": len(users), "items": len(catalog.item_ids),
+                  "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results}
+        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
+        attempt.write_bytes("report.md", markdown_table(results).encode())
+        print(markdown_table(results), file=sys.stderr)
+        return attempt.commit({"test_users": len(users)}, report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
