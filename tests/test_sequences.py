@@ -1,0 +1,42 @@
+import numpy as np
+import pyarrow as pa
+
+from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
+from deepinterestgr.recommender.sequences import build_sequences, most_popular, tokens
+from deepinterestgr.recommender.training import IGNORE, collate
+from deepinterestgr.recommender.vocab import SIDVocab
+from ray_jobs.evaluate import popularity_ranks
+
+
+def test_build_sequences_orders_by_time_and_counts_unknown_items():
+    table = pa.table({
+        "user_id": ["u", "u", "u", "u", "v"], "item_id": ["b", "a", "zz", "c", "a"],
+        "timestamp": [2, 1, 3, 4, 1], "split": ["train", "train", "valid", "test", "train"],
+    })
+    seqs = build_sequences(table, {"a": 0, "b": 1, "c": 2})
+    assert seqs.user_ids == ["u", "v"]
+    assert seqs.train == [[0, 1], [0]]
+    assert seqs.valid.tolist() == [-1, -1] and seqs.test.tolist() == [2, -1]
+    assert seqs.unknown_items == 1
+
+
+def test_tokens_keep_the_most_recent_items():
+    vocab = SIDVocab((3, 4), SPECIAL_TOKENS)
+    codes = np.array([[0, 1], [2, 3], [1, 0]])
+    assert tokens([0, 1, 2], codes, vocab, max_items=2) == [BOS, 3 + 2, 3 + 3 + 3, 3 + 1, 3 + 3 + 0]
+    assert tokens([], codes, vocab, max_items=2) == [BOS]
+
+
+def test_collate_masks_padding_out_of_the_loss():
+    batch = collate([[1, 5, 6], [1, 7]])
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 0]]
+    assert batch["labels"].tolist() == [[1, 5, 6], [1, 7, IGNORE]]
+
+
+def test_popularity_ranks_full_ranking_and_history_exclusion():
+    class Seqs:
+        train = [[2, 2, 1], [2, 0]]
+    ranking = most_popular(Seqs, 4)
+    assert ranking.tolist() == [2, 0, 1, 3]  # 2 (3x), then 0 and 1 (1x, tie by row), then 3
+    assert popularity_ranks(ranking, np.array([1, 3]), None).tolist() == [2, 3]
+    assert popularity_ranks(ranking, np.array([1, 3]), [[2], [0, 1]]).tolist() == [1, 1]
