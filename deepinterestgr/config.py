@@ -151,6 +151,22 @@ class SFTConfig(Section):
     use_gpu: bool = False
 
 
+class SASRecConfig(Section):
+    """The SASRec baseline trained and scored in the evaluate stage."""
+
+    enabled: bool = True
+    hidden_size: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=2)
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(5, ge=1)
+    patience: int = Field(4, ge=1)
+
+
 class EvaluateConfig(Section):
     """Test-split evaluation: HR@K / NDCG@K over the full catalog."""
 
@@ -160,6 +176,7 @@ class EvaluateConfig(Section):
     actors: int = Field(1, ge=1)
     # Remove items the user already interacted with from their recommendations.
     exclude_history: bool = False
+    sasrec: SASRecConfig = SASRecConfig()
 
 
 class RayConfig(Section):

@@ -10,6 +10,7 @@ import numpy as np
 import ray
 
 from actors.recommender import TargetRanker
+from deepinterestgr.baselines.sasrec import fit_sasrec, sasrec_ranks
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.sequences import most_popular, tokens
@@ -68,8 +69,13 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             f"GR ({model_stage})": ranking_metrics(gr_ranks, e.ks),
             "most-popular": ranking_metrics(pop, e.ks),
         }
+        baselines = {}
+        if e.sasrec.enabled:
+            sasrec, baselines["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed)
+            ranks = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
+            results["SASRec"] = ranking_metrics(ranks, e.ks)
         report = {"model_stage": model_stage, "test_users": len(users), "items": len(catalog.item_ids),
-                  "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results}
+                  "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results, **baselines}
         attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
         attempt.write_bytes("report.md", markdown_table(results).encode())
         print(markdown_table(results), file=sys.stderr)

@@ -12,6 +12,7 @@ TINY = [
     "tokenize.method=rkmeans", "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2",
     "sft.hidden_size=32", "sft.layers=1", "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=3",
     "sft.patience=5", "sft.num_workers=2", "sft.beam_width=10", "evaluate.beam_width=10",
+    "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16",
 ]
 
 
@@ -34,7 +35,7 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
 
     evaluated = evaluate.run(cfg, store)
     results = evaluated.report["results"]
-    assert set(results) == {"GR (sft)", "most-popular"}
+    assert set(results) == {"GR (sft)", "most-popular", "SASRec"}
     for metrics in results.values():
         assert metrics["hr@5"] <= metrics["hr@10"] and metrics["ndcg@10"] <= metrics["hr@10"]
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"

@@ -1,0 +1,1 @@
+"""Baselines scored on the same split as the generative recommender."""
