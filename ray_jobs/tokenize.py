@@ -69,7 +69,13 @@ def check_embeddings(table: pa.Table) -> None:
     for column in ("text_embedding", "image_embedding"):
         if column not in table.column_names:
             continue
-        vectors = np.stack(table.column(column).to_numpy(zero_copy_only=False))
+        rows = table.column(column).to_numpy(zero_copy_only=False)
+        lengths = np.array([len(v) for v in rows])
+        expected = np.bincount(lengths).argmax()
+        if (lengths != expected).any():
+            wrong = [ids[i].as_py() for i in np.flatnonzero(lengths != expected)[:5]]
+            raise DataError(f"tokenize: {column} has the wrong dimension (not {expected}) for items {wrong}")
+        vectors = np.stack(rows)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(bad):
             raise DataError(f"tokenize: {column} is NaN or infinite for items {[ids[i].as_py() for i in bad[:5]]}")

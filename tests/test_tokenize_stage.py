@@ -121,6 +121,8 @@ def test_bad_embeddings_name_the_items():
     table = pa.table({"item_id": ["a", "b"], "text_embedding": [[0.1, 0.2], [float("nan"), 0.0]]})
     with pytest.raises(DataError, match=r"NaN or infinite for items \['b'\]"):
         tokenize.check_embeddings(table)
+    with pytest.raises(DataError, match=r"wrong dimension \(not 2\) for items \['c'\]"):
+        tokenize.check_embeddings(pa.table({"item_id": ["a", "b", "c"], "text_embedding": [[0.1, 0.2], [0.3, 0.4], [0.5]]}))
     with pytest.raises(DataError, match="duplicate item ids"):
         tokenize.check_embeddings(pa.table({"item_id": ["a", "a"], "text_embedding": [[0.1], [0.2]]}))
     with pytest.raises(DataError, match="no items"):
