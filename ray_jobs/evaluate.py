@@ -16,7 +16,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.sequences import most_popular, tokens
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
-from ray_jobs.sft import load_catalog, load_model
+from ray_jobs.sft import check_vocabulary, load_catalog, load_model
 
 STAGE = "evaluate"
 
@@ -47,6 +47,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         return store.require(STAGE)
     e = cfg.evaluate
     catalog = load_catalog(store)
+    check_vocabulary(store, model_stage, catalog)
     seqs = catalog.sequences
     users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
     histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -62,6 +63,17 @@ def load_model(store: RunStore, stage: str = STAGE):
         pafs.copy_files(f"{store.table_path(stage, 'model')}", folder, source_filesystem=store.fs,
                         destination_filesystem=pafs.LocalFileSystem())
         return LlamaForCausalLM.from_pretrained(folder).eval()
+
+
+def check_vocabulary(store: RunStore, stage: str, catalog: Catalog) -> None:
+    """The committed model must have been trained on this run's SID table."""
+    with store.fs.open_input_stream(f"{store.table_path(stage, 'model')}/config.json") as handle:
+        vocab_size = json.loads(handle.read())["vocab_size"]
+    if vocab_size != catalog.vocab.size:
+        raise DataError(
+            f"the {stage} model has {vocab_size} tokens but the SID table needs {catalog.vocab.size} "
+            f"(levels {catalog.trie.sizes}): tokenize changed after training; rerun `dig {stage}`"
+        )
 
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:

@@ -3,7 +3,7 @@
 import pytest
 
 from deepinterestgr.config import load_config
-from deepinterestgr.errors import StorageError
+from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, prepare, sft, tokenize
 
@@ -41,3 +41,9 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"
     md = store.fs.open_input_stream(f"{store.root}/evaluate/{evaluated.attempt}/report.md").read().decode()
     assert "| most-popular |" in md
+
+    # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
+    changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3"])
+    tokenize.run(changed, RunStore(changed))
+    with pytest.raises(DataError, match="rerun `dig sft`"):
+        evaluate.run(changed, RunStore(changed))
