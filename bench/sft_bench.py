@@ -2,7 +2,7 @@
 sample per target item, on the same model, data and seed, in one run. Prints one JSON line: tokens/s,
 seconds per epoch and the time each needs to reach the best validation HR@10 of the slower one.
 
-    python bench/sft_bench.py --run runs/ml100k [--epochs 6]
+    python bench/sft_bench.py --run runs/ml100k [--epochs 6] [--users 200]
 
 Needs a run with committed prepare and tokenize stages (e.g. `dig prepare` + `dig tokenize` with
 configs/ml100k.yaml). Runs in one process (no Ray Train) so that only the objective differs.
@@ -41,12 +41,15 @@ def main() -> None:
     parser.add_argument("--run", default="runs/ml100k")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--users", type=int, default=200, help="subsample users: sliding windows cost ~L times more")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_config(None, [f"storage.uri={args.run}"])
     catalog = load_catalog(RunStore(cfg))
     seqs, s = catalog.sequences, cfg.sft
-    valid = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
+    chosen = np.random.default_rng(args.seed).permutation(len(seqs.user_ids))[: args.users]
+    seqs.train = [seqs.train[u] if u in set(chosen.tolist()) else [] for u in range(len(seqs.user_ids))]
+    valid = [u for u in chosen.tolist() if seqs.valid[u] >= 0 and seqs.train[u]]
     prompts = [tokens(seqs.train[u], catalog.codes, catalog.vocab, s.max_items) for u in valid]
     targets = np.array([seqs.valid[u] for u in valid])
     whole = [tokens(rows, catalog.codes, catalog.vocab, s.max_items) for rows in seqs.train if rows]

@@ -170,7 +170,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
             final = reassign_last_level(raw, distances)
         else:
             final = add_extra_level(raw) if len(np.unique(raw, axis=0)) < len(raw) else raw
-        trie = SIDTrie.build(final)
+        extra = [int(final[:, -1].max()) + 1] if final.shape[1] > len(sizes) else []
+        trie = SIDTrie.build(final, sizes + extra)
         report = {"method": cfg.tokenize.method, "disambiguation": cfg.tokenize.disambiguation, **sid_report(raw, final, sizes)}
         report.update({k: v for k, v in info.items() if k != "history"})
         if "image_ok" in table.column_names:

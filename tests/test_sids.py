@@ -56,6 +56,10 @@ def test_trie_lookup_masks_and_round_trip():
     assert again.sizes == trie.sizes and all((a == b).all() for a, b in zip(again.children, trie.children))
     with pytest.raises(ValueError, match="unique"):
         SIDTrie.build(np.array([[0, 1], [0, 1]]))
+    assert SIDTrie.build(codes, [8, 8, 8]).sizes == [8, 8, 8]
+    assert (SIDTrie.build(codes, [8, 8, 8]).children[0][0] >= 0).sum() == 3
+    with pytest.raises(ValueError, match="do not cover"):
+        SIDTrie.build(codes, [2, 8, 8])
 
 
 def test_external_map_tokens_integers_and_errors(tmp_path):

@@ -52,6 +52,8 @@ def beam_search(
     pad_id: int = 0,
 ) -> BeamResult:
     """Top-`top_k` distinct items per prompt by constrained beam search of width `beam_width`."""
+    if list(trie.sizes) != list(vocab.sizes):
+        raise ValueError(f"the trie's codebook sizes {trie.sizes} differ from the vocabulary's {list(vocab.sizes)}")
     if top_k > beam_width:
         raise ValueError(f"top_k ({top_k}) cannot exceed beam_width ({beam_width})")
     if any(len(p) == 0 for p in prompts):

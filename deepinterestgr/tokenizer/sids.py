@@ -128,10 +128,14 @@ class SIDTrie:
     sizes: list[int]
 
     @classmethod
-    def build(cls, codes: np.ndarray) -> SIDTrie:
+    def build(cls, codes: np.ndarray, sizes: list[int] | None = None) -> SIDTrie:
+        """Trie over unique SIDs; `sizes` are the codebook sizes per level (default: max code + 1)."""
         if len(np.unique(codes, axis=0)) != len(codes):
             raise ValueError("SIDs must be unique before building the trie")
-        sizes = [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])]
+        inferred = [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])]
+        sizes = list(sizes) if sizes is not None else inferred
+        if len(sizes) != codes.shape[1] or any(s < i for s, i in zip(sizes, inferred)):
+            raise ValueError(f"codebook sizes {sizes} do not cover the SIDs (need at least {inferred})")
         children, parent = [], np.zeros(len(codes), dtype=np.int64)
         for level, size in enumerate(sizes):
             last = level == len(sizes) - 1
