@@ -71,7 +71,7 @@ def main() -> None:
             codes = model.codes(torch.from_numpy(vectors)).numpy()
             out[f"rqvae_{workers}w"] = {"wall_s": round(wall, 1), "best_epoch": info["best_epoch"], **stats(codes, 256)}
     start = time.perf_counter()
-    codes, _ = residual_kmeans(vectors, 3, 256, 20, seed=0)
+    codes, _, _ = residual_kmeans(vectors, 3, 256, 20, seed=0)
     out["rkmeans"] = {"wall_s": round(time.perf_counter() - start, 1), **stats(codes, 256)}
     out["near_duplicate_items"] = round(float(_near_duplicates(vectors)), 4)
     print(json.dumps(out))

@@ -46,8 +46,7 @@ def load_catalog(store: RunStore) -> Catalog:
     sids = store.read_table("tokenize", "sids").sort_by("item_id")
     item_ids = sids.column("item_id").to_pylist()
     codes = np.array(sids.column("sid").to_pylist(), dtype=np.int64)
-    with store.fs.open_input_stream(f"{store.table_path('tokenize', 'sids').rsplit('/', 1)[0]}/trie.npz") as handle:
-        trie_bytes = handle.read()
+    trie_bytes = store.read_bytes("tokenize", "trie.npz")
     trie = SIDTrie.from_bytes(trie_bytes)
     if any(trie.lookup(code.tolist()) < 0 for code in codes[:10]):
         raise DataError("tokenize output is inconsistent: the trie misses SIDs from the sids table")
@@ -67,8 +66,7 @@ def load_model(store: RunStore, stage: str = STAGE):
 
 def check_vocabulary(store: RunStore, stage: str, catalog: Catalog) -> None:
     """The committed model must have been trained on this run's SID table."""
-    with store.fs.open_input_stream(f"{store.table_path(stage, 'model')}/config.json") as handle:
-        vocab_size = json.loads(handle.read())["vocab_size"]
+    vocab_size = json.loads(store.read_bytes(stage, "model/config.json"))["vocab_size"]
     if vocab_size != catalog.vocab.size:
         raise DataError(
             f"the {stage} model has {vocab_size} tokens but the SID table needs {catalog.vocab.size} "

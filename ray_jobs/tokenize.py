@@ -126,9 +126,8 @@ def assign_codes(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: 
         raise DataError(f"tokenize: {len(ids)} items are fewer than rqvae.codebook_size={r.codebook_size} codes")
     sizes = [r.codebook_size] * r.levels
     if t.method == "rkmeans":
-        codes, centroids = residual_kmeans(text.numpy(), r.levels, r.codebook_size, r.kmeans_iters, cfg.seed)
-        residual = text.numpy() - sum((c[codes[:, level]] for level, c in enumerate(centroids[:-1])), np.zeros_like(text.numpy()))
-        distances = torch.cdist(torch.from_numpy(residual), torch.from_numpy(centroids[-1])).numpy()
+        codes, centroids, last_residual = residual_kmeans(text.numpy(), r.levels, r.codebook_size, r.kmeans_iters, cfg.seed)
+        distances = torch.cdist(torch.from_numpy(last_residual), torch.from_numpy(centroids[-1])).numpy()
         return ids, codes, distances, sizes, {}, None
     model, info = train(cfg, store, attempt_dir, embeddings)
     with torch.no_grad():
@@ -142,10 +141,7 @@ def assign_codes(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: 
 
 
 def _load(store: RunStore, entry: ManifestEntry) -> Tokenized:
-    trie_path = f"{store.table_path(STAGE, 'sids').rsplit('/', 1)[0]}/trie.npz"
-    with store.fs.open_input_stream(trie_path) as handle:
-        trie = SIDTrie.from_bytes(handle.read())
-    return Tokenized(entry, store.read_table(STAGE, "sids"), trie)
+    return Tokenized(entry, store.read_table(STAGE, "sids"), SIDTrie.from_bytes(store.read_bytes(STAGE, "trie.npz")))
 
 
 def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) -> Tokenized:

@@ -39,7 +39,7 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     for metrics in results.values():
         assert metrics["hr@5"] <= metrics["hr@10"] and metrics["ndcg@10"] <= metrics["hr@10"]
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"
-    md = store.fs.open_input_stream(f"{store.root}/evaluate/{evaluated.attempt}/report.md").read().decode()
+    md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so

@@ -58,6 +58,6 @@ def test_fusion_reconstructs_text_and_image():
 
 def test_residual_kmeans_is_deterministic_for_a_seed():
     x = _data().numpy()
-    a, _ = residual_kmeans(x, 2, 8, 10, seed=3)
-    b, _ = residual_kmeans(x, 2, 8, 10, seed=3)
+    a, _, _ = residual_kmeans(x, 2, 8, 10, seed=3)
+    b, _, _ = residual_kmeans(x, 2, 8, 10, seed=3)
     assert np.array_equal(a, b) and a.shape == (400, 2)

@@ -33,8 +33,7 @@ def _codes(sids: pa.Table) -> np.ndarray:
 
 def test_two_workers_recover_a_collapsed_codebook_and_give_unique_sids(ray_cluster, tmp_path):
     cfg, store, out = _run(tmp_path, "tokenize.rqvae.num_workers=2", "tokenize.rqvae.start_collapsed=true")
-    history = json.loads(store.fs.open_input_stream(
-        f"{store.root}/tokenize/{out.entry.attempt}/history.json").read())
+    history = json.loads(store.read_bytes("tokenize", "history.json"))
     assert len(history) == 3, "one report per eval (epochs 10, 20, 30)"
     assert history[0]["utilisation_l0"] <= 0.25, "still collapsed before the first re-seeding"
     assert history[-1]["utilisation_l0"] > 0.6, "re-seeding recovers utilisation"
@@ -47,7 +46,7 @@ def test_two_workers_recover_a_collapsed_codebook_and_give_unique_sids(ray_clust
         assert ids[out.trie.lookup(code)] == row
     report = out.entry.report
     assert report["collision_rate_after"] == 0 and len(report["levels"]) == 2
-    png = store.fs.open_input_stream(f"{store.root}/tokenize/{out.entry.attempt}/utilisation.png").read(8)
+    png = store.read_bytes("tokenize", "utilisation.png")[:8]
     assert png == b"\x89PNG\r\n\x1a\n"
 
     again = tokenize.run(cfg, RunStore(cfg))  # reload from storage: skipped, same SIDs

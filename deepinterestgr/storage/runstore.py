@@ -163,6 +163,11 @@ class RunStore:
         """Folder of a committed table (for ray.data.read_parquet with this store's filesystem)."""
         return f"{self.root}/{stage}/{self.require(stage).attempt}/{name}"
 
+    def read_bytes(self, stage: str, name: str) -> bytes:
+        """A committed file of a stage (trie.npz, report.json, ...)."""
+        with self.fs.open_input_stream(self.table_path(stage, name)) as handle:
+            return handle.read()
+
     def read_table(self, stage: str, name: str) -> pa.Table:
         return pq.read_table(self.table_path(stage, name), filesystem=self.fs)
 

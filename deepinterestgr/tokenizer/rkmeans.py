@@ -15,14 +15,20 @@ def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
 
 
-def residual_kmeans(x: np.ndarray, levels: int, codebook_size: int, iters: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Codes [N, levels] and the centroids of each level, each level fitted on the previous residual."""
+def residual_kmeans(
+    x: np.ndarray, levels: int, codebook_size: int, iters: int, seed: int
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Codes [N, levels], each level's centroids, and the residual that entered the last level.
+
+    Each level is fitted on what the previous levels left over.
+    """
     residual = np.ascontiguousarray(x, dtype=np.float32)
     codes, centroids = [], []
     for level in range(levels):
+        last_input = residual
         c = kmeans(residual, codebook_size, iters, seed + level)
         index = nearest(residual, c)
         codes.append(index)
         centroids.append(c)
         residual = residual - c[index]
-    return np.stack(codes, axis=1).astype(np.int64), centroids
+    return np.stack(codes, axis=1).astype(np.int64), centroids, last_input
