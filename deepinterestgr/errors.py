@@ -7,7 +7,3 @@ class DataError(ValueError):
 
 class StorageError(RuntimeError):
     """The run storage cannot be reached or holds something unexpected."""
-
-
-class StageNotBuiltError(RuntimeError):
-    """A pipeline stage exists in the CLI but is not implemented yet."""

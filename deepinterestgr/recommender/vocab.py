@@ -39,7 +39,3 @@ class SIDVocab:
         if (codes < 0).any() or (codes >= np.array(self.sizes)).any():
             raise ValueError("a SID code is outside its level's codebook")
         return codes + self.starts
-
-    def token_names(self) -> list[str]:
-        """`<a_0>`, `<a_1>`, ..., `<b_0>`, ...: the form the public SID releases use."""
-        return [f"<{chr(ord('a') + level)}_{code}>" for level, size in enumerate(self.sizes) for code in range(size)]

@@ -142,12 +142,6 @@ class RunStore:
         except (TypeError, json.JSONDecodeError) as exc:
             raise StorageError(f"{self.uri}/manifest/{stage}.json is corrupt: {exc}") from None
 
-    def manifest(self) -> dict[str, ManifestEntry]:
-        """Every committed stage of the run."""
-        selector = pafs.FileSelector(f"{self.root}/manifest", allow_not_found=True)
-        names = [info.base_name[: -len(".json")] for info in self.fs.get_file_info(selector) if info.base_name.endswith(".json")]
-        return {name: entry for name in sorted(names) if (entry := self.entry(name)) is not None}
-
     def is_fresh(self, stage: str, config_hash: str, inputs: dict[str, str]) -> bool:
         """True when the stage committed with this config and these inputs: skip it."""
         entry = self.entry(stage)
