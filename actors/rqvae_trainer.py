@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 
 import numpy as np
 import ray.train
@@ -28,10 +29,10 @@ def _matrix(column: np.ndarray) -> np.ndarray:
     return np.asarray(column if column.dtype != object else np.stack(column), dtype=np.float32)
 
 
-def collect_embeddings(shard) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
-    """(item ids, text embeddings, image embeddings or None) sorted by item_id."""
+def stack_embeddings(batches: Iterable[dict[str, np.ndarray]]) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    """(item ids, text embeddings, image embeddings or None) sorted by item_id, from numpy batches."""
     ids, text, image = [], [], []
-    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+    for batch in batches:
         ids.extend(batch["item_id"].tolist())
         text.append(_matrix(batch["text_embedding"]))
         if "image_embedding" in batch:
@@ -40,6 +41,11 @@ def collect_embeddings(shard) -> tuple[list[str], torch.Tensor, torch.Tensor | N
     text_t = torch.from_numpy(np.concatenate(text)[order]).float()
     image_t = torch.from_numpy(np.concatenate(image)[order]).float() if image else None
     return [ids[i] for i in order], text_t, image_t
+
+
+def collect_embeddings(shard) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    """`stack_embeddings` over a Ray Data iterator (a worker's dataset shard)."""
+    return stack_embeddings(shard.iter_batches(batch_size=4096, batch_format="numpy"))
 
 
 def train_rqvae(config: dict) -> None:

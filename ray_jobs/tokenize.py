@@ -19,7 +19,7 @@ from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from actors.embedders import ImageEmbedder, TextEmbedder
-from actors.rqvae_trainer import CHECKPOINT_FILE, collect_embeddings, train_rqvae
+from actors.rqvae_trainer import CHECKPOINT_FILE, stack_embeddings, train_rqvae
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
@@ -115,10 +115,16 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
     return model.eval(), {"best_epoch": metrics["epoch"], "history": history}
 
 
-def assign_codes(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.data.Dataset) -> tuple[list[str], np.ndarray, np.ndarray, list[int], dict, bytes | None]:
-    """(item ids, raw codes, last-level distances, level sizes, training info, model bytes) by method."""
+def assign_codes(
+    cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.data.Dataset, table: pa.Table
+) -> tuple[list[str], np.ndarray, np.ndarray, list[int], dict, bytes | None]:
+    """(item ids, raw codes, last-level distances, level sizes, training info, model bytes) by method.
+
+    `table` is `embeddings` already collected on the driver; the dataset itself goes to Ray Train.
+    """
     t, r = cfg.tokenize, cfg.tokenize.rqvae
-    ids, text, image = collect_embeddings(embeddings)
+    columns = [c for c in ("item_id", "text_embedding", "image_embedding") if c in table.column_names]
+    ids, text, image = stack_embeddings([{c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}])
     if t.method == "external":
         codes = load_external_sids(t.external_path, ids)
         return ids, codes, None, [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])], {}, None
@@ -161,7 +167,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         embeddings = embed(cfg, store, items)
         table = to_table(embeddings)
         check_embeddings(table)
-        ids, raw, distances, sizes, info, model_bytes = assign_codes(cfg, store, attempt.dir, embeddings)
+        ids, raw, distances, sizes, info, model_bytes = assign_codes(cfg, store, attempt.dir, embeddings, table)
         if cfg.tokenize.disambiguation == "reassign" and distances is not None:
             final = reassign_last_level(raw, distances)
         else:
