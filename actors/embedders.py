@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from deepinterestgr.tokenizer.encoders import resolve_text_encoder
+from deepinterestgr.weights import resolve_text_encoder
 from deepinterestgr.tokenizer.text import enriched_text
 
 

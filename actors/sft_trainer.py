@@ -1,12 +1,14 @@
-"""The Ray Train worker loop for SFT of the compact generative recommender (DDP; gloo or nccl).
+"""The Ray Train worker loop for SFT of the generative recommender (DDP; gloo or nccl), either backbone.
 
-Like the RQ-VAE loop, every worker reads the whole (small) sequence dataset and trains on rows
+Like the RQ-VAE loop, every worker reads the whole (small) example dataset and trains on rows
 rank::world_size, so shards are the same in every run. Validation users are split the same way and
 their hit counts are summed across workers, so every worker takes the same early-stopping decision.
+Checkpoints hold only the trained parameters (all of the compact model; LoRA and SID rows of an LLM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -20,52 +22,51 @@ import torch.distributed as dist
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.model import CompactModelConfig, compact_model
+from deepinterestgr.recommender.formats import Example
+from deepinterestgr.recommender.model import build_model, trainable_state
 from deepinterestgr.recommender.training import collate, target_ranks
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 CHECKPOINT_FILE = "sft.pt"
 
 
-def build_model(cfg: SFTConfig, sizes: list[int], seed: int):
-    """The configured backbone and its SID vocabulary."""
-    compact = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1)
-    return compact_model(sizes, compact, seed)
-
-
 def train_sft(config: dict) -> None:
     cfg = SFTConfig(**config["sft"])
-    seed, sizes = config["seed"], config["sizes"]
+    seed, sizes, pad_id = config["seed"], config["sizes"], config["pad_id"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    rows = [r for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="pandas") for r in b.to_dict("records")]
-    sequences = [list(r["tokens"]) for r in sorted(rows, key=lambda r: r["user"])][rank::world]
+    rows = [r for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="pandas")
+            for r in b.to_dict("records")]
+    examples = [Example(list(r["ids"]), int(r["loss_start"])) for r in sorted(rows, key=lambda r: r["key"])][rank::world]
     valid_prompts = config["valid_prompts"][rank::world]
     valid_targets = np.array(config["valid_targets"])[rank::world]
     trie = SIDTrie.from_bytes(config["trie"])
 
-    model, vocab = build_model(cfg, sizes, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, best, stale = 0, -1.0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
     device = ray.train.torch.get_device()
     model.to(device)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
-        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank))
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank))
         began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            batch = collate([sequences[i] for i in order[start : start + cfg.batch_size].tolist()])
+            batch = collate([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = ddp(**batch).loss
+            with autocast():
+                loss = ddp(**batch).loss
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
                 torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
@@ -75,7 +76,8 @@ def train_sft(config: dict) -> None:
             loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
         seconds = time.perf_counter() - began
 
-        ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width)
+        with autocast():
+            ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id)
         local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
         n = float(len(ranks))
         sums = torch.tensor([local["hr@10"] * n, local["ndcg@10"] * n, n, tokens / seconds])
@@ -89,7 +91,7 @@ def train_sft(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                state = {"model": trainable_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "best": best, "stale": stale}
                 torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)

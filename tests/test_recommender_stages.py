@@ -4,6 +4,7 @@ import pytest
 
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
+from deepinterestgr.recommender.artifacts import load_catalog, load_model
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, prepare, sft, tokenize
 
@@ -30,8 +31,8 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     assert report["history"][-1]["loss"] < report["history"][0]["loss"], "training lowers the loss"
     assert 0 <= report["val_ndcg@10"] <= report["val_hr@10"] <= 1
     assert report["valid_users"] == 60
-    model = sft.load_model(store)
-    assert model.config.vocab_size == 3 + sum(sft.load_catalog(store).trie.sizes)
+    model = load_model(store, "sft")
+    assert model.config.vocab_size == 3 + sum(load_catalog(store).trie.sizes)
 
     evaluated = evaluate.run(cfg, store)
     results = evaluated.report["results"]

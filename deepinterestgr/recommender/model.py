@@ -1,4 +1,4 @@
-"""The model factory: a compact Llama-style decoder over SID tokens, built from a config."""
+"""The model factory: a compact Llama-style decoder built from a config, or a pretrained LLM, both with SID tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from deepinterestgr.config import LLMBackboneConfig, SFTConfig
 from deepinterestgr.recommender.vocab import SIDVocab
 
 PAD, BOS, SEP = 0, 1, 2
@@ -42,3 +43,54 @@ def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).eval(), vocab
+
+
+def pretrained_model(path: str, sizes: list[int], cfg: LLMBackboneConfig, seed: int, dtype: torch.dtype = torch.float32):
+    """A pretrained causal LM with one new token per (level, code); LoRA when `cfg.lora_r` > 0.
+
+    The new embedding rows start at the mean of the existing ones plus noise of their covariance
+    (transformers' mean resizing), seeded: a neutral start that keeps the first logits sane. They are
+    tied to the output layer and always trained; with LoRA they are PEFT's trainable token rows.
+    Returns (model, vocab, tokenizer).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    base = model.get_input_embeddings().num_embeddings
+    vocab = SIDVocab(tuple(sizes), base)
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(vocab.size, mean_resizing=True)
+    sid_rows = list(range(base, vocab.size))
+    if cfg.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            trainable_token_indices={"embed_tokens": sid_rows},
+        )
+        model = get_peft_model(model, lora)
+    return model, vocab, tokenizer
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (everything, or the LoRA and SID-token weights)."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def export_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model for saving and serving: LoRA and token deltas merged into the weights."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False):
+    """The configured backbone, untrained: (model, vocab, tokenizer or None)."""
+    if cfg.backbone == "compact":
+        compact = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1)
+        model, vocab = compact_model(sizes, compact, seed)
+        return model, vocab, None
+    from deepinterestgr.weights import resolve_llm
+
+    dtype = torch.bfloat16 if gpu and cfg.llm.bf16 else torch.float32
+    return pretrained_model(resolve_llm(cfg.llm.model), sizes, cfg.llm, seed, dtype)

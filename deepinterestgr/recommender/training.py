@@ -1,4 +1,4 @@
-"""Pieces of the SFT loop that need no cluster: batching, ranking validation users, metrics."""
+"""Pieces of the SFT loop that need no cluster: batching examples, ranking validation targets."""
 
 from __future__ import annotations
 
@@ -6,25 +6,28 @@ import numpy as np
 import torch
 
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.model import PAD
+from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 IGNORE = -100
 
 
-def collate(sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Right-padded ids, mask and labels: every SID token is predicted from everything before it.
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask and labels; labels cover each example from its `loss_start`.
 
-    One sequence per user carries the signal of all its next-item targets at once, which costs one
-    forward pass instead of one per sliding-window sample.
+    The mask comes from the lengths, not from `pad_id`: an LLM's pad token is often its EOS, which
+    real examples contain.
     """
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), PAD, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-    mask = (ids != PAD).long()
-    labels = ids.masked_fill(mask == 0, IGNORE)
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.ids)
+        ids[row, :n] = torch.tensor(example.ids)
+        mask[row, :n] = 1
+        labels[row, example.loss_start : n] = ids[row, example.loss_start : n]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -37,6 +40,7 @@ def target_ranks(
     beam_width: int,
     batch_size: int = 64,
     exclude: list[list[int]] | None = None,
+    pad_id: int = 0,
 ) -> np.ndarray:
     """0-based rank of each target among the beam's items (-1 when not retrieved)."""
     ranks = np.full(len(prompts), -1, dtype=np.int64)
@@ -45,7 +49,7 @@ def target_ranks(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         width = beam_width + (max(len(e) for e in exclude[start : start + batch_size]) if exclude else 0)
-        result = beam_search(model, chunk, trie, vocab, beam_width=width, top_k=width)
+        result = beam_search(model, chunk, trie, vocab, beam_width=width, top_k=width, pad_id=pad_id)
         for offset, items in enumerate(result.items):
             row = start + offset
             if exclude:

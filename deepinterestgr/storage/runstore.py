@@ -153,6 +153,12 @@ class RunStore:
             raise StorageError(f"run {self.uri} has no committed '{stage}' stage: run `dig {stage}` first")
         return entry
 
+    def inputs(self, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, str]:
+        """Fingerprints of the stages a stage reads: every required one, and the optional ones that ran."""
+        found = {stage: self.require(stage).fingerprint for stage in required}
+        found.update({stage: entry.fingerprint for stage in optional if (entry := self.entry(stage)) is not None})
+        return found
+
     def table_path(self, stage: str, name: str) -> str:
         """Folder of a committed table (for ray.data.read_parquet with this store's filesystem)."""
         return f"{self.root}/{stage}/{self.require(stage).attempt}/{name}"

@@ -1,0 +1,125 @@
+"""A run's recommender artifacts in its storage: the SID catalog, users' sequences, trained model folders.
+
+The sft, grpo and evaluate stages and the server all read them through these functions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+from pyarrow import fs as pafs
+
+from deepinterestgr.errors import DataError
+from deepinterestgr.recommender.formats import META_FILE, ItemText, RecommenderMeta, make_format
+from deepinterestgr.recommender.sequences import UserSequences, build_sequences
+from deepinterestgr.storage.runstore import RunStore
+from deepinterestgr.tokenizer.sids import SIDTrie
+
+
+@dataclass
+class Catalog:
+    """What the recommender stages share: SIDs in catalog row order, the trie, the users' sequences."""
+
+    item_ids: list[str]
+    codes: np.ndarray
+    trie: SIDTrie
+    trie_bytes: bytes
+    sequences: UserSequences
+
+
+def load_catalog(store: RunStore) -> Catalog:
+    """SIDs (rows sorted by item id), the trie and the split interactions of a tokenized run."""
+    sids = store.read_table("tokenize", "sids").sort_by("item_id")
+    item_ids = sids.column("item_id").to_pylist()
+    codes = np.array(sids.column("sid").to_pylist(), dtype=np.int64)
+    trie_bytes = store.read_bytes("tokenize", "trie.npz")
+    trie = SIDTrie.from_bytes(trie_bytes)
+    if any(trie.lookup(code.tolist()) < 0 for code in codes[:10]):
+        raise DataError("tokenize output is inconsistent: the trie misses SIDs from the sids table")
+    sequences = build_sequences(store.read_table("prepare", "interactions"), {i: r for r, i in enumerate(item_ids)})
+    return Catalog(item_ids, codes, trie, trie_bytes, sequences)
+
+
+def item_texts(store: RunStore, item_ids: list[str]) -> list[ItemText]:
+    """Title and positively labelled descriptors per catalog row (descriptors once mining has run)."""
+    source = "label" if store.entry("label") is not None else "prepare"
+    table = store.read_table(source, "items")
+    rows = {item: row for row, item in enumerate(item_ids)}
+    described = "descriptors" in table.column_names
+    out = []
+    for record in table.to_pylist():
+        row = rows.get(record["item_id"])
+        if row is None:
+            continue
+        descriptors = [d["descriptor"] for d in (record.get("descriptors") or []) if d.get("label", 1) == 1] if described else []
+        out.append(ItemText(row, record.get("title") or "", descriptors))
+    return sorted(out, key=lambda item: item.row)
+
+
+def user_interests(store: RunStore) -> dict[str, str]:
+    """Mined interests per user id, one text each (empty before the mine stage has run)."""
+    if store.entry("mine") is None:
+        return {}
+    table = store.read_table("mine", "user_interests")
+    return dict(zip(table.column("user_id").to_pylist(), table.column("interests").to_pylist()))
+
+
+def _fetch(store: RunStore, stage: str, folder: str, weights: bool) -> None:
+    source = store.table_path(stage, "model")
+    selector = pafs.FileSelector(source, recursive=False)
+    for info in store.fs.get_file_info(selector):
+        if weights or not info.base_name.endswith((".safetensors", ".bin")):
+            pafs.copy_files(info.path, f"{folder}/{info.base_name}", source_filesystem=store.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+
+
+def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
+    return RecommenderMeta.from_json(store.read_bytes(stage, f"model/{META_FILE}"))
+
+
+def load_model(store: RunStore, stage: str):
+    """The committed model of a stage (sft or grpo), ready for inference."""
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as folder:
+        _fetch(store, stage, folder, weights=True)
+        return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def load_format(store: RunStore, stage: str, catalog: Catalog):
+    """The prompt format the stage's model was trained with (its tokenizer travels in the model folder)."""
+    meta = check_vocabulary(store, stage, catalog)
+    tokenizer = None
+    if meta.backbone != "compact":
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory() as folder:
+            _fetch(store, stage, folder, weights=False)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    return make_format(meta, catalog.codes, tokenizer)
+
+
+def check_vocabulary(store: RunStore, stage: str, catalog: Catalog) -> RecommenderMeta:
+    """The committed model must have been trained on this run's SID table; returns its metadata."""
+    meta = load_meta(store, stage)
+    if list(meta.sizes) != list(catalog.trie.sizes):
+        raise DataError(
+            f"the {stage} model was trained on SID levels {meta.sizes} but the SID table has {catalog.trie.sizes}: "
+            f"tokenize changed after training; rerun `dig {stage}`"
+        )
+    return meta
+
+
+def save_model(attempt, model, meta: RecommenderMeta, tokenizer=None) -> None:
+    """Write a model folder (weights, config, tokenizer, recommender.json) into a stage attempt."""
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        with open(f"{folder}/{META_FILE}", "wb") as handle:
+            handle.write(meta.to_json())
+        attempt.store.fs.create_dir(attempt.path("model"), recursive=True)
+        pafs.copy_files(folder, attempt.path("model"), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=attempt.store.fs)

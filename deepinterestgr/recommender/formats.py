@@ -1,0 +1,137 @@
+"""How users and items become token sequences for each backbone: prompts for beam search, SFT examples.
+
+Both formats expose the same three calls, so the trainer, the evaluator and the server never ask
+which backbone they hold:
+- `prompt(rows, interests)`: the tokens after which the next item's SID is generated;
+- `user_examples(rows, interests)`: SFT examples from one user's training items;
+- `item_examples(items)`: SFT examples that align item text with SIDs (empty for the compact model).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from deepinterestgr.prompts import load_template, render
+from deepinterestgr.recommender.model import PAD
+from deepinterestgr.recommender.sequences import tokens
+from deepinterestgr.recommender.vocab import SIDVocab
+
+
+META_FILE = "recommender.json"
+
+
+@dataclass
+class RecommenderMeta:
+    """What a trained model folder needs besides its weights: how its prompts and SID tokens are built."""
+
+    backbone: str
+    sizes: list[int]
+    vocab_offset: int
+    max_items: int
+    template: str | None = None
+    windows_per_user: int = 0
+
+    @property
+    def vocab(self) -> SIDVocab:
+        return SIDVocab(tuple(self.sizes), self.vocab_offset)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "RecommenderMeta":
+        return cls(**json.loads(raw))
+
+
+def make_format(meta: RecommenderMeta, codes: np.ndarray, tokenizer=None):
+    """The format a model was (or will be) trained with: compact, or text with the model's tokenizer."""
+    if meta.backbone == "compact":
+        return CompactFormat(meta.vocab, codes, meta.max_items)
+    if tokenizer is None:
+        raise ValueError("the llm backbone needs its tokenizer to build prompts")
+    return TextFormat(tokenizer, meta.vocab, codes, meta.max_items, load_template(meta.template), meta.windows_per_user)
+
+
+@dataclass
+class Example:
+    """One SFT example: the loss covers tokens from `loss_start` on (earlier tokens are context)."""
+
+    ids: list[int]
+    loss_start: int
+
+
+@dataclass
+class ItemText:
+    """What the item-alignment tasks read for one catalog row."""
+
+    row: int
+    title: str
+    descriptors: list[str]
+
+
+class CompactFormat:
+    """BOS + SID tokens; one example per user covers every next-item target of the sequence at once."""
+
+    def __init__(self, vocab: SIDVocab, codes: np.ndarray, max_items: int):
+        self.vocab, self.codes, self.max_items = vocab, codes, max_items
+        self.pad_id = PAD
+
+    def prompt(self, rows: list[int], interests: str | None = None) -> list[int]:
+        return tokens(rows, self.codes, self.vocab, self.max_items)
+
+    def user_examples(self, rows: list[int], interests: str | None = None) -> list[Example]:
+        return [Example(self.prompt(rows), 1)] if len(rows) > 1 else []
+
+    def item_examples(self, items: list[ItemText]) -> list[Example]:
+        return []
+
+
+class TextFormat:
+    """Text prompts from versioned templates with SID tokens spliced in by id (pretrained LLMs)."""
+
+    def __init__(self, tokenizer, vocab: SIDVocab, codes: np.ndarray, max_items: int, templates: dict[str, str],
+                 windows_per_user: int):
+        self.tokenizer, self.vocab, self.codes = tokenizer, vocab, codes
+        self.max_items, self.templates, self.windows = max_items, templates, windows_per_user
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _sid(self, row: int) -> list[int]:
+        return self.vocab.encode(self.codes[row]).tolist()
+
+    def _optional(self, name: str, value: str | None) -> str:
+        return self.templates[name].format(**{name.removesuffix("_line"): value}) if value else ""
+
+    def prompt(self, rows: list[int], interests: str | None = None) -> list[int]:
+        recent = rows[-self.max_items:]
+        history = self.vocab.encode(self.codes[recent]).reshape(-1).tolist() if recent else []
+        return render(self.templates["next_item"], self._encode, history=history,
+                      interests_line=self._optional("interests_line", interests))
+
+    def user_examples(self, rows: list[int], interests: str | None = None) -> list[Example]:
+        targets = range(1, len(rows))
+        if self.windows:
+            targets = targets[-self.windows:]
+        examples = []
+        for t in targets:
+            context = self.prompt(rows[:t], interests)
+            examples.append(Example(context + self._sid(rows[t]), len(context)))
+        return examples
+
+    def item_examples(self, items: list[ItemText]) -> list[Example]:
+        examples = []
+        eos = [self.tokenizer.eos_token_id]
+        for item in items:
+            if not item.title:
+                continue
+            described = self._optional("descriptors_line", "; ".join(item.descriptors))
+            context = render(self.templates["item_to_sid"], self._encode, title=item.title, descriptors_line=described)
+            examples.append(Example(context + self._sid(item.row), len(context)))
+            context = render(self.templates["sid_to_item"], self._encode, sid=self._sid(item.row))
+            examples.append(Example(context + self._encode(" " + item.title) + eos, len(context)))
+        return examples

@@ -1,0 +1,64 @@
+"""Prompt formats of both backbones; the text format with SmolLM2's real tokenizer and templates."""
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from deepinterestgr.prompts import load_template
+from deepinterestgr.recommender.formats import CompactFormat, ItemText, RecommenderMeta, make_format
+from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
+from deepinterestgr.recommender.vocab import SIDVocab
+
+CODES = np.array([[0, 1], [2, 3], [1, 0], [3, 3]])
+
+
+def test_compact_format_trains_each_user_on_the_whole_sequence():
+    fmt = CompactFormat(SIDVocab((4, 4), SPECIAL_TOKENS), CODES, max_items=3)
+    (example,) = fmt.user_examples([0, 1, 2, 3])
+    assert example.ids[0] == BOS and len(example.ids) == 1 + 3 * 2, "the last 3 items, 2 tokens each"
+    assert fmt.user_examples([2]) == [], "one item has no next-item target"
+    assert fmt.item_examples([ItemText(0, "title", [])]) == []
+
+
+@pytest.fixture(scope="module")
+def text_format(smollm2):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    meta = RecommenderMeta("llm", [4, 4], len(tokenizer), max_items=2, template="sft_v1", windows_per_user=2)
+    return make_format(meta, CODES, tokenizer), tokenizer
+
+
+def test_text_prompt_splices_the_recent_sids_by_id_and_optional_interests(text_format):
+    fmt, tokenizer = text_format
+    offset = len(tokenizer)
+    prompt = fmt.prompt([0, 1, 2])
+    sid_tokens = [t for t in prompt if t >= offset]
+    assert sid_tokens == fmt.vocab.encode(CODES[[1, 2]]).reshape(-1).tolist(), "last 2 items, oldest first"
+    text = tokenizer.decode([t for t in prompt if t < offset])
+    assert text.startswith("A shopper bought") and text.endswith("The next item they buy is:")
+    assert "What they care about" not in text
+    with_interests = tokenizer.decode([t for t in fmt.prompt([0, 1, 2], "quiet mornings") if t < offset])
+    assert "What they care about: quiet mornings" in with_interests
+
+
+def test_text_user_examples_put_the_loss_on_the_target_sid_only(text_format):
+    fmt, _ = text_format
+    examples = fmt.user_examples([0, 1, 2, 3])
+    assert len(examples) == 2, "windows_per_user=2: the last two targets"
+    for example, target in zip(examples, [2, 3]):
+        assert example.ids[example.loss_start:] == fmt.vocab.encode(CODES[target]).tolist()
+    assert examples[-1].ids[: examples[-1].loss_start] == fmt.prompt([0, 1, 2])
+
+
+def test_text_item_examples_align_titles_and_sids_both_ways(text_format):
+    fmt, tokenizer = text_format
+    to_sid, to_title = fmt.item_examples([ItemText(1, "Blue stapler", ["desk order"]), ItemText(2, "", [])])[:2]
+    assert len(fmt.item_examples([ItemText(2, "", [])])) == 0, "items without a title are skipped"
+    assert to_sid.ids[to_sid.loss_start:] == fmt.vocab.encode(CODES[1]).tolist()
+    assert "Bought for: desk order" in tokenizer.decode(to_sid.ids[: to_sid.loss_start])
+    answer = to_title.ids[to_title.loss_start:]
+    assert answer[-1] == tokenizer.eos_token_id and tokenizer.decode(answer[:-1]).strip() == "Blue stapler"
+
+
+def test_unknown_template_version_lists_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="known: .*sft_v1"):
+        load_template("sft_v0")
