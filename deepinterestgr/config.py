@@ -202,6 +202,36 @@ class EvaluateConfig(Section):
     sasrec: SASRecConfig = SASRecConfig()
 
 
+class ServeConfig(Section):
+    """The Ray Serve recommender endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Which trained model to serve: grpo when it ran, else sft ("auto"), or a stage by name.
+    model_stage: Literal["auto", "sft", "grpo"] = "auto"
+    # Dynamic batching (@serve.batch): up to this many requests share one beam search; 1 turns it off.
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    # Fixed replica count, or autoscaling between min and max replicas when autoscale is true.
+    num_replicas: int = Field(1, ge=1)
+    autoscale: bool = False
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    cpus_per_replica: float = Field(1.0, gt=0)
+    gpus_per_replica: float = Field(0.0, ge=0)
+    # Torch threads per replica (CPU); None leaves torch's default.
+    torch_threads: int | None = Field(None, ge=1)
+    # Poll the run's manifest this often and swap in a newer commit of the served stage; 0 = never.
+    reload_interval_s: float = Field(10.0, ge=0)
+    # Beam width of each answer (raised to k, plus the history when it is excluded).
+    beam_width: int = Field(20, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_history: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(65536, ge=256)
+
+
 class RayConfig(Section):
     """How the job reaches Ray: None starts (or joins) a local cluster, as `ray.init()` does."""
 
@@ -220,6 +250,7 @@ class RunConfig(Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     sft: SFTConfig = SFTConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    serve: ServeConfig = ServeConfig()
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the seed and the named sections: a stage reruns when it changes."""

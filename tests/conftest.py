@@ -34,16 +34,22 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def unused_port() -> int:
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real moto S3 server process on 127.0.0.1, with fake credentials in the environment."""
-    port = _free_port()
+    port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
     process = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

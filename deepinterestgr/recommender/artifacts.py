@@ -76,7 +76,12 @@ def _fetch(store: RunStore, stage: str, folder: str, weights: bool) -> None:
 
 
 def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
-    return RecommenderMeta.from_json(store.read_bytes(stage, f"model/{META_FILE}"))
+    """How the stage's model builds prompts; a model folder without it predates this format."""
+    try:
+        return RecommenderMeta.from_json(store.read_bytes(stage, f"model/{META_FILE}"))
+    except FileNotFoundError:
+        raise DataError(f"the {stage} model in {store.uri} has no {META_FILE} (trained by an older version): "
+                        f"rerun `dig {stage}`") from None
 
 
 def load_model(store: RunStore, stage: str):

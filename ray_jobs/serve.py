@@ -1,0 +1,44 @@
+"""`dig serve --run URI`: serve a trained run over HTTP with Ray Serve until interrupted."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray import serve
+
+from actors.predictor import model_stage
+from deepinterestgr.storage.runstore import RunStore
+from ray_jobs.common import USER_ERRORS, parse_config, start_ray
+from serving.app import build_app
+
+APP_NAME = "deepinterestgr"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config("serve", argv)
+        store = RunStore(cfg)
+        stage = model_stage(store, cfg.serve.model_stage)
+        store.require(stage)
+        store.require("tokenize")
+    except USER_ERRORS as exc:
+        print(f"dig serve: error: {exc}", file=sys.stderr)
+        return 2
+    start_ray(cfg)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    print(f"serving the {stage} model of {store.uri} at {url} (Ctrl-C stops)\n"
+          f"  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"history\": [\"<item_id>\"], \"k\": 10}}'",
+          file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

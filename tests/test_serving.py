@@ -1,0 +1,195 @@
+"""The Ray Serve app over real HTTP on 127.0.0.1, serving a tiny randomly initialised compact model trained on a synthetic run."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from deepinterestgr.config import load_config
+from deepinterestgr.recommender.artifacts import load_catalog
+from deepinterestgr.storage.runstore import RunStore
+from ray_jobs import prepare, sft, tokenize
+
+TINY = [
+    "data.synthetic.num_items=40", "data.synthetic.num_users=30", "tokenize.method=rkmeans",
+    "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1",
+    "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=2", "sft.beam_width=5",
+    "serve.max_k=20", "serve.max_body_bytes=2048", "serve.batch_wait_timeout_s=0.05", "serve.reload_interval_s=1",
+]
+
+
+def trained_run(folder, *extra):
+    cfg = load_config(None, TINY + [f"storage.uri={folder}", *extra])
+    store = RunStore(cfg)
+    for stage in (prepare, tokenize, sft):
+        stage.run(cfg, store)
+    return cfg, store
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory, unused_port):
+    from ray import serve
+
+    from serving.app import build_app
+
+    cfg, store = trained_run(tmp_path_factory.mktemp("run"))
+    port = unused_port
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg), name="dig-test", route_prefix="/")
+    yield f"http://127.0.0.1:{port}", cfg, store
+    serve.shutdown()
+
+
+def post(url, body, **kwargs):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"{url}/v1/recommend", data=data, headers={"content-type": "application/json"}, timeout=60, **kwargs)
+
+
+def test_recommend_by_user_and_by_history_agree_and_explain(served):
+    url, cfg, store = served
+    sids = store.read_table("tokenize", "sids")
+    user = store.read_table("prepare", "interactions").sort_by([("user_id", "ascending"), ("timestamp", "ascending")])
+    first = user.column("user_id")[0].as_py()
+    history = [i for u, i in zip(user.column("user_id").to_pylist(), user.column("item_id").to_pylist()) if u == first]
+
+    by_user = post(url, {"user_id": first, "k": 7})
+    by_history = post(url, {"history": history, "k": 7})
+    assert by_user.status_code == by_history.status_code == 200, by_user.text
+    a, b = by_user.json(), by_history.json()
+    assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]], "a user is their history"
+    assert len(a["items"]) == 7 and len({i["item_id"] for i in a["items"]}) == 7
+    scores = [i["score"] for i in a["items"]]
+    assert scores == sorted(scores, reverse=True)
+    sid_of = dict(zip(sids.column("item_id").to_pylist(), sids.column("sid").to_pylist()))
+    assert all(i["sid"] == sid_of[i["item_id"]] and i["title"] and "interests" in i for i in a["items"])
+    assert a["model_version"] == store.require("sft").fingerprint and a["latency_ms"] > 0
+
+    excluded = post(url, {"history": history, "k": 7, "exclude_history": True}).json()
+    assert not {i["item_id"] for i in excluded["items"]} & set(history)
+
+
+def test_concurrent_requests_are_batched_without_changing_answers(served):
+    url, _, store = served
+    items = store.read_table("tokenize", "sids").column("item_id").to_pylist()
+    bodies = [{"history": items[i : i + 1 + i % 4], "k": 5} for i in range(16)]
+    alone = [post(url, body).json() for body in bodies]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda body: post(url, body).json(), bodies))
+    for one, many in zip(alone, together):
+        assert [i["item_id"] for i in one["items"]] == [i["item_id"] for i in many["items"]]
+        assert [i["score"] for i in one["items"]] == pytest.approx([i["score"] for i in many["items"]], abs=1e-4)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    ({"k": 5}, 422, "exactly one of user_id or history"),
+    ({"user_id": "u", "history": ["x"]}, 422, "exactly one of user_id or history"),
+    ({"history": ["x"], "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ({"history": ["x"], "k": 21}, 422, "above the maximum of 20"),
+    ({"history": ["x"], "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+    ({"history": "x"}, 422, "history: Input should be a valid list"),
+    ({"history": []}, 422, "history is empty"),
+    ({"history": ["nope", "nada"]}, 422, "all 2 item ids are unknown"),
+    ({"user_id": "nobody"}, 404, "unknown user_id 'nobody'"),
+    ({"history": ["x" * 3000]}, 413, "limit is 2048"),
+])
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(served, body, status, message):
+    url, _, _ = served
+    answer = post(url, body)
+    assert answer.status_code == status and message in answer.json()["error"], answer.text
+
+
+def test_unknown_history_items_are_ignored_and_reported_and_lookups_work(served):
+    url, _, store = served
+    item = store.read_table("tokenize", "sids").column("item_id")[0].as_py()
+    answer = post(url, {"history": ["ghost", item], "k": 3})
+    assert answer.status_code == 200 and answer.json()["ignored_items"] == ["ghost"]
+    looked_up = requests.get(f"{url}/v1/items/{item}", timeout=30)
+    assert looked_up.status_code == 200 and looked_up.json()["item_id"] == item and looked_up.json()["title"]
+    assert requests.get(f"{url}/v1/items/ghost", timeout=30).status_code == 404
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    model = requests.get(f"{url}/v1/model", timeout=30).json()
+    assert model["stage"] == "sft" and model["sid_levels"] == list(load_catalog(store).trie.sizes)
+    assert model["model_version"] == store.require("sft").fingerprint
+
+
+def test_hot_reload_swaps_in_a_newer_commit_without_failing_requests_in_flight(served):
+    url, cfg, store = served
+    item = store.read_table("tokenize", "sids").column("item_id")[0].as_py()
+    old = store.require("sft").fingerprint
+    statuses, versions, stop = [], [], threading.Event()
+
+    def hammer():
+        while not stop.is_set() and len(statuses) < 2000:
+            answer = post(url, {"history": [item], "k": 3})
+            statuses.append(answer.status_code)
+            versions.append(answer.json().get("model_version"))
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        retrained = load_config(None, TINY + [f"storage.uri={cfg.storage.uri}", "sft.lr=0.002"])
+        new = sft.run(retrained, RunStore(retrained)).fingerprint
+        deadline = time.time() + 90
+        while time.time() < deadline and (not versions or versions[-1] != new):
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert new != old and versions[0] == old and versions[-1] == new, "the watcher swapped the model in"
+    assert set(statuses) == {200}, "no request failed during the swap"
+
+
+def test_serve_deploy_config_validates_and_its_builder_reads_config_and_run(served):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    _, cfg, store = served
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(open("serving/serve_config.yaml")))
+    app = schema.applications[0]
+    assert app.import_path == "serving.app:app_builder"
+    from serving.app import app_builder
+
+    built = app_builder({**app.args, "run": cfg.storage.uri, "set": app.args["set"] + ["serve.max_k=7"]})
+    ingress = built._bound_deployment
+    assert ingress.init_args[1] == 7, "the overrides reach the deployments"
+    recommender = ingress.init_args[0]._bound_deployment
+    assert recommender.user_config["storage"]["uri"] == cfg.storage.uri
+    assert recommender._deployment_config.autoscaling_config.max_replicas == 8, "serve_config.yaml's set list applied"
+    with pytest.raises(ValueError, match="serve.max_k"):
+        app_builder({"config": app.args["config"], "set": ["serve.max_k=0"]})
+
+
+def test_dig_serve_answers_http_from_a_trained_run_until_interrupted(served):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    _, cfg, store = served
+    port = free_port()
+    dig = str(Path(sys.executable).with_name("dig"))
+    # its own local Ray cluster ("local"), as on a laptop, beside the test session's
+    process = subprocess.Popen([dig, "serve", "--run", cfg.storage.uri, "--set", f"serve.port={port}",
+                                "--set", "ray.address=local", "--set", "ray.num_cpus=1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.time() + 180, None
+        while time.time() < deadline and process.poll() is None:
+            try:
+                answer = post(f"http://127.0.0.1:{port}", {"user_id": store.read_table("prepare", "interactions").column("user_id")[0].as_py(), "k": 4})
+                if answer.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        assert answer is not None and answer.status_code == 200 and len(answer.json()["items"]) == 4
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and f"127.0.0.1:{port}" in err
