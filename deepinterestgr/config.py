@@ -174,6 +174,38 @@ class SFTConfig(Section):
     use_gpu: bool = False
 
 
+class GRPOConfig(Section):
+    """GRPO after SFT: group rollouts, the interest-aware reward, clipped ratio and KL to the SFT model."""
+
+    # Rollouts per prompt: "beam" = the G distinct items of the constrained beam search; "sample" =
+    # G constrained samples at `temperature` (duplicates allowed).
+    rollout: Literal["beam", "sample"] = "beam"
+    group_size: int = Field(8, ge=2)
+    temperature: float = Field(1.0, gt=0)
+    # Prompts: each user's training history up to each of its last `targets_per_user` training items.
+    targets_per_user: int = Field(1, ge=1)
+    # R = 1[hit] + l_valid*1[valid] + l_pref*LCP/levels + l_q*q_target*1[hit] (+ rank term)
+    l_valid: float = Field(0.1, ge=0)
+    l_pref: float = Field(0.5, ge=0)
+    l_q: float = Field(0.5, ge=0)
+    # MiniOneRec's rank-aware term: wrong beams get -l_rank/log2(rank+2) when the group holds a hit.
+    l_rank: float = Field(0.0, ge=0)
+    clip_eps: float = Field(0.2, gt=0)
+    beta: float = Field(0.04, ge=0)
+    # Optimisation steps on each rollout batch (old log-probabilities fixed during them).
+    updates_per_rollout: int = Field(2, ge=1)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    # Validation NDCG@10 before training and after each epoch; stop when it falls more than
+    # `max_degradation` below the best so far (the best model, possibly the SFT one, is kept).
+    beam_width: int = Field(20, ge=1)
+    max_degradation: float = Field(0.1, ge=0)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
 class SASRecConfig(Section):
     """The SASRec baseline trained and scored in the evaluate stage."""
 
@@ -249,6 +281,7 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     serve: ServeConfig = ServeConfig()
 

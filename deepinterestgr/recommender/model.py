@@ -61,17 +61,21 @@ def pretrained_model(path: str, sizes: list[int], cfg: LLMBackboneConfig, seed: 
     vocab = SIDVocab(tuple(sizes), base)
     torch.manual_seed(seed)
     model.resize_token_embeddings(vocab.size, mean_resizing=True)
-    sid_rows = list(range(base, vocab.size))
     if cfg.lora_r:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-            trainable_token_indices={"embed_tokens": sid_rows},
-        )
-        model = get_peft_model(model, lora)
+        model = add_lora(model, cfg, list(range(base, vocab.size)))
     return model, vocab, tokenizer
+
+
+def add_lora(model: torch.nn.Module, cfg: LLMBackboneConfig, sid_rows: list[int]) -> torch.nn.Module:
+    """LoRA on the attention projections, with the SID token rows trained as PEFT trainable tokens."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        trainable_token_indices={"embed_tokens": sid_rows},
+    )
+    return get_peft_model(model, lora)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
