@@ -25,17 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"dig serve: error: {exc}", file=sys.stderr)
         return 2
-    start_ray(cfg)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    print(f"serving the {stage} model of {store.uri} at {url} (Ctrl-C stops)\n"
-          f"  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"history\": [\"<item_id>\"], \"k\": 10}}'",
-          file=sys.stderr)
+    print(f"dig serve: starting the {stage} model of {store.uri} at {url}", file=sys.stderr)
     try:
+        start_ray(cfg)
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+        print(f"dig serve: ready at {url} (Ctrl-C stops)\n"
+              f"  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"history\": [\"<item_id>\"], \"k\": 10}}'",
+              file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        print("dig serve: stopping", file=sys.stderr)
         serve.shutdown()
     return 0
 

@@ -163,7 +163,7 @@ def test_serve_deploy_config_validates_and_its_builder_reads_config_and_run(serv
         app_builder({"config": app.args["config"], "set": ["serve.max_k=0"]})
 
 
-def test_dig_serve_answers_http_from_a_trained_run_until_interrupted(served):
+def test_dig_serve_answers_http_from_a_trained_run_until_interrupted(served, tmp_path):
     import signal
     import subprocess
     import sys
@@ -172,24 +172,22 @@ def test_dig_serve_answers_http_from_a_trained_run_until_interrupted(served):
     from conftest import free_port
 
     _, cfg, store = served
-    port = free_port()
+    port, log = free_port(), tmp_path / "serve.log"
     dig = str(Path(sys.executable).with_name("dig"))
-    # its own local Ray cluster ("local"), as on a laptop, beside the test session's
-    process = subprocess.Popen([dig, "serve", "--run", cfg.storage.uri, "--set", f"serve.port={port}",
-                                "--set", "ray.address=local", "--set", "ray.num_cpus=1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, answer = time.time() + 180, None
-        while time.time() < deadline and process.poll() is None:
-            try:
-                answer = post(f"http://127.0.0.1:{port}", {"user_id": store.read_table("prepare", "interactions").column("user_id")[0].as_py(), "k": 4})
-                if answer.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        assert answer is not None and answer.status_code == 200 and len(answer.json()["items"]) == 4
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
-    assert process.returncode == 0 and f"127.0.0.1:{port}" in err
+    user = store.read_table("prepare", "interactions").column("user_id")[0].as_py()
+    with open(log, "w") as stderr:
+        # its own local Ray cluster ("local"), as on a laptop, beside the test session's
+        process = subprocess.Popen([dig, "serve", "--run", cfg.storage.uri, "--set", f"serve.port={port}",
+                                    "--set", "ray.address=local", "--set", "ray.num_cpus=1"],
+                                   stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        try:
+            deadline, answer = time.time() + 240, None
+            while time.time() < deadline and process.poll() is None and "ready at" not in log.read_text():
+                time.sleep(1)
+            answer = post(f"http://127.0.0.1:{port}", {"user_id": user, "k": 4})
+            assert answer.status_code == 200 and len(answer.json()["items"]) == 4
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+    text = log.read_text()
+    assert process.returncode == 0 and f"ready at http://127.0.0.1:{port}" in text and "stopping" in text, text[-2000:]
