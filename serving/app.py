@@ -146,7 +146,7 @@ def build_app(cfg: RunConfig):
         ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
         **scaling,
     ).bind()
-    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(recommender, s.max_k, s.max_history, s.max_body_bytes)
+    return Ingress.options(max_ongoing_requests=s.max_ongoing_requests, ray_actor_options={"num_cpus": 0}).bind(recommender, s.max_k, s.max_history, s.max_body_bytes)
 
 
 def app_builder(args: dict):
