@@ -18,6 +18,7 @@ from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_meta, save_model, user_interests
 from deepinterestgr.recommender.formats import CompactFormat
 from deepinterestgr.recommender.model import export_model
+from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main
 
@@ -60,7 +61,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     valid = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
     backbone = "compact" if isinstance(fmt, CompactFormat) else "llm"
     loop_config = {
-        "run": cfg.model_dump(mode="json"), "backbone": backbone, "sizes": catalog.trie.sizes,
+        "run": pinned(cfg).model_dump(mode="json"), "backbone": backbone, "sizes": catalog.trie.sizes,
         "vocab_offset": fmt.vocab.offset, "trie": catalog.trie_bytes, "codes": catalog.codes.tolist(),
         "pad_id": fmt.pad_id, "prompts": prompts, "targets": targets, "quality": quality[targets].tolist(),
         "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],

@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from actors.predictor import Predictor, Query, RequestError
 from deepinterestgr.config import ConfigError, RunConfig, load_config
+from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import RunStore
 from serving.schemas import RecommendRequest, describe_errors
 
@@ -134,6 +135,7 @@ class Ingress:
 
 def build_app(cfg: RunConfig):
     """The application for a run config: replica count, batching and resources come from `cfg.serve`."""
+    cfg = pinned(cfg)
     s = cfg.serve
     scaling = (
         {"autoscaling_config": {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,

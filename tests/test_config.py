@@ -57,3 +57,14 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg
+
+
+def test_pinned_config_carries_an_absolute_local_run_path_to_ray_workers():
+    from pathlib import Path
+
+    from deepinterestgr.storage.filesystem import pinned
+
+    relative = load_config(None, ["storage.uri=runs/x"])
+    assert pinned(relative).storage.uri == str(Path("runs/x").resolve()) and relative.storage.uri == "runs/x"
+    remote = load_config(None, ["storage.uri=s3://bucket/runs/x"])
+    assert pinned(remote).storage.uri == "s3://bucket/runs/x"

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
 
-from deepinterestgr.config import StorageConfig
+from deepinterestgr.config import RunConfig, StorageConfig
 from deepinterestgr.errors import StorageError
 
 
@@ -51,3 +51,12 @@ def resolve(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str]:
     filesystem = pafs.LocalFileSystem()
     filesystem.create_dir(root, recursive=True)
     return filesystem, root, root
+
+
+def pinned(cfg: RunConfig) -> RunConfig:
+    """A copy of the config whose local storage path is absolute: Ray workers run in other folders."""
+    if urlparse(cfg.storage.uri).scheme == "s3":
+        return cfg
+    copy = cfg.model_copy(deep=True)
+    copy.storage.uri = str(Path(cfg.storage.uri.removeprefix("file://")).expanduser().resolve())
+    return copy
