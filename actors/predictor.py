@@ -79,10 +79,9 @@ class Predictor:
 
     def describe(self) -> dict:
         """What `GET /v1/model` answers."""
-        meta = self.format.vocab
         return {"model_version": self.version, "stage": self.stage, "run": self.run_uri,
                 "backbone": type(self.format).__name__.removesuffix("Format").lower(),
-                "sid_levels": list(meta.sizes), "items": len(self.catalog.item_ids), "users": len(self.histories)}
+                "sid_levels": list(self.format.vocab.sizes), "items": len(self.catalog.item_ids), "users": len(self.histories)}
 
     def item(self, item_id: str) -> dict:
         row = self.rows.get(item_id)

@@ -78,7 +78,15 @@ class DataConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
-class RQVAEConfig(Section):
+class TrainerScaling(Section):
+    """How many Ray Train workers a training stage uses, and what each one takes."""
+
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
+class RQVAEConfig(TrainerScaling):
     """The RQ-VAE tokenizer and its Ray Train run."""
 
     hidden_dims: list[int] = [256, 128, 64]
@@ -98,9 +106,6 @@ class RQVAEConfig(Section):
     dead_code_min_count: int = Field(1, ge=0)
     # Start from a collapsed codebook (all codes equal): for testing that re-seeding recovers.
     start_collapsed: bool = False
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
 
 
 class TokenizeConfig(Section):
@@ -146,7 +151,7 @@ class LLMBackboneConfig(Section):
     bf16: bool = True
 
 
-class SFTConfig(Section):
+class SFTConfig(TrainerScaling):
     """Supervised fine-tuning of the generative recommender on Ray Train."""
 
     # compact: a small Llama-style decoder built from this config and trained from scratch (the CPU
@@ -169,12 +174,9 @@ class SFTConfig(Section):
     # Validation HR@10/NDCG@10 with this beam each epoch; stop after `patience` epochs without gain.
     beam_width: int = Field(20, ge=1)
     patience: int = Field(3, ge=1)
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
 
 
-class GRPOConfig(Section):
+class GRPOConfig(TrainerScaling):
     """GRPO after SFT: group rollouts, the interest-aware reward, clipped ratio and KL to the SFT model."""
 
     # Rollouts per prompt: "beam" = the G distinct items of the constrained beam search; "sample" =
@@ -201,9 +203,6 @@ class GRPOConfig(Section):
     # `max_degradation` below the best so far (the best model, possibly the SFT one, is kept).
     beam_width: int = Field(20, ge=1)
     max_degradation: float = Field(0.1, ge=0)
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
 
 
 class SASRecConfig(Section):

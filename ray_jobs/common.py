@@ -9,8 +9,9 @@ import sys
 
 import pyarrow as pa
 import ray
+from ray.train import ScalingConfig
 
-from deepinterestgr.config import ConfigError, RunConfig, load_config
+from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.storage.runstore import RunStore
 
@@ -65,3 +66,9 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
 def to_table(dataset: ray.data.Dataset) -> pa.Table:
     """Collect a (small) Ray Dataset on the driver as one Arrow table."""
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+
+
+def scaling_config(section: TrainerScaling) -> ScalingConfig:
+    """Ray Train scaling from a training stage's config section."""
+    return ScalingConfig(num_workers=section.num_workers, use_gpu=section.use_gpu,
+                         resources_per_worker={"CPU": section.cpus_per_worker})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
@@ -20,7 +20,7 @@ from deepinterestgr.recommender.formats import CompactFormat
 from deepinterestgr.recommender.model import export_model
 from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import stage_main
+from ray_jobs.common import scaling_config, stage_main
 
 STAGE = "grpo"
 
@@ -76,7 +76,7 @@ def make_trainer(cfg: RunConfig, loop_config: dict, storage_path: str, fs) -> To
     return TorchTrainer(
         train_grpo,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=g.num_workers, use_gpu=g.use_gpu, resources_per_worker={"CPU": g.cpus_per_worker}),
+        scaling_config=scaling_config(g),
         run_config=TrainRunConfig(
             name="grpo", storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(checkpoint_score_attribute="val_ndcg@10", checkpoint_score_order="max"),

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import ray
 import torch
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig
 from ray.train import DataConfig as TrainDataConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
@@ -21,7 +21,7 @@ from deepinterestgr.recommender.formats import RecommenderMeta, make_format
 from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, export_model
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from deepinterestgr.weights import resolve_llm
-from ray_jobs.common import stage_main
+from ray_jobs.common import scaling_config, stage_main
 
 STAGE = "sft"
 
@@ -68,7 +68,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
                 "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
                 "valid_targets": [int(seqs.valid[u]) for u in valid],
             },
-            scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}),
+            scaling_config=scaling_config(s),
             datasets={"train": ray.data.from_items(rows).materialize()},
             dataset_config=TrainDataConfig(datasets_to_split=[]),
             run_config=TrainRunConfig(

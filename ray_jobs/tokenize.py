@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
-from ray.train import CheckpointConfig, ScalingConfig
+from ray.train import CheckpointConfig
 from ray.train import DataConfig as TrainDataConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
@@ -27,7 +27,7 @@ from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
-from ray_jobs.common import stage_main, to_table
+from ray_jobs.common import scaling_config, stage_main, to_table
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "label")
@@ -88,9 +88,7 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
     trainer = TorchTrainer(
         train_rqvae,
         train_loop_config={"rqvae": r.model_dump(), "seed": cfg.seed, "image_projection_dim": cfg.tokenize.image_projection_dim},
-        scaling_config=ScalingConfig(
-            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker}
-        ),
+        scaling_config=scaling_config(r),
         # Materialised so that iterating it needs no CPU tasks while the workers hold every core.
         datasets={"train": embeddings.select_columns(columns).materialize()},
         dataset_config=TrainDataConfig(datasets_to_split=[]),
