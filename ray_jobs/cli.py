@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # stage -> the issue that builds it, for stages whose entrypoint does not exist yet.
-NOT_BUILT = {"mine": 3, "label": 3, "pipeline": 8}
+NOT_BUILT = {"pipeline": 8}
 STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline"]
 
 USAGE = """usage: dig <stage> [--config FILE] [--set key=value ...] [--run URI]

@@ -30,7 +30,7 @@ from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_externa
 from ray_jobs.common import scaling_config, stage_main, to_table
 
 STAGE = "tokenize"
-UPSTREAM = ("prepare", "label")
+UPSTREAM = ("prepare", "mine", "label")
 
 
 @dataclass
@@ -158,7 +158,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         print(f"tokenize: up to date in {store.uri}; skipped", file=sys.stderr)
         return _load(store, store.require(STAGE))
     if items is None:
-        source = "label" if "label" in inputs else "prepare"
+        source = next(stage for stage in ("label", "mine", "prepare") if stage in inputs)
         items = ray.data.read_parquet(store.table_path(source, "items"), filesystem=store.fs)
 
     with store.stage(STAGE, config_hash, inputs) as attempt:

@@ -23,6 +23,18 @@ def load_template(name: str) -> dict[str, str]:
     return templates
 
 
+def fill(template: str, **parts: str) -> str:
+    """A text template with its placeholders replaced; a missing part is an error naming it."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in parts:
+            raise KeyError(f"prompt template needs {{{name}}}, which was not given")
+        return str(parts[name])
+
+    return PLACEHOLDER.sub(value, template)
+
+
 def render(template: str, encode, **parts: str | list[int]) -> list[int]:
     """Token ids of a template: text parts go through `encode`, list parts are token ids inserted as is.
 

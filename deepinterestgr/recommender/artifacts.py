@@ -44,7 +44,7 @@ def load_catalog(store: RunStore) -> Catalog:
 
 def item_texts(store: RunStore, item_ids: list[str]) -> list[ItemText]:
     """Title and positively labelled descriptors per catalog row (descriptors once mining has run)."""
-    source = "label" if store.entry("label") is not None else "prepare"
+    source = next(stage for stage in ("label", "mine", "prepare") if store.entry(stage) is not None)
     table = store.read_table(source, "items")
     rows = {item: row for row, item in enumerate(item_ids)}
     described = "descriptors" in table.column_names

@@ -60,3 +60,20 @@ def pinned(cfg: RunConfig) -> RunConfig:
     copy = cfg.model_copy(deep=True)
     copy.storage.uri = str(Path(cfg.storage.uri.removeprefix("file://")).expanduser().resolve())
     return copy
+
+
+def read_uri(uri: str, filesystem: pafs.FileSystem | None = None, timeout_s: float = 10.0) -> bytes:
+    """Bytes of an http(s) URL, an s3:// object (through `filesystem` when given) or a local file."""
+    import urllib.request
+
+    if uri.startswith(("http://", "https://")):
+        with urllib.request.urlopen(uri, timeout=timeout_s) as response:
+            return response.read()
+    if uri.startswith("s3://"):
+        path = uri[len("s3://"):]
+        if filesystem is None or not isinstance(filesystem, pafs.S3FileSystem):
+            filesystem, path = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(path) as handle:
+            return handle.read()
+    with open(uri.removeprefix("file://"), "rb") as handle:
+        return handle.read()

@@ -10,11 +10,9 @@ def enriched_text(item: dict) -> str:
     descriptor without a label yet counts as positive.
     """
     parts = [item.get("title") or "", item.get("description") or "", item.get("caption") or ""]
-    descriptors = [
-        d["descriptor"]
-        for d in (item.get("descriptors") or [])
-        if d.get("descriptor") and d.get("label", 1) == 1
-    ]
+    mined = item.get("descriptors")
+    # Ray Data hands list columns over as arrays, whose truth value is ambiguous: test for None.
+    descriptors = [d["descriptor"] for d in (mined if mined is not None else []) if d.get("descriptor") and d.get("label", 1) == 1]
     if descriptors:
         parts.append("Interests: " + "; ".join(descriptors))
     return "\n".join(part for part in parts if part)

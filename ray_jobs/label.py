@@ -1,0 +1,128 @@
+"""`dig label`: reward labels (RLDI) for every mined descriptor, and item quality for GRPO's reward.
+
+An LLM judge labels a seeded sample of (descriptor, item) pairs; a logistic regression over MiniLM
+embeddings learns the judge on part of that sample, is scored on the held-out rest, and labels every
+pair. Outputs: `label/items` (mined items, each descriptor with `label` and `p_good`),
+`label/item_quality` (item_id, quality), `label/judged` (the judged sample), `label/failures`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from actors.embedders import TextEmbedder
+from deepinterestgr.config import RunConfig
+from deepinterestgr.errors import DataError
+from deepinterestgr.interests.labels import agreement, fit_classifier, item_quality, pair_features
+from deepinterestgr.interests.parsing import parse_label
+from deepinterestgr.interests.requests import judge_request
+from deepinterestgr.prompts import load_template
+from deepinterestgr.storage.result_cache import ResultCache
+from deepinterestgr.storage.runstore import ManifestEntry, RunStore
+from ray_jobs.common import stage_main, to_table
+from ray_jobs.llm_batch import cache_key, run_llm_task
+from ray_jobs.mine import FAILURE_SCHEMA
+
+STAGE = "label"
+LABELLED_TYPE = pa.list_(pa.struct([("descriptor", pa.string()), ("confidence", pa.float64()), ("sources", pa.list_(pa.string())),
+                                    ("label", pa.int64()), ("p_good", pa.float64())]))
+
+
+@dataclass
+class Labelled:
+    entry: ManifestEntry
+    items: pa.Table
+
+
+def embed_texts(cfg: RunConfig, texts: list[str]) -> dict[str, np.ndarray]:
+    """MiniLM vectors of distinct texts, on a Ray Data actor pool that keeps the encoder loaded."""
+    distinct = sorted(set(texts))
+    data = ray.data.from_items([{"text": t} for t in distinct]).map_batches(
+        TextEmbedder, fn_constructor_kwargs={"model": cfg.label.text_encoder, "column": "text"}, batch_size=256,
+        compute=ray.data.ActorPoolStrategy(size=1))
+    table = to_table(data)
+    return dict(zip(table.column("text").to_pylist(), np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))))
+
+
+def judge(cfg: RunConfig, store: RunStore, pairs: list[dict]) -> tuple[dict[int, int], list[dict], dict]:
+    """Judge labels for a seeded sample of pair indices."""
+    rng = np.random.default_rng(cfg.seed)
+    sample = sorted(rng.choice(len(pairs), size=min(cfg.label.judge_sample, len(pairs)), replace=False).tolist())
+    templates = load_template(cfg.label.prompts)
+    requests = []
+    for index in sample:
+        p = pairs[index]
+        request = judge_request(templates, p["title"], p["description"], p["descriptor"], cfg.label.judge.max_prompt_tokens)
+        requests.append({"id": str(index), "messages": request.messages, "truncated": request.truncated})
+    cache = ResultCache(store, STAGE, cache_key("judge", cfg.label.judge, cfg.label.prompts))
+    outcome = run_llm_task("judge", requests, parse_label, cfg.label.judge, cache, cfg.seed, cfg.mine.parse_retries, cfg.mine.flush_rows)
+    return {int(k): int(v) for k, v in outcome.values.items()}, outcome.failures, outcome.stats
+
+
+def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) -> Labelled:
+    """Judge, learn, label, score items; skipped when inputs and config are unchanged."""
+    inputs = store.inputs(("mine",))
+    config_hash = cfg.section_hash("label")
+    if store.is_fresh(STAGE, config_hash, inputs):
+        print(f"label: up to date in {store.uri}; skipped", file=sys.stderr)
+        return Labelled(store.require(STAGE), store.read_table(STAGE, "items"))
+    mined = to_table(items) if items is not None else store.read_table("mine", "items")
+    records = mined.to_pylist()
+    pairs = [{"row": r, "k": k, "item_id": item["item_id"], "title": item.get("title") or "", "description": item.get("description"),
+              "descriptor": d["descriptor"]} for r, item in enumerate(records) for k, d in enumerate(item["descriptors"] or [])]
+    if not pairs:
+        raise DataError(f"label: the mine stage in {store.uri} produced no descriptors to label (see mine/failures)")
+
+    with store.stage(STAGE, config_hash, inputs) as attempt:
+        judged, failures, judge_stats = judge(cfg, store, pairs)
+        if len(judged) < 2:
+            raise DataError(f"label: the judge answered {len(judged)} of {judge_stats['rows']} pairs; see the failures in the log")
+        vectors = embed_texts(cfg, [p["descriptor"] for p in pairs] + [p["title"] for p in pairs])
+        features = pair_features(np.stack([vectors[p["descriptor"]] for p in pairs]), np.stack([vectors[p["title"]] for p in pairs]))
+        order = np.random.default_rng(cfg.seed + 1).permutation(sorted(judged))
+        holdout = order[: max(1, int(len(order) * cfg.label.holdout))]
+        train = order[len(holdout):]
+        labels = np.array([judged[i] for i in range(len(pairs)) if i in judged])
+        classifier = fit_classifier(features[train], np.array([judged[i] for i in train]), cfg.label.epochs, cfg.label.lr,
+                                    cfg.label.weight_decay, cfg.seed)
+        probability = classifier.probability(features)
+        predicted = (probability >= 0.5).astype(int)
+        for p, prob, label in zip(pairs, probability, predicted):
+            records[p["row"]]["descriptors"][p["k"]].update(label=int(label), p_good=round(float(prob), 4))
+        table = mined.set_column(mined.schema.get_field_index("descriptors"), "descriptors",
+                                 pa.array([r["descriptors"] or [] for r in records], LABELLED_TYPE))
+        quality = pa.table({"item_id": [r["item_id"] for r in records],
+                            "quality": [item_quality(r["descriptors"] or []) for r in records]})
+        judged_table = pa.table({
+            "item_id": [pairs[i]["item_id"] for i in sorted(judged)], "descriptor": [pairs[i]["descriptor"] for i in sorted(judged)],
+            "judge_label": [judged[i] for i in sorted(judged)], "predicted": [int(predicted[i]) for i in sorted(judged)],
+            "holdout": [bool(i in set(holdout.tolist())) for i in sorted(judged)]})
+        described = [q for q, r in zip(quality.column("quality").to_pylist(), records) if r["descriptors"]]
+        report = {
+            "pairs": len(pairs), "judge": judge_stats, "judged": len(judged), "judge_positive_rate": round(float(labels.mean()), 4),
+            "classifier": "constant (the judge gave one label)" if classifier.constant is not None else "logistic regression",
+            "holdout": {"pairs": len(holdout), **agreement(predicted[holdout], np.array([judged[i] for i in holdout]))},
+            "positive_rate": round(float(predicted.mean()), 4),
+            "mean_item_quality": round(float(np.mean(described)), 4) if described else 0.0,
+        }
+        attempt.write_table("items", table)
+        attempt.write_table("item_quality", quality)
+        attempt.write_table("judged", judged_table)
+        attempt.write_table("failures", pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA))
+        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
+        entry = attempt.commit({"items": table.num_rows, "item_quality": quality.num_rows, "judged": len(judged)}, report)
+    return Labelled(entry, table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Mining and labelling for real: the HTTP backend against a local OpenAI-compatible server, Ray Data,
+the run store and its cache; the local transformers backend with the real SmolLM2 weights."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actors.generators import HttpGenerator, LocalGenerator
+from chat_server import GENERIC, ChatServer
+from deepinterestgr.config import GeneratorConfig, load_config
+from deepinterestgr.interests.parsing import parse_descriptors
+from deepinterestgr.storage.runstore import RunStore
+from ray_jobs import label, mine, prepare
+
+COLOURS = {"i1": (200, 30, 40), "i2": (20, 180, 60)}
+ITEMS = [
+    {"item_id": "i1", "title": "Desk lamp for night reading", "description": "A warm LED lamp.", "image_uri": "IMAGE"},
+    {"item_id": "i2", "title": "Tent for family camping", "description": "Sleeps four.", "image_uri": "IMAGE"},
+    {"item_id": "i3", "title": "Pen set for calligraphy", "description": "x" * 50_000},
+    {"item_id": "i4", "title": "Shoes for trail running [429]", "description": "Grippy soles.", "image_uri": "/nonexistent/i4.png"},
+    {"item_id": "i5", "title": "Mystery box [prose]", "description": "Who knows."},
+    {"item_id": "i6", "title": "Broken listing [500]", "description": "Server trips on it."},
+    {"item_id": "i7", "title": "Proxy victim [garbage]", "description": "Answer is HTML."},
+    {"item_id": "i8", "title": "", "description": ""},
+    {"item_id": "i9", "title": "Yoga mat for home workouts", "description": "Non-slip."},
+    {"item_id": "i10", "title": "Headphones for home recording", "description": "Closed back."},
+]
+SEQUENCES = [
+    {"user_id": "u1", "item_ids": ["i1", "i2", "i3", "i9"]},
+    {"user_id": "u2", "item_ids": ["i9", "i10", "i1", "i2", "i3"]},
+    {"user_id": "u3", "item_ids": ["i5", "i6", "i7", "i8", "i10"]},
+]
+
+
+def _http(name: str, url: str, **extra) -> GeneratorConfig:
+    return GeneratorConfig(name=name, backend="http", model="fake", base_url=url, max_retries=1, backoff_s=0.01,
+                           timeout_s=5, max_in_flight=4, **extra)
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for item_id, colour in COLOURS.items():
+        Image.new("RGB", (16, 12), colour).save(folder / f"{item_id}.png")
+    with open(folder / "items.jsonl", "w") as handle:
+        for item in ITEMS:
+            uri = str(folder / f"{item['item_id']}.png") if item.get("image_uri") == "IMAGE" else item.get("image_uri")
+            handle.write(json.dumps({**item, "image_uri": uri}) + "\n")
+    with open(folder / "sequences.jsonl", "w") as handle:
+        handle.writelines(json.dumps(s) + "\n" for s in SEQUENCES)
+    return folder
+
+
+def _config(tmp_path, catalog, server, *extra):
+    cfg = load_config(None, [f"storage.uri={tmp_path / 'run'}", "data.loader=jsonl", f"data.path={catalog}",
+                             "mine.parse_retries=1", "mine.flush_rows=2", "label.judge_sample=100", *extra])
+    cfg.mine.miners = [_http("alpha", server.url), _http("beta", server.url)]
+    cfg.mine.captioner = _http("captioner", server.url)
+    cfg.label.judge = _http("judge", server.url)
+    return cfg
+
+
+def test_http_backend_retries_429_and_5xx_and_records_garbage_and_timeouts(monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", "sekret")
+    with ChatServer(slow_s=1.0) as server:
+        generator = HttpGenerator(server.url, "fake", 64, "TEST_LLM_KEY", max_in_flight=3, timeout_s=0.4, max_retries=2, backoff_s=0.01)
+        titles = ["Lamp for night reading", "Shoes for running [429]", "Thing [500]", "Thing [garbage]", "Thing [slow]"]
+        batch = {"request": np.array([json.dumps([{"role": "user", "content": f"Title: {t}"}]) for t in titles], dtype=object),
+                 "temperature": np.zeros(5), "seed": np.arange(5)}
+        out = generator(batch)
+        assert parse_descriptors(out["text"][0], 5)[0]["descriptor"] == "night reading"
+        assert out["error"][0] == "" and out["completion_tokens"][0] > 0
+        assert out["error"][1] == "", "a 429 is retried"
+        assert "HTTP 500" in out["error"][2] and "gave up after 3 attempts" in out["error"][2]
+        assert "malformed response" in out["error"][3] and "upstream proxy error" in out["error"][3]
+        assert "gave up" in out["error"][4] and "timed out" in out["error"][4].lower()
+        assert server.auth == {"Bearer sekret"}
+        calls = [json.dumps(p["messages"][-1]["content"]) for p in server.requests]
+        assert sum("[500]" in c for c in calls) == 3 and sum("[garbage]" in c for c in calls) == 1, "no retry of a 200 that is garbage"
+
+
+def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cluster, tmp_path, catalog):
+    with ChatServer() as server:
+        cfg = _config(tmp_path, catalog, server)
+        store = RunStore(cfg)
+        prepare.run(cfg, store)
+        mined = mine.run(cfg, store)
+        items = {r["item_id"]: r for r in mined.items.to_pylist()}
+        report = mined.entry.report
+
+        lamp = {d["descriptor"]: d for d in items["i1"]["descriptors"]}
+        assert lamp["night reading"]["sources"] == ["alpha", "beta"] and lamp["night reading"]["confidence"] == 0.8
+        assert lamp[GENERIC]["confidence"] == 0.3
+        assert [d["descriptor"] for d in items["i4"]["descriptors"]][0] == "trail running [429]", "a 429 is retried, then answered"
+        for item_id, colour in COLOURS.items():
+            assert f"16x12 pixels, mostly rgb{colour}".replace(" ", "") in items[item_id]["caption"].replace(" ", ""), "the image reached the model"
+        failures = store.read_table("mine", "failures").to_pylist()
+        by_item = {}
+        for f in failures:
+            by_item.setdefault(f["id"], []).append(f)
+        assert "could not be read" in by_item["i4"][0]["error"] and "/nonexistent/i4.png" in by_item["i4"][0]["error"]
+        assert {f["source"] for f in by_item["i5"]} == {"alpha", "beta"}
+        assert all("unparseable after 2 tries" in f["error"] and "great for many people" in f["raw"] for f in by_item["i5"])
+        assert all("HTTP 500" in f["error"] for f in by_item["i6"]) and all("malformed" in f["error"] for f in by_item["i7"])
+        assert by_item["i8"][0]["error"] == "item has no title and no description"
+        assert all(not items[i]["descriptors"] for i in ("i5", "i6", "i7", "i8"))
+        assert report["miners"]["alpha"]["truncated"] == 1 and report["miners"]["alpha"]["failed"] == 3
+        interests = dict(zip(*store.read_table("mine", "user_interests").to_pydict().values()))
+        assert interests["u1"] == "long-term: night reading; short-term: family camping", "last training title is the penultimate"
+        assert not any("i8" in json.dumps(p) for p in server.requests), "an item without text costs no call"
+
+        # A rerun under a changed stage config asks again only for what failed.
+        asked = len(server.requests)
+        cfg2 = _config(tmp_path, catalog, server, "mine.parse_retries=0")
+        again = mine.run(cfg2, store)
+        new_titles = {json.dumps(p["messages"][-1]["content"]) for p in server.requests[asked:]}
+        assert new_titles and all(any(tag in t for tag in ("[prose]", "[500]", "[garbage]")) for t in new_titles)
+        assert again.entry.report["miners"]["alpha"]["from_cache"] == 6
+
+        labelled = label.run(cfg2, store)
+        labels = {(r["item_id"], d["descriptor"]): d["label"] for r in labelled.items.to_pylist() for d in r["descriptors"]}
+        assert labels[("i1", "night reading")] == 1 and labels[("i1", GENERIC)] == 0, "the classifier learned the judge"
+        quality = dict(zip(*store.read_table("label", "item_quality").to_pydict().values()))
+        assert quality["i1"] == pytest.approx(0.8 / 1.1) and quality["i5"] == 0.0
+        holdout = labelled.entry.report["holdout"]
+        assert holdout["pairs"] >= 3 and holdout["agreement"] == 1.0
+
+
+def test_local_backend_batches_smollm2_like_one_at_a_time_and_refuses_images(smollm2):
+    generator = LocalGenerator("SmolLM2-135M-Instruct", max_new_tokens=12)
+    chats = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "What colour is the sky on a clear day? Answer in one word."}],
+             [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]]
+    together = generator.generate(chats, [0.0] * 3, [0] * 3)
+    alone = [generator.generate([chat], [0.0], [0])[0] for chat in chats[:2]]
+    assert [o["text"] for o in together[:2]] == [o["text"] for o in alone], "left padding must not change greedy answers"
+    assert all(o["completion_tokens"] > 0 and o["text"] for o in together[:2])
+    assert together[0]["prompt_tokens"] < together[1]["prompt_tokens"]
+    assert "takes no images" in together[2]["error"]
+    with pytest.raises(FileNotFoundError, match="/no/such/model"):
+        LocalGenerator("/no/such/model", max_new_tokens=4)
