@@ -187,7 +187,7 @@ def vllm_generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool 
         concurrency=cfg.concurrency,
         should_continue_on_error=True,
         prepare_multimodal_stage={"enabled": images},
-        placement_group_config=None if cfg.num_gpus else {"bundles": [{"CPU": 1}]},
+        placement_group_config=None if cfg.num_gpus else {"bundles": [{"CPU": cfg.num_cpus}]},
     )
     processor = build_processor(config, preprocess=partial(_vllm_request, max_new_tokens=cfg.max_new_tokens),
                                 postprocess=partial(_vllm_result, keep=keep))
@@ -212,4 +212,5 @@ def generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool = Fal
         return dataset.map_batches(HttpGenerator, fn_constructor_kwargs=kwargs, batch_size=cfg.max_in_flight * 2,
                                    compute=pool, num_cpus=0.25)
     return dataset.map_batches(LocalGenerator, fn_constructor_kwargs={"model": cfg.model, "max_new_tokens": cfg.max_new_tokens, "bf16": cfg.bf16},
-                               batch_size=cfg.batch_size, compute=pool, num_gpus=cfg.num_gpus or None)
+                               batch_size=cfg.batch_size, compute=pool, num_cpus=cfg.num_cpus,
+                               **({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {}))

@@ -149,6 +149,8 @@ class GeneratorConfig(Section):
     # Rows per model call (local, vllm) and replicas of the model (actor pool size / engine count).
     batch_size: int = Field(16, ge=1)
     concurrency: int = Field(1, ge=1)
+    # Per replica. On CPU, torch in a local replica uses as many threads as it has CPUs.
+    num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     # local only: bf16 weights on GPU; CPU always runs float32.
     bf16: bool = True
@@ -342,6 +344,13 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(65536, ge=256)
 
 
+class PipelineConfig(Section):
+    """Which stages `dig pipeline` runs (finished ones are skipped either way)."""
+
+    stages: list[Literal["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]] = [
+        "prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]
+
+
 class RayConfig(Section):
     """How the job reaches Ray: None starts (or joins) a local cluster, as `ray.init()` does."""
 
@@ -364,6 +373,7 @@ class RunConfig(Section):
     grpo: GRPOConfig = GRPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     serve: ServeConfig = ServeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the seed and the named sections: a stage reruns when it changes."""

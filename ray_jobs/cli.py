@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-# stage -> the issue that builds it, for stages whose entrypoint does not exist yet.
-NOT_BUILT = {"pipeline": 8}
 STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline"]
 
 USAGE = """usage: dig <stage> [--config FILE] [--set key=value ...] [--run URI]
@@ -33,9 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"dig: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    if stage in NOT_BUILT:
-        print(f"dig {stage}: this stage is not built yet (tracked in issue #{NOT_BUILT[stage]})", file=sys.stderr)
-        return 3
     return importlib.import_module(f"ray_jobs.{stage}").main(rest)
 
 

@@ -40,6 +40,18 @@ def cache_key(task: str, gen: GeneratorConfig, prompts: str) -> str:
     return f"{task}-{gen.name}-{stable_hash(task, settings, prompts)}"
 
 
+def _clean(row: dict) -> dict:
+    # Rows a backend failed on may come back with missing (None/NaN) outputs.
+    def number(value) -> int:
+        return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0
+
+    def text(value) -> str:
+        return value if isinstance(value, str) else ""
+
+    return {**row, "text": text(row.get("text")), "error": text(row.get("error")),
+            "prompt_tokens": number(row.get("prompt_tokens")), "completion_tokens": number(row.get("completion_tokens"))}
+
+
 def _seed(seed: int, row_id: str, attempt: int) -> int:
     return int(stable_hash(seed, row_id, attempt), 16) % (2**31)
 
@@ -72,8 +84,9 @@ def run_llm_task(
         with tqdm(total=len(rows), desc=label, unit="row", file=sys.stderr, mininterval=5) as bar:
             for batch in answers.iter_batches(batch_size=flush_rows, batch_format="pandas"):
                 for row in batch.to_dict("records"):
-                    tokens["prompt_tokens"] += int(row["prompt_tokens"])
-                    tokens["completion_tokens"] += int(row["completion_tokens"])
+                    row = _clean(row)
+                    tokens["prompt_tokens"] += row["prompt_tokens"]
+                    tokens["completion_tokens"] += row["completion_tokens"]
                     if row["error"]:
                         outcome.failures.append({"task": task, "source": gen.name, "id": row["id"], "error": row["error"], "raw": row["text"]})
                         continue
@@ -87,8 +100,8 @@ def run_llm_task(
                                                      "error": f"unparseable after {attempt + 1} tries: {exc}", "raw": row["text"]})
                         continue
                     buffer.append({"id": row["id"], "request_hash": row["request_hash"], "value": json.dumps(value),
-                                   "raw": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
-                                   "completion_tokens": int(row["completion_tokens"])})
+                                   "raw": row["text"], "prompt_tokens": row["prompt_tokens"],
+                                   "completion_tokens": row["completion_tokens"]})
                 cache.append(buffer)
                 bar.update(len(batch))
                 buffer = []

@@ -12,10 +12,10 @@ def _dig(*args, cwd=None):
     return subprocess.run([DIG, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
-def test_unbuilt_stage_says_so_and_fails():
-    result = _dig("pipeline")
-    assert result.returncode != 0
-    assert "not built yet" in result.stderr
+def test_pipeline_with_an_unknown_stage_names_it_and_runs_nothing(tmp_path):
+    result = _dig("pipeline", "--stages", "prepare,mine,train", "--run", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "'train'" in result.stderr and not (tmp_path / "run" / "manifest").exists()
 
 
 def test_bad_override_names_the_key():
