@@ -1,7 +1,7 @@
 """Mining quality on the synthetic catalog, whose items carry known interests: the share of mined
 items with at least one descriptor whose MiniLM cosine similarity to a true interest is >= threshold.
 
-    python bench/mine_quality_bench.py [--items 60] [--threshold 0.6] [--set mine.miners=[...] ...]
+    python bench/mine_quality_bench.py [--config configs/default.yaml] [--items 60] [--threshold 0.6] [--set ...]
 
 Runs prepare and mine (the configured miners; default: SmolLM2 on the local backend) in `--run`, then
 prints one JSON line. For scale it also scores the item titles themselves the same way.
@@ -24,12 +24,13 @@ from ray_jobs import mine, prepare
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="run config whose miners to use (default: the built-in defaults)")
     parser.add_argument("--run", default="runs/bench-mine-quality")
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--threshold", type=float, default=0.6)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
-    cfg = load_config(None, [f"storage.uri={args.run}", f"mine.max_items={args.items}", "mine.user_interests=false", *args.set])
+    cfg = load_config(args.config, [f"storage.uri={args.run}", f"mine.max_items={args.items}", "mine.user_interests=false", *args.set])
     ray.init(include_dashboard=False, logging_level=logging.WARNING)
     store = RunStore(cfg)
     prepare.run(cfg, store)

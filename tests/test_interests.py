@@ -99,3 +99,13 @@ def test_item_quality_is_the_confidence_weighted_share_of_good_descriptors():
     assert item_quality([{"confidence": 0.8, "label": 1}, {"confidence": 0.2, "label": 0}]) == pytest.approx(0.8)
     assert item_quality([{"confidence": 0.5, "label": 0}]) == 0.0
     assert item_quality([]) == 0.0
+
+
+def test_answers_cut_off_mid_list_keep_their_finished_entries():
+    looped = ('It suits smoothies.\n{"descriptors": [{"descriptor": "healthy smoothies", "confidence": 0.9}, '
+              '{"descriptor": "Healthy smoothies", "confidence": 0.8}, {"descriptor": "quick breakfasts", "confidence": 0.6}, {"descr')
+    assert parse_descriptors(looped, 5) == [{"descriptor": "healthy smoothies", "confidence": 0.9},
+                                            {"descriptor": "quick breakfasts", "confidence": 0.6}]
+    assert parse_user_interests('{"long_term": ["home office", "calligraphy"], "short_term": ["exam stu') == "long-term: home office, calligraphy"
+    with pytest.raises(ParseError):
+        parse_descriptors('{"descriptors": [{"descr', 5)

@@ -55,8 +55,9 @@ def test_two_workers_recover_a_collapsed_codebook_and_give_unique_sids(ray_clust
 
 
 def test_same_seed_same_sids_with_kmeans_init(ray_cluster, tmp_path):
-    first = _codes(_run(tmp_path / "a")[2].sids)
-    second = _codes(_run(tmp_path / "b")[2].sids)
+    short = ("tokenize.rqvae.epochs=10", "tokenize.rqvae.eval_every=10")
+    first = _codes(_run(tmp_path / "a", *short)[2].sids)
+    second = _codes(_run(tmp_path / "b", *short)[2].sids)
     assert np.array_equal(first, second)
 
 

@@ -52,6 +52,29 @@ def _last_with(text: str, key: str) -> dict:
     return objects[-1]
 
 
+def _truncated_list(text: str, key: str) -> list | None:
+    """The complete elements of `"key": [...` in an answer cut off before its object closed.
+
+    Small models often loop on entries until they run out of tokens; the entries they finished are
+    still answers.
+    """
+    start = text.rfind(f'"{key}"')
+    if start < 0:
+        return None
+    bracket = text.find("[", start)
+    if bracket < 0:
+        return None
+    decoder, items, position = json.JSONDecoder(), [], bracket + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return items
+        items.append(value)
+
+
 def _confidence(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ParseError(f"confidence {value!r} is not a number")
@@ -71,8 +94,12 @@ def parse_descriptors(text: str, max_descriptors: int, copied: frozenset[str] = 
     Entries with an empty, placeholder, overlong or `copied` (from the prompt's example) descriptor
     or a bad confidence are dropped; an answer left with none is a ParseError.
     """
-    payload = _last_with(text, "descriptors")
-    entries = payload["descriptors"]
+    try:
+        entries = _last_with(text, "descriptors")["descriptors"]
+    except ParseError:
+        entries = _truncated_list(text, "descriptors")
+        if not entries:
+            raise
     if not isinstance(entries, list):
         raise ParseError("'descriptors' is not a list")
     kept: dict[str, float] = {}
@@ -125,7 +152,10 @@ def _phrases(payload: dict, key: str) -> list[str]:
 
 def parse_user_interests(text: str) -> str:
     """`{"long_term": [...], "short_term": [...]}` -> one line the recommender prompts can carry."""
-    payload = _last_with(text, "long_term") if "long_term" in text else _last_with(text, "short_term")
+    try:
+        payload = _last_with(text, "long_term") if "long_term" in text else _last_with(text, "short_term")
+    except ParseError:
+        payload = {key: found for key in ("long_term", "short_term") if (found := _truncated_list(text, key))}
     long_term, short_term = _phrases(payload, "long_term"), _phrases(payload, "short_term")
     if not long_term and not short_term:
         raise ParseError("no long- or short-term interest")
