@@ -47,7 +47,26 @@ def test_gpu_config_selects_vllm_miners_qwen_and_bf16_on_s3():
 
 
 def _ray(*args, env, check=True):
-    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=180, check=check)
+    result = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ray {' '.join(args[:3])} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _job_client(address: str, timeout_s: float = 120):
+    """A job client once the head's job server answers (it starts after `ray start` returns)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            client.list_jobs()
+            return client
+        except Exception:  # noqa: BLE001 - not up yet: connection refused, 5xx, ...
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
 
 
 def _kill_node(node_manager_port: int) -> int:
@@ -92,10 +111,15 @@ def test_pipeline_job_on_two_nodes_survives_losing_the_worker_during_mining(tmp_
     port, dashboard, worker_port = free_port(), free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
     env.pop("RAY_ADDRESS_GCS", None)
+    # Every per-node port is chosen here: the test session's own cluster already holds Ray's defaults.
+    def node_ports() -> list[str]:
+        return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+
     _ray("start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-         "--num-cpus=1", f"--temp-dir={temp}", env={k: v for k, v in env.items() if k != "RAY_ADDRESS"})
+         "--num-cpus=1", f"--temp-dir={temp}", *node_ports(), env={k: v for k, v in env.items() if k != "RAY_ADDRESS"})
     try:
-        _ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={worker_port}",
+        _ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={worker_port}", *node_ports(),
              env={k: v for k, v in env.items() if k != "RAY_ADDRESS"})
         with ChatServer(slow_s=0.3) as server:
             run = tmp_path / "run"
@@ -114,8 +138,15 @@ def test_pipeline_job_on_two_nodes_survives_losing_the_worker_during_mining(tmp_
             (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
             entry = [sys.executable, "-m", "ray_jobs.pipeline", "--config", str(tmp_path / "tiny.yaml")]
 
+            client = _job_client(env["RAY_ADDRESS"])
+
             def submit(job: str) -> str:
-                _ray("job", "submit", "--no-wait", "--submission-id", job, "--address", env["RAY_ADDRESS"], "--", *entry, env=env)
+                # The head's job agent comes up a little after its job server: retry until it takes the job.
+                args = ("job", "submit", "--no-wait", "--submission-id", job, "--address", env["RAY_ADDRESS"], "--", *entry)
+                deadline = time.time() + 120
+                while "No available agent" in (result := _ray(*args, env=env, check=False)).stderr and time.time() < deadline:
+                    time.sleep(2)
+                assert result.returncode == 0, result.stderr[-2000:]
                 return job
 
             job = submit("dig-pipeline-1")
@@ -126,17 +157,11 @@ def test_pipeline_job_on_two_nodes_survives_losing_the_worker_during_mining(tmp_
             nodes = {n.node_id for n in list_nodes(address=env["RAY_ADDRESS"])}
             assert len(nodes) == 2
             assert _kill_node(worker_port) > 0, "the worker node's raylet was found and killed"
-            from ray.job_submission import JobSubmissionClient
-
-            client = JobSubmissionClient(env["RAY_ADDRESS"])
             status = _wait(client, job, 420)
             if status != "SUCCEEDED":
                 # The rerun resumes from the manifest and the mining cache.
                 job = submit("dig-pipeline-2")
-                from ray.job_submission import JobSubmissionClient
-
-            client = JobSubmissionClient(env["RAY_ADDRESS"])
-            status = _wait(client, job, 420)
+                status = _wait(client, job, 420)
             logs = client.get_job_logs(job)
             assert status == "SUCCEEDED", logs[-3000:]
 
