@@ -24,13 +24,18 @@ from ray_jobs.common import USER_ERRORS, parse_config, start_ray
 ORDER = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]
 
 
-def run(cfg: RunConfig, store: RunStore, stages: list[str]) -> dict:
-    """Run `stages` in pipeline order; returns seconds per stage and the summary figures."""
+def check_stages(store: RunStore, stages: list[str]) -> None:
+    """Refuse unknown stage names and a label stage with nothing mined, before any work starts."""
     unknown = [s for s in stages if s not in ORDER]
     if unknown:
         raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; choose from {ORDER}")
     if "label" in stages and "mine" not in stages and store.entry("mine") is None:
         raise ValueError("pipeline.stages: label needs mine (add mine, or run `dig mine` first)")
+
+
+def run(cfg: RunConfig, store: RunStore, stages: list[str]) -> dict:
+    """Run `stages` in pipeline order; returns seconds per stage and the summary figures."""
+    check_stages(store, stages)
     seconds: dict[str, float] = {}
     items: ray.data.Dataset | None = None
     for stage in [s for s in ORDER if s in stages]:
@@ -101,12 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config("pipeline", rest)
         stages = known.stages.split(",") if known.stages else cfg.pipeline.stages
         store = RunStore(cfg)
+        check_stages(store, stages)
         store.save_config(cfg)
         start_ray(cfg)
         result = run(cfg, store, stages)
     except (*USER_ERRORS, ValueError) as exc:
         print(f"dig pipeline: error: {exc}", file=sys.stderr)
         return 2
+    # Disconnect first so the workers' last progress lines reach the terminal before the summary, not after it.
+    ray.shutdown()
     print(json.dumps(result, indent=2, default=str))
     print(table(result), file=sys.stderr)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -13,6 +14,10 @@ from ray_jobs.common import USER_ERRORS, parse_config, start_ray
 from serving.app import build_app
 
 APP_NAME = "deepinterestgr"
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dig serve: starting the {stage} model of {store.uri} at {url}", file=sys.stderr)
     try:
         start_ray(cfg)
+        # Process managers (systemd, Kubernetes, `kill`) stop with SIGTERM: shut Serve down as on Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-        print(f"dig serve: ready at {url} (Ctrl-C stops)\n"
+        print(f"dig serve: ready at {url} (Ctrl-C or SIGTERM stops)\n"
               f"  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"history\": [\"<item_id>\"], \"k\": 10}}'",
               file=sys.stderr)
         while True:

@@ -15,7 +15,8 @@ def _dig(*args, cwd=None):
 def test_pipeline_with_an_unknown_stage_names_it_and_runs_nothing(tmp_path):
     result = _dig("pipeline", "--stages", "prepare,mine,train", "--run", str(tmp_path / "run"))
     assert result.returncode == 2
-    assert "'train'" in result.stderr and not (tmp_path / "run" / "manifest").exists()
+    assert "'train'" in result.stderr
+    assert not (tmp_path / "run" / "manifest").exists() and not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_bad_override_names_the_key():

@@ -163,7 +163,7 @@ def test_serve_deploy_config_validates_and_its_builder_reads_config_and_run(serv
         app_builder({"config": app.args["config"], "set": ["serve.max_k=0"]})
 
 
-def test_dig_serve_answers_http_from_a_trained_run_until_interrupted(served, tmp_path):
+def test_dig_serve_answers_http_from_a_trained_run_until_terminated(served, tmp_path):
     import signal
     import subprocess
     import sys
@@ -187,7 +187,7 @@ def test_dig_serve_answers_http_from_a_trained_run_until_interrupted(served, tmp
             answer = post(f"http://127.0.0.1:{port}", {"user_id": user, "k": 4})
             assert answer.status_code == 200 and len(answer.json()["items"]) == 4
         finally:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)  # as a process manager stops it; Ctrl-C takes the same path
             process.wait(timeout=120)
     text = log.read_text()
     assert process.returncode == 0 and f"ready at http://127.0.0.1:{port}" in text and "stopping" in text, text[-2000:]
