@@ -18,15 +18,23 @@ from deepinterestgr.storage.runstore import RunStore
 USER_ERRORS = (ConfigError, DataError, StorageError)
 
 
-def parse_config(stage: str, argv: list[str] | None) -> RunConfig:
+def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
     """`--config FILE`, `--set key=value` (repeatable) and `--run URI` (= --set storage.uri=URI)."""
-    parser = argparse.ArgumentParser(prog=f"dig {stage}", description=f"Run the '{stage}' stage.")
+    parser = argparse.ArgumentParser(prog=f"dig {stage}", description=description or f"Run the '{stage}' stage.")
     parser.add_argument("--config", help="YAML run config (default: the embedded default)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--run", help="run storage URI: a local folder or s3://bucket/prefix")
-    args = parser.parse_args(argv)
-    overrides = list(args.set) + ([f"storage.uri={args.run}"] if args.run else [])
-    return load_config(args.config, overrides)
+    return parser
+
+
+def config_from(args: argparse.Namespace, *overrides: str) -> RunConfig:
+    """The run config of parsed `arg_parser` arguments; `overrides` come after the user's `--set`s."""
+    return load_config(args.config, list(args.set) + ([f"storage.uri={args.run}"] if args.run else []) + list(overrides))
+
+
+def parse_config(stage: str, argv: list[str] | None) -> RunConfig:
+    """The run config from a stage's command line (see `arg_parser`)."""
+    return config_from(arg_parser(stage).parse_args(argv))
 
 
 def start_ray(cfg: RunConfig) -> None:

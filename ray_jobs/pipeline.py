@@ -9,7 +9,6 @@ subset; label needs mine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -19,7 +18,7 @@ import ray
 from deepinterestgr.config import RunConfig
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, label, mine, prepare, sft, tokenize
-from ray_jobs.common import USER_ERRORS, parse_config, start_ray
+from ray_jobs.common import USER_ERRORS, arg_parser, config_from, start_ray
 
 ORDER = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]
 
@@ -98,13 +97,13 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--stages")
-    known, rest = parser.parse_known_args(argv)
+    parser = arg_parser("pipeline", "Run prepare -> mine -> label -> tokenize -> sft -> grpo -> evaluate in one Ray job; "
+                                     "finished stages are skipped.")
+    parser.add_argument("--stages", help=f"comma-separated subset to run (= --set pipeline.stages=[...]); of {','.join(ORDER)}")
+    args = parser.parse_args(argv)
     try:
-        cfg = parse_config("pipeline", rest)
-        stages = known.stages.split(",") if known.stages else cfg.pipeline.stages
+        cfg = config_from(args, *([f"pipeline.stages=[{args.stages}]"] if args.stages else []))
+        stages = cfg.pipeline.stages
         store = RunStore(cfg)
         check_stages(store, stages)
         store.save_config(cfg)
