@@ -11,7 +11,6 @@ than `max_degradation` (relative) below the best so far.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from actors.train_report import report_epoch, set_worker_log_level
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import load_model
@@ -52,6 +52,7 @@ def _sum_across(values: list[float], world: int) -> torch.Tensor:
 
 
 def train_grpo(config: dict) -> None:
+    set_worker_log_level(config["log_level"])
     cfg = RunConfig.model_validate(config["run"])
     g = cfg.grpo
     context = ray.train.get_context()
@@ -93,14 +94,10 @@ def train_grpo(config: dict) -> None:
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
     def report(epoch: int, metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                state = {"model": trainable_state(policy), "optimizer": optimizer.state_dict() if epoch >= 0 else None,
-                         "epoch": epoch, "best": best}
-                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({"epoch": epoch, **metrics}, checkpoint=saved)
+        report_epoch("grpo", g.epochs, {"epoch": epoch, **metrics},
+                     lambda: {"model": trainable_state(policy), "optimizer": optimizer.state_dict() if epoch >= 0 else None,
+                              "epoch": epoch, "best": best},
+                     CHECKPOINT_FILE, show=("reward_total", "reward_hit", "kl", "val_hr@10", "val_ndcg@10", "s_per_step"))
 
     if start_epoch == -1:
         hr, ndcg = validate()

@@ -8,7 +8,6 @@ training deterministic for a seed, and every worker can measure collisions over 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 
 import numpy as np
@@ -17,6 +16,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from actors.train_report import report_epoch, set_worker_log_level
 from deepinterestgr.config import RQVAEConfig
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import collision_rate, level_stats
@@ -50,6 +50,7 @@ def collect_embeddings(shard) -> tuple[list[str], torch.Tensor, torch.Tensor | N
 
 def train_rqvae(config: dict) -> None:
     """Train one RQ-VAE replica; report metrics each `eval_every` epochs with a checkpoint (rank 0)."""
+    set_worker_log_level(config["log_level"])
     cfg = RQVAEConfig(**config["rqvae"])
     seed = config["seed"]
     context = ray.train.get_context()
@@ -110,13 +111,8 @@ def train_rqvae(config: dict) -> None:
             **{f"utilisation_l{i}": s["utilisation"] for i, s in enumerate(stats)},
             **{f"perplexity_l{i}": s["perplexity"] for i, s in enumerate(stats)},
         }
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+        report_epoch("rqvae", cfg.epochs, metrics, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+                     CHECKPOINT_FILE, show=("loss", "recon", "collision_rate", "utilisation_l0", "reseeded_codes"))
         if not last:
             generator = torch.Generator().manual_seed(seed + epoch)
             reseeded = model.reseed_dead_codes(text.to(device), None if image is None else image.to(device), cfg.dead_code_min_count, generator)

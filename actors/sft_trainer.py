@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from actors.train_report import report_epoch, set_worker_log_level
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
@@ -31,6 +31,7 @@ CHECKPOINT_FILE = "sft.pt"
 
 
 def train_sft(config: dict) -> None:
+    set_worker_log_level(config["log_level"])
     cfg = SFTConfig(**config["sft"])
     seed, sizes, pad_id = config["seed"], config["sizes"], config["pad_id"]
     context = ray.train.get_context()
@@ -88,13 +89,8 @@ def train_sft(config: dict) -> None:
         best, stale = (ndcg, 0) if improved else (best, stale + 1)
         metrics = {"epoch": epoch, "loss": loss_sum / max(steps, 1), "val_hr@10": hr, "val_ndcg@10": ndcg,
                    "tokens_per_s": float(sums[3]), "epoch_s": seconds}
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                state = {"model": trainable_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "best": best, "stale": stale}
-                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+        report_epoch("sft", cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                                                          "epoch": epoch, "best": best, "stale": stale},
+                     CHECKPOINT_FILE, show=("loss", "val_hr@10", "val_ndcg@10", "tokens_per_s", "epoch_s"))
         if stale >= cfg.patience or math.isnan(metrics["loss"]):
             break

@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
-    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     base = load_config(args.config, args.set)
     store = RunStore(base)

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.config, [f"storage.uri={args.run}", f"mine.max_items={args.items}", "mine.user_interests=false", *args.set])
-    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(logging_level=logging.WARNING)
     store = RunStore(cfg)
     prepare.run(cfg, store)
     mined = mine.run(cfg, store)

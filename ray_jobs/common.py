@@ -9,7 +9,8 @@ import sys
 
 import pyarrow as pa
 import ray
-from ray.train import ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+from ray.train import RunConfig as TrainRunConfig
 
 from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_config
 from deepinterestgr.errors import DataError, StorageError
@@ -46,7 +47,7 @@ def start_ray(cfg: RunConfig) -> None:
         num_cpus=cfg.ray.num_cpus,
         ignore_reinit_error=True,
         logging_level=logging.WARNING,
-        include_dashboard=False,
+        include_dashboard=cfg.ray.dashboard,
     )
 
 
@@ -74,6 +75,17 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
 def to_table(dataset: ray.data.Dataset) -> pa.Table:
     """Collect a (small) Ray Dataset on the driver as one Arrow table."""
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+
+
+def train_run_config(cfg: RunConfig, name: str, storage_path: str, fs, score: str, order: str,
+                     max_failures: int = 0) -> TrainRunConfig:
+    """Where a trainer keeps its checkpoints (all kept, ranked by `score`), its retries and log level."""
+    return TrainRunConfig(
+        name=name, storage_path=storage_path, storage_filesystem=fs,
+        checkpoint_config=CheckpointConfig(checkpoint_score_attribute=score, checkpoint_score_order=order),
+        failure_config=FailureConfig(max_failures=max_failures),
+        logging_config=LoggingConfig(log_level=cfg.ray.train_log_level),
+    )
 
 
 def scaling_config(section: TrainerScaling) -> ScalingConfig:

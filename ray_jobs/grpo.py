@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ray.train import CheckpointConfig, FailureConfig
-from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from actors.grpo_trainer import CHECKPOINT_FILE, load_policy, train_grpo
@@ -20,7 +18,7 @@ from deepinterestgr.recommender.formats import CompactFormat
 from deepinterestgr.recommender.model import export_model
 from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import scaling_config, stage_main
+from ray_jobs.common import scaling_config, stage_main, train_run_config
 
 STAGE = "grpo"
 
@@ -61,7 +59,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     valid = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
     backbone = "compact" if isinstance(fmt, CompactFormat) else "llm"
     loop_config = {
-        "run": pinned(cfg).model_dump(mode="json"), "backbone": backbone, "sizes": catalog.trie.sizes,
+        "run": pinned(cfg).model_dump(mode="json"), "log_level": cfg.ray.train_log_level, "backbone": backbone, "sizes": catalog.trie.sizes,
         "vocab_offset": fmt.vocab.offset, "trie": catalog.trie_bytes, "codes": catalog.codes.tolist(),
         "pad_id": fmt.pad_id, "prompts": prompts, "targets": targets, "quality": quality[targets].tolist(),
         "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
@@ -77,11 +75,7 @@ def make_trainer(cfg: RunConfig, loop_config: dict, storage_path: str, fs) -> To
         train_grpo,
         train_loop_config=loop_config,
         scaling_config=scaling_config(g),
-        run_config=TrainRunConfig(
-            name="grpo", storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="val_ndcg@10", checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=2),
-        ),
+        run_config=train_run_config(cfg, "grpo", storage_path, fs, "val_ndcg@10", "max", max_failures=2),
     )
 
 

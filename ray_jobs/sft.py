@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import ray
 import torch
-from ray.train import CheckpointConfig, FailureConfig
 from ray.train import DataConfig as TrainDataConfig
-from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from actors.sft_trainer import CHECKPOINT_FILE, train_sft
@@ -21,7 +19,7 @@ from deepinterestgr.recommender.formats import RecommenderMeta, make_format
 from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, export_model
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from deepinterestgr.weights import resolve_llm
-from ray_jobs.common import scaling_config, stage_main
+from ray_jobs.common import scaling_config, stage_main, train_run_config
 
 STAGE = "sft"
 
@@ -63,7 +61,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         trainer = TorchTrainer(
             train_sft,
             train_loop_config={
-                "sft": s.model_dump(), "seed": cfg.seed, "sizes": catalog.trie.sizes, "trie": catalog.trie_bytes,
+                "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes, "trie": catalog.trie_bytes,
                 "pad_id": fmt.pad_id,
                 "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
                 "valid_targets": [int(seqs.valid[u]) for u in valid],
@@ -71,11 +69,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             scaling_config=scaling_config(s),
             datasets={"train": ray.data.from_items(rows).materialize()},
             dataset_config=TrainDataConfig(datasets_to_split=[]),
-            run_config=TrainRunConfig(
-                name="sft", storage_path=f"{attempt.dir}/ray_train", storage_filesystem=store.fs,
-                checkpoint_config=CheckpointConfig(checkpoint_score_attribute="val_ndcg@10", checkpoint_score_order="max"),
-                failure_config=FailureConfig(max_failures=2),
-            ),
+            run_config=train_run_config(cfg, "sft", f"{attempt.dir}/ray_train", store.fs, "val_ndcg@10", "max", max_failures=2),
         )
         result = trainer.fit()
         history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])

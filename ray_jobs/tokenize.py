@@ -13,9 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
-from ray.train import CheckpointConfig
 from ray.train import DataConfig as TrainDataConfig
-from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from actors.embedders import ImageEmbedder, TextEmbedder
@@ -27,7 +25,7 @@ from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
-from ray_jobs.common import scaling_config, stage_main, to_table
+from ray_jobs.common import scaling_config, stage_main, to_table, train_run_config
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "mine", "label")
@@ -87,18 +85,13 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
     columns = [c for c in ("item_id", "text_embedding", "image_embedding") if c in embeddings.columns()]
     trainer = TorchTrainer(
         train_rqvae,
-        train_loop_config={"rqvae": r.model_dump(), "seed": cfg.seed, "image_projection_dim": cfg.tokenize.image_projection_dim},
+        train_loop_config={"rqvae": r.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "image_projection_dim": cfg.tokenize.image_projection_dim},
         scaling_config=scaling_config(r),
         # Materialised so that iterating it needs no CPU tasks while the workers hold every core.
         datasets={"train": embeddings.select_columns(columns).materialize()},
         dataset_config=TrainDataConfig(datasets_to_split=[]),
-        run_config=TrainRunConfig(
-            name="rqvae",
-            storage_path=f"{attempt_dir}/ray_train",
-            storage_filesystem=store.fs,
-            # Every evaluation keeps its (small) checkpoint: the metrics history is read from them.
-            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="collision_rate", checkpoint_score_order="min"),
-        ),
+        # Every evaluation keeps its (small) checkpoint: the metrics history is read from them.
+        run_config=train_run_config(cfg, "rqvae", f"{attempt_dir}/ray_train", store.fs, "collision_rate", "min"),
     )
     result = trainer.fit()
     checkpoint, metrics = min(result.best_checkpoints, key=lambda pair: (pair[1]["collision_rate"], -pair[1]["epoch"]))
