@@ -356,9 +356,9 @@ class RayConfig(Section):
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
-    # The dashboard also serves Ray's state API, which Ray Train's placement-group cleaner polls: without
-    # it every trainer leaves a detached actor behind that warns once a second.
-    dashboard: bool = True
+    # Start the dashboard with a local cluster. Off by default: on a 2-core machine it made the demo
+    # pipeline ~15% slower. (A cluster started with `ray start --head` has its own.)
+    dashboard: bool = False
     # Ray Train's own console lines (one per report and per checkpoint, with full paths); the training
     # loops write one progress line per epoch whatever this is. INFO brings Ray Train's lines back.
     train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

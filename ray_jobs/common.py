@@ -38,16 +38,27 @@ def parse_config(stage: str, argv: list[str] | None) -> RunConfig:
     return config_from(arg_parser(stage).parse_args(argv))
 
 
+def quiet_train_cleaner() -> None:
+    """Worker setup hook for local clusters started without the dashboard.
+
+    Ray Train's placement-group cleaner asks the state API, which the dashboard serves, whether the
+    trainer is alive; without it the cleaner warns once a second for as long as a trainer runs.
+    """
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def start_ray(cfg: RunConfig) -> None:
     """Join the configured cluster, or start a local one (what `ray job submit` and a laptop both need)."""
     if ray.is_initialized():
         return
+    local_without_dashboard = cfg.ray.address is None and not cfg.ray.dashboard
     ray.init(
         address=cfg.ray.address,
         num_cpus=cfg.ray.num_cpus,
         ignore_reinit_error=True,
         logging_level=logging.WARNING,
         include_dashboard=cfg.ray.dashboard,
+        **({"runtime_env": {"worker_process_setup_hook": "ray_jobs.common.quiet_train_cleaner"}} if local_without_dashboard else {}),
     )
 
 
