@@ -356,8 +356,8 @@ class RayConfig(Section):
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
-    # Start the dashboard with a local cluster. Off by default: on a 2-core machine it made the demo
-    # pipeline ~15% slower. (A cluster started with `ray start --head` has its own.)
+    # Start the dashboard with a local cluster. Off by default: the jobs do not need it and it is more
+    # processes on a small machine. (A cluster started with `ray start --head` has its own.)
     dashboard: bool = False
     # Ray Train's own console lines (one per report and per checkpoint, with full paths); the training
     # loops write one progress line per epoch whatever this is. INFO brings Ray Train's lines back.

@@ -28,7 +28,7 @@ def ray_cluster():
     """One local Ray cluster for the whole test session."""
     import ray
 
-    # No dashboard: on 2 cores it costs the suite about a fifth of its time (measured: 16 vs 20 min).
+    # No dashboard: the tests do not use it, and it is three more processes on a 2-core machine.
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, ignore_reinit_error=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
