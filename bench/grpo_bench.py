@@ -10,7 +10,6 @@ NDCG@10 after SFT, per GRPO seed, their mean and standard deviation, and seconds
 
 import argparse
 import json
-import logging
 import sys
 
 import numpy as np
@@ -22,6 +21,7 @@ from deepinterestgr.recommender.artifacts import load_catalog, load_format, load
 from deepinterestgr.recommender.training import target_ranks
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import grpo
+from ray_jobs.common import start_ray
 
 
 def test_metrics(store: RunStore, stage: str, beam_width: int) -> dict:
@@ -40,9 +40,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
-    ray.init(logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     base = load_config(args.config, args.set)
+    start_ray(base)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     store = RunStore(base)
     out = {"bench": "grpo_vs_sft", "run": store.uri, "sft": test_metrics(store, "sft", base.evaluate.beam_width), "grpo": []}
     for seed in args.seeds:

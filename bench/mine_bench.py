@@ -56,7 +56,7 @@ def main() -> int:
     batched = timed(generator, chats, args.batch_size)
     del generator
 
-    ray.init(num_cpus=args.cpus, logging_level=logging.WARNING)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     gen = GeneratorConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, num_cpus=args.cpus)
     with tempfile.TemporaryDirectory() as folder:

@@ -9,17 +9,16 @@ prints one JSON line. For scale it also scores the item titles themselves the sa
 
 import argparse
 import json
-import logging
 import sys
 
 import numpy as np
-import ray
 from sentence_transformers import SentenceTransformer
 
 from deepinterestgr.config import load_config
 from deepinterestgr.storage.runstore import RunStore
 from deepinterestgr.weights import resolve_text_encoder
 from ray_jobs import mine, prepare
+from ray_jobs.common import start_ray
 
 
 def main() -> int:
@@ -31,7 +30,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.config, [f"storage.uri={args.run}", f"mine.max_items={args.items}", "mine.user_interests=false", *args.set])
-    ray.init(logging_level=logging.WARNING)
+    start_ray(cfg)
     store = RunStore(cfg)
     prepare.run(cfg, store)
     mined = mine.run(cfg, store)

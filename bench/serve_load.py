@@ -85,7 +85,7 @@ def main() -> int:
 
     from serving.app import build_app
 
-    ray.init(num_cpus=2, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port})
     url = f"http://127.0.0.1:{cfg.serve.port}"
     try:

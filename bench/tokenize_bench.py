@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ids, vectors = embeddings(args.data, Path(args.cache))
-    ray.init(num_cpus=2, logging_level=logging.ERROR)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_arrow(pa.table({"item_id": ids, "text_embedding": list(vectors)}))
     out: dict = {"bench": "tokenize", "items": len(ids), "levels": 3, "codebook_size": 256}

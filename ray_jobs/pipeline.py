@@ -15,26 +15,25 @@ import time
 
 import ray
 
-from deepinterestgr.config import RunConfig
+from deepinterestgr.config import PipelineConfig, RunConfig
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, label, mine, prepare, sft, tokenize
 from ray_jobs.common import USER_ERRORS, arg_parser, config_from, start_ray
 
-ORDER = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]
+# The default runs every stage, in pipeline order.
+ORDER = PipelineConfig().stages
 
 
-def check_stages(store: RunStore, stages: list[str]) -> None:
-    """Refuse unknown stage names and a label stage with nothing mined, before any work starts."""
-    unknown = [s for s in stages if s not in ORDER]
-    if unknown:
-        raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; choose from {ORDER}")
+def check_stages(cfg: RunConfig, store: RunStore) -> None:
+    """Refuse a label stage with nothing mined, before any work starts (the config checks the names)."""
+    stages = cfg.pipeline.stages
     if "label" in stages and "mine" not in stages and store.entry("mine") is None:
         raise ValueError("pipeline.stages: label needs mine (add mine, or run `dig mine` first)")
 
 
-def run(cfg: RunConfig, store: RunStore, stages: list[str]) -> dict:
-    """Run `stages` in pipeline order; returns seconds per stage and the summary figures."""
-    check_stages(store, stages)
+def run(cfg: RunConfig, store: RunStore) -> dict:
+    """Run `pipeline.stages` in pipeline order; returns seconds per stage and the summary figures."""
+    stages = cfg.pipeline.stages
     seconds: dict[str, float] = {}
     items: ray.data.Dataset | None = None
     for stage in [s for s in ORDER if s in stages]:
@@ -103,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from(args, *([f"pipeline.stages=[{args.stages}]"] if args.stages else []))
-        stages = cfg.pipeline.stages
         store = RunStore(cfg)
-        check_stages(store, stages)
+        check_stages(cfg, store)
         store.save_config(cfg)
         start_ray(cfg)
-        result = run(cfg, store, stages)
+        result = run(cfg, store)
     except (*USER_ERRORS, ValueError) as exc:
         print(f"dig pipeline: error: {exc}", file=sys.stderr)
         return 2
