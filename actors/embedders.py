@@ -8,6 +8,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from deepinterestgr.storage.filesystem import read_uri
+from deepinterestgr.storage.result_cache import stable_hash
 from deepinterestgr.weights import resolve_text_encoder
 from deepinterestgr.tokenizer.text import enriched_text
 
@@ -18,18 +19,35 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
 
 
 class TextEmbedder:
-    """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`."""
+    """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`.
 
-    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None):
+    With `known` (item id -> (text hash, vector), from the tokenize stage's cache), items whose text
+    is unchanged reuse their vector instead of being encoded again; `text_hash` is added either way.
+    """
+
+    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None,
+                 known: dict[str, tuple[str, list[float]]] | None = None):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
-        self.batch_size, self.column = batch_size, column
+        self.batch_size, self.column, self.known = batch_size, column, known or {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch[self.column]] if self.column else [enriched_text(row) for row in _rows(batch)]
-        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
-        batch["text_embedding"] = vectors.astype(np.float32)
+        hashes = [stable_hash(text) for text in texts]
+        ids = [str(i) for i in batch["item_id"]] if "item_id" in batch else [""] * len(texts)
+        cached = [self.known.get(i, ("", None)) for i in ids]
+        missing = [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h]
+        vectors = np.zeros((len(texts), self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+        for row, (known_hash, vector) in enumerate(cached):
+            if known_hash == hashes[row]:
+                vectors[row] = vector
+        if missing:
+            encoded = self.model.encode([texts[row] for row in missing], batch_size=self.batch_size,
+                                        normalize_embeddings=True, convert_to_numpy=True)
+            vectors[missing] = encoded.astype(np.float32)
+        batch["text_embedding"] = vectors
+        batch["text_hash"] = np.array(hashes)
         return batch
 
 

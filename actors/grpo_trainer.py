@@ -24,7 +24,8 @@ from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import load_model
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.grpo import completion_logprobs, constrained_samples, group_advantages, grpo_loss
+from deepinterestgr.recommender.decoding import completion_logprobs
+from deepinterestgr.recommender.grpo import constrained_samples, group_advantages, grpo_loss
 from deepinterestgr.recommender.model import add_lora, trainable_state
 from deepinterestgr.recommender.reward import reward_terms
 from deepinterestgr.recommender.training import target_ranks

@@ -60,7 +60,7 @@ class Predictor:
         self.version = store.require(self.stage).fingerprint
         self.run_uri = store.uri
         self.catalog = load_catalog(store)
-        self.format = load_format(store, self.stage, self.catalog)
+        self.format = load_format(store, self.stage, self.catalog, cfg.sft.backbone)
         self.model = load_model(store, self.stage)
         if cfg.serve.gpus_per_replica and torch.cuda.is_available():
             self.model.to("cuda")

@@ -24,7 +24,8 @@ from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import build_model, trainable_state
-from deepinterestgr.recommender.training import collate, target_ranks
+from deepinterestgr.recommender.decoding import is_encoder_decoder, lr_factor, sft_loss, training_batch
+from deepinterestgr.recommender.training import target_ranks
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 CHECKPOINT_FILE = "sft.pt"
@@ -45,6 +46,9 @@ def train_sft(config: dict) -> None:
 
     model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_ratio, cfg.lr_schedule))
     start_epoch, best, stale = 0, -1.0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -52,9 +56,11 @@ def train_sft(config: dict) -> None:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
     device = ray.train.torch.get_device()
     model.to(device)
+    encoder_decoder = is_encoder_decoder(model)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -64,14 +70,15 @@ def train_sft(config: dict) -> None:
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank))
         began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            batch = collate([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id)
+            batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                loss = ddp(**batch).loss
+                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing)
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
                 torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
                 optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
             loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
@@ -90,6 +97,7 @@ def train_sft(config: dict) -> None:
         metrics = {"epoch": epoch, "loss": loss_sum / max(steps, 1), "val_hr@10": hr, "val_ndcg@10": ndcg,
                    "tokens_per_s": float(sums[3]), "epoch_s": seconds}
         report_epoch("sft", cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                                                          "scheduler": scheduler.state_dict(),
                                                           "epoch": epoch, "best": best, "stale": stale},
                      CHECKPOINT_FILE, show=("loss", "val_hr@10", "val_ndcg@10", "tokens_per_s", "epoch_s"))
         if stale >= cfg.patience or math.isnan(metrics["loss"]):

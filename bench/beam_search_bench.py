@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from deepinterestgr.recommender.beam_search import beam_search, left_pad
+from deepinterestgr.recommender.beam_search import beam_search
+from deepinterestgr.recommender.decoding import left_pad
 from deepinterestgr.recommender.model import BOS, PAD, SEP, CompactModelConfig, compact_model
 from deepinterestgr.tokenizer.sids import SIDTrie
 

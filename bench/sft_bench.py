@@ -22,7 +22,8 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import load_catalog
 from deepinterestgr.recommender.formats import CompactFormat, Example
 from deepinterestgr.recommender.model import PAD, build_model
-from deepinterestgr.recommender.training import collate, target_ranks
+from deepinterestgr.recommender.decoding import training_batch
+from deepinterestgr.recommender.training import target_ranks
 from deepinterestgr.storage.runstore import RunStore
 
 
@@ -69,7 +70,7 @@ def main() -> None:
             order = torch.randperm(len(data), generator=generator).tolist()
             began = time.perf_counter()
             for start in range(0, len(order), s.batch_size):
-                batch = collate([data[i] for i in order[start: start + s.batch_size]], PAD)
+                batch = training_batch([data[i] for i in order[start: start + s.batch_size]], PAD, encoder_decoder=False)
                 loss = model(**batch).loss
                 optimizer.zero_grad()
                 loss.backward()

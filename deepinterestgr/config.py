@@ -108,6 +108,17 @@ class RQVAEConfig(TrainerScaling):
     start_collapsed: bool = False
 
 
+class CollaborativeConfig(Section):
+    """Collaborative item vectors fused with the text embeddings before the SID tokenizer (tokenize.collaborative)."""
+
+    enabled: bool = False
+    # SVD dimensions; after fusion every dimension weighs alike, so the collaborative share of the
+    # tokenizer's input is dim / (dim + text dimensions).
+    dim: int = Field(64, ge=1)
+    # Items up to this many positions apart in a training sequence co-occur (weight 1/distance).
+    window: int = Field(3, ge=1)
+
+
 class TokenizeConfig(Section):
     """Item embeddings -> Semantic IDs (IEID)."""
 
@@ -128,6 +139,7 @@ class TokenizeConfig(Section):
     # method=external: JSON file item_id -> list of code tokens ("<a_12>" or integers).
     external_path: str | None = None
     rqvae: RQVAEConfig = RQVAEConfig()
+    collaborative: CollaborativeConfig = CollaborativeConfig()
 
 
 class GeneratorConfig(Section):
@@ -235,26 +247,49 @@ class LLMBackboneConfig(Section):
 class SFTConfig(TrainerScaling):
     """Supervised fine-tuning of the generative recommender on Ray Train."""
 
-    # compact: a small Llama-style decoder built from this config and trained from scratch (the CPU
-    # default); llm: a pretrained causal LM (sft.llm) with SID tokens added and text prompts.
-    backbone: Literal["compact", "llm"] = "compact"
+    # compact: a small Llama-style decoder built from this config and trained from scratch;
+    # encoder_decoder: a TIGER-style T5 built from this config (bidirectional encoder over the
+    # history, decoder generates the next SID) trained from scratch; llm: a pretrained causal LM
+    # (sft.llm) with SID tokens added and text prompts.
+    backbone: Literal["compact", "encoder_decoder", "llm"] = "compact"
     llm: LLMBackboneConfig = LLMBackboneConfig()
-    # The compact backbone's shape (ignored by the llm backbone).
+    # The shape of the from-scratch backbones (layers = per side for encoder_decoder).
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     intermediate_size: int = Field(256, ge=8)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # Each user's training sequence is cut to its last `max_items` items.
+    # Prompts hold the last `max_items` items of a history. compact: training sequences are cut into
+    # windows of max_items + 1 items that together cover the whole sequence; encoder_decoder: one
+    # example per training target.
     max_items: int = Field(20, ge=1)
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)
+    # constant, or cosine decay to 0 over all epochs; both after `warmup_ratio` of the steps of linear warmup.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     # Validation HR@10/NDCG@10 with this beam each epoch; stop after `patience` epochs without gain.
     beam_width: int = Field(20, ge=1)
     patience: int = Field(3, ge=1)
+    # Validate on a seeded sample of this many users (0 = all); grpo validates on the same users.
+    valid_users: int = Field(2000, ge=0)
+
+    @model_validator(mode="after")
+    def _options_fit_backbone(self) -> "SFTConfig":
+        # Compared with the defaults, not with what was set: a resolved config.yaml holds every key.
+        defaults = SFTConfig.model_construct()
+        shape = [k for k in ("hidden_size", "layers", "heads", "intermediate_size", "dropout") if getattr(self, k) != getattr(defaults, k)]
+        if self.backbone != "llm" and self.llm != LLMBackboneConfig():
+            raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
+        if self.backbone == "llm" and shape:
+            raise ValueError(f"sft.{shape[0]} applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
+        if self.backbone != "llm" and self.hidden_size % self.heads:
+            raise ValueError(f"sft.heads ({self.heads}) must divide sft.hidden_size ({self.hidden_size})")
+        return self
 
 
 class GRPOConfig(TrainerScaling):

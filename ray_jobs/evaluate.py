@@ -47,7 +47,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         return store.require(STAGE)
     e = cfg.evaluate
     catalog = load_catalog(store)
-    fmt = load_format(store, model_stage, catalog)
+    fmt = load_format(store, model_stage, catalog, cfg.sft.backbone)
     interests = user_interests(store)
     seqs = catalog.sequences
     users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]

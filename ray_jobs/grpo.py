@@ -16,6 +16,7 @@ from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_meta, save_model, user_interests
 from deepinterestgr.recommender.formats import CompactFormat
 from deepinterestgr.recommender.model import export_model
+from deepinterestgr.recommender.sequences import validation_users
 from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import scaling_config, stage_main, train_run_config
@@ -46,7 +47,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     """Training prompts (history up to a target), their targets and q_target, validation users."""
     g = cfg.grpo
     catalog = load_catalog(store)
-    fmt = load_format(store, "sft", catalog)
+    fmt = load_format(store, "sft", catalog, cfg.sft.backbone)
     seqs, interests = catalog.sequences, user_interests(store)
     quality, quality_source = item_quality(store, catalog.item_ids)
     prompts, targets = [], []
@@ -56,7 +57,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
             targets.append(rows[t])
     if len(prompts) < g.num_workers:
         raise DataError(f"grpo: {len(prompts)} training prompts for {g.num_workers} workers")
-    valid = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
+    valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
     backbone = "compact" if isinstance(fmt, CompactFormat) else "llm"
     loop_config = {
         "run": pinned(cfg).model_dump(mode="json"), "log_level": cfg.ray.train_log_level, "backbone": backbone, "sizes": catalog.trie.sizes,

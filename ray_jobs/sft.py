@@ -17,6 +17,7 @@ from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import item_texts, load_catalog, save_model, user_interests
 from deepinterestgr.recommender.formats import RecommenderMeta, make_format
 from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, export_model
+from deepinterestgr.recommender.sequences import validation_users
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from deepinterestgr.weights import resolve_llm
 from ray_jobs.common import scaling_config, stage_main, train_run_config
@@ -27,8 +28,8 @@ STAGE = "sft"
 def recommender_meta(cfg: RunConfig, sizes: list[int]):
     """The metadata and tokenizer of the configured backbone, without loading its weights."""
     s = cfg.sft
-    if s.backbone == "compact":
-        return RecommenderMeta("compact", list(sizes), SPECIAL_TOKENS, s.max_items), None
+    if s.backbone != "llm":
+        return RecommenderMeta(s.backbone, list(sizes), SPECIAL_TOKENS, s.max_items), None
     from transformers import AutoConfig, AutoTokenizer
 
     path = resolve_llm(s.llm.model)
@@ -56,7 +57,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     if not examples:
         raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
     rows = [{"key": k, "ids": e.ids, "loss_start": e.loss_start} for k, e in enumerate(examples)]
-    valid = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
+    valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
     with store.stage(STAGE, config_hash, inputs) as attempt:
         trainer = TorchTrainer(
             train_sft,

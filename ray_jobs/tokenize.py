@@ -20,7 +20,9 @@ from actors.embedders import ImageEmbedder, TextEmbedder
 from actors.rqvae_trainer import CHECKPOINT_FILE, stack_embeddings, train_rqvae
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
+from deepinterestgr.storage.result_cache import ResultCache, stable_hash
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
+from deepinterestgr.tokenizer.collaborative import cooccurrence_vectors, match_scale, training_sequences
 from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
@@ -29,6 +31,7 @@ from ray_jobs.common import scaling_config, stage_main, to_table, train_run_conf
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "mine", "label")
+EMBEDDING_COLUMNS = ("item_id", "text_embedding", "cf_embedding", "image_embedding")
 
 
 @dataclass
@@ -38,14 +41,31 @@ class Tokenized:
     trie: SIDTrie
 
 
+def embedding_cache(cfg: RunConfig, store: RunStore) -> ResultCache:
+    """Text vectors by item id and text hash, kept across attempts: a rerun encodes only new or changed items."""
+    return ResultCache(store, STAGE, f"text-{stable_hash(cfg.tokenize.text_encoder)}")
+
+
+def remember_embeddings(cfg: RunConfig, store: RunStore, table: pa.Table) -> None:
+    """Add the vectors of items not in the embedding cache (or whose text changed) to it."""
+    cache = embedding_cache(cfg, store)
+    cached = cache.load()
+    ids, hashes = table.column("item_id").to_pylist(), table.column("text_hash").to_pylist()
+    vectors = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False)).tolist()
+    cache.append([{"id": i, "request_hash": h, "value": json.dumps(v), "raw": "",
+                   "prompt_tokens": 0, "completion_tokens": 0}
+                  for i, h, v in zip(ids, hashes, vectors) if (i, h) not in cached])
+
+
 def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset) -> ray.data.Dataset:
     """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded."""
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
+    known = {row["id"]: (row["request_hash"], json.loads(row["value"])) for row in embedding_cache(cfg, store).load().values()}
     # Materialise the input first: the encoder actors start eagerly and may hold every CPU of a
     # small machine, which would leave none for the read tasks that feed them.
     data = items.materialize().map_batches(
-        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size},
+        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known},
         batch_size=t.embed_batch_size, compute=pool,
     )
     if t.image_encoder:
@@ -79,10 +99,21 @@ def check_embeddings(table: pa.Table) -> None:
             raise DataError(f"tokenize: {column} is NaN or infinite for items {[ids[i].as_py() for i in bad[:5]]}")
 
 
+def add_collaborative(cfg: RunConfig, store: RunStore, table: pa.Table) -> pa.Table:
+    """Append `cf_embedding`: co-occurrence vectors from training interactions, on the text embeddings' scale."""
+    c = cfg.tokenize.collaborative
+    ids = table.column("item_id").to_pylist()
+    sequences = training_sequences(store.read_table("prepare", "interactions"), ids)
+    vectors = cooccurrence_vectors(sequences, len(ids), c.dim, c.window, cfg.seed)
+    text = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))
+    vectors = match_scale(vectors, text)
+    return table.append_column("cf_embedding", pa.array(list(vectors), pa.list_(pa.float32())))
+
+
 def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.data.Dataset) -> tuple[RQVAE, dict]:
     """Fit the RQ-VAE with Ray Train; return the checkpoint with the lowest collision rate."""
     r = cfg.tokenize.rqvae
-    columns = [c for c in ("item_id", "text_embedding", "image_embedding") if c in embeddings.columns()]
+    columns = [c for c in EMBEDDING_COLUMNS if c in embeddings.columns()]
     trainer = TorchTrainer(
         train_rqvae,
         train_loop_config={"rqvae": r.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "image_projection_dim": cfg.tokenize.image_projection_dim},
@@ -114,7 +145,7 @@ def assign_codes(
     `table` is `embeddings` already collected on the driver; the dataset itself goes to Ray Train.
     """
     t, r = cfg.tokenize, cfg.tokenize.rqvae
-    columns = [c for c in ("item_id", "text_embedding", "image_embedding") if c in table.column_names]
+    columns = [c for c in EMBEDDING_COLUMNS if c in table.column_names]
     ids, text, image = stack_embeddings([{c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}])
     if t.method == "external":
         codes = load_external_sids(t.external_path, ids)
@@ -158,6 +189,10 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         embeddings = embed(cfg, store, items)
         table = to_table(embeddings)
         check_embeddings(table)
+        remember_embeddings(cfg, store, table)
+        if cfg.tokenize.collaborative.enabled:
+            table = add_collaborative(cfg, store, table)
+            embeddings = ray.data.from_arrow(table)
         ids, raw, distances, sizes, info, model_bytes = assign_codes(cfg, store, attempt.dir, embeddings, table)
         if cfg.tokenize.disambiguation == "reassign" and distances is not None:
             final = reassign_last_level(raw, distances)
@@ -172,7 +207,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
 
         sids = pa.table({"item_id": ids, "sid": pa.array(final.tolist(), pa.list_(pa.int64()))})
         attempt.write_table("sids", sids)
-        keep = [c for c in ("item_id", "text_embedding", "image_embedding") if c in table.column_names]
+        keep = [c for c in EMBEDDING_COLUMNS if c in table.column_names]
         attempt.write_table("embeddings", table.select(keep).sort_by("item_id"))
         attempt.write_bytes("trie.npz", trie.to_bytes())
         if model_bytes:

@@ -1,11 +1,11 @@
-"""Our constrained beam search against exhaustive scoring, on a tiny randomly initialised model."""
+"""Our constrained beam search against exhaustive scoring, on tiny randomly initialised models of both from-scratch backbones."""
 
 import numpy as np
 import pytest
 import torch
 
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
-from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model
+from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model, encoder_decoder_model
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 
@@ -17,10 +17,10 @@ def _catalog(n=60, sizes=(4, 5, 6), seed=0):
     return np.array(sorted(codes))
 
 
-@pytest.fixture(scope="module")
-def tiny_random_model():
+@pytest.fixture(scope="module", params=[compact_model, encoder_decoder_model], ids=["decoder_only", "encoder_decoder"])
+def tiny_random_model(request):
     codes = _catalog()
-    model, vocab = compact_model([4, 5, 6], CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), seed=0)
+    model, vocab = request.param([4, 5, 6], CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), seed=0)
     return model, vocab, codes, SIDTrie.build(codes)
 
 

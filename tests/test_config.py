@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from deepinterestgr.config import ConfigError, RunConfig, load_config
 
@@ -68,3 +69,14 @@ def test_pinned_config_carries_an_absolute_local_run_path_to_ray_workers():
     assert pinned(relative).storage.uri == str(Path("runs/x").resolve()) and relative.storage.uri == "runs/x"
     remote = load_config(None, ["storage.uri=s3://bucket/runs/x"])
     assert pinned(remote).storage.uri == "s3://bucket/runs/x"
+
+
+def test_options_of_another_backbone_are_errors_that_name_the_key():
+    with pytest.raises(ConfigError, match="sft.llm applies only to sft.backbone=llm"):
+        load_config(None, ["sft.backbone=encoder_decoder", "sft.llm.lora_r=4"])
+    with pytest.raises(ConfigError, match="sft.layers applies only to the from-scratch backbones"):
+        load_config(None, ["sft.backbone=llm", "sft.layers=4"])
+    with pytest.raises(ConfigError, match="sft.backbone"):
+        load_config(None, ["sft.backbone=transformer"])
+    encdec = load_config(None, ["sft.backbone=encoder_decoder", "sft.layers=3"])
+    assert RunConfig.model_validate(yaml.safe_load(encdec.to_yaml())) == encdec, "a resolved config still loads"

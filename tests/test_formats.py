@@ -1,4 +1,4 @@
-"""Prompt formats of both backbones; the text format with SmolLM2's real tokenizer and templates."""
+"""Prompt formats of every backbone; the text format with SmolLM2's real tokenizer and templates."""
 
 import numpy as np
 import pytest
@@ -12,12 +12,28 @@ from deepinterestgr.recommender.vocab import SIDVocab
 CODES = np.array([[0, 1], [2, 3], [1, 0], [3, 3]])
 
 
-def test_compact_format_trains_each_user_on_the_whole_sequence():
-    fmt = CompactFormat(SIDVocab((4, 4), SPECIAL_TOKENS), CODES, max_items=3)
+def test_compact_format_covers_every_target_once_in_windows_the_model_has_positions_for():
+    vocab = SIDVocab((4, 4), SPECIAL_TOKENS)
+    codes = np.array([[i % 4, i // 4] for i in range(8)])
+    fmt = CompactFormat(vocab, codes, max_items=3)
     (example,) = fmt.user_examples([0, 1, 2, 3])
-    assert example.ids[0] == BOS and len(example.ids) == 1 + 3 * 2, "the last 3 items, 2 tokens each"
+    assert example.ids == [BOS, *vocab.encode(codes[[0, 1, 2, 3]]).reshape(-1).tolist()] and example.loss_start == 1
+    first, second = fmt.user_examples(list(range(7)))
+    assert first.ids == [BOS, *vocab.encode(codes[[0, 1, 2, 3]]).reshape(-1).tolist()]
+    assert second.ids == [BOS, *vocab.encode(codes[[3, 4, 5, 6]]).reshape(-1).tolist()], "item 3 is context for target 4"
     assert fmt.user_examples([2]) == [], "one item has no next-item target"
     assert fmt.item_examples([ItemText(0, "title", [])]) == []
+
+
+def test_encoder_decoder_format_has_one_example_per_target_with_the_history_as_context():
+    vocab = SIDVocab((4, 4), SPECIAL_TOKENS)
+    codes = np.array([[i % 4, i // 4] for i in range(8)])
+    fmt = make_format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2), codes)
+    examples = fmt.user_examples([5, 6, 7, 1])
+    assert len(examples) == 3
+    last = examples[-1]
+    assert last.ids[: last.loss_start] == fmt.prompt([5, 6, 7]) == [BOS, *vocab.encode(codes[[6, 7]]).reshape(-1).tolist()]
+    assert last.ids[last.loss_start:] == vocab.encode(codes[1]).tolist(), "the target SID is what the decoder learns"
 
 
 @pytest.fixture(scope="module")

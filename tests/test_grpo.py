@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from deepinterestgr.config import GRPOConfig, load_config
-from deepinterestgr.recommender.grpo import completion_logprobs, group_advantages, grpo_loss
-from deepinterestgr.recommender.model import BOS, PAD, CompactModelConfig, compact_model
+from deepinterestgr.recommender.decoding import completion_logprobs
+from deepinterestgr.recommender.grpo import group_advantages, grpo_loss
+from deepinterestgr.recommender.model import BOS, PAD, CompactModelConfig, compact_model, encoder_decoder_model
 from deepinterestgr.recommender.reward import reward_terms
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, prepare, sft, tokenize
@@ -41,9 +42,10 @@ def test_a_group_with_identical_rewards_has_zero_advantage_and_no_nan():
     assert loss.item() == 0.0 and stats.kl == 0.0 and torch.isfinite(logp.grad).all()
 
 
-def test_grpo_updates_raise_the_higher_reward_candidates_on_a_tiny_random_model():
-    model, vocab = compact_model([2, 2], CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), seed=0)
-    reference = compact_model([2, 2], CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), seed=0)[0]
+@pytest.mark.parametrize("factory", [compact_model, encoder_decoder_model], ids=["decoder_only", "encoder_decoder"])
+def test_grpo_updates_raise_the_higher_reward_candidates_on_a_tiny_random_model(factory):
+    model, vocab = factory([2, 2], CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), seed=0)
+    reference = factory([2, 2], CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), seed=0)[0]
     prompts = [[BOS, *vocab.encode(CODES[2]).tolist()]] * 4
     completions = torch.from_numpy(vocab.encode(CODES))
     advantages = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.5]])).view(-1)

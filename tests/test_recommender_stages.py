@@ -43,8 +43,18 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md
 
+    # the config now asks for the encoder-decoder: the compact model is refused, then trained anew and evaluated
+    encdec = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.backbone=encoder_decoder"])
+    with pytest.raises(DataError, match="backbone compact but sft.backbone is encoder_decoder: rerun `dig sft`"):
+        evaluate.run(encdec, RunStore(encdec))
+    report = sft.run(encdec, RunStore(encdec)).report
+    assert report["backbone"] == "encoder_decoder" and report["history"][-1]["loss"] < report["history"][0]["loss"]
+    assert report["user_examples"] == sum(max(len(t) - 1, 0) for t in load_catalog(store).sequences.train), "one per target"
+    assert load_model(store, "sft").config.is_encoder_decoder
+    assert "GR (sft)" in evaluate.run(encdec, RunStore(encdec)).report["results"]
+
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
-    changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3"])
+    changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder"])
     tokenize.run(changed, RunStore(changed))
     with pytest.raises(DataError, match="rerun `dig sft`"):
         evaluate.run(changed, RunStore(changed))

@@ -4,7 +4,7 @@ import pyarrow as pa
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
 from deepinterestgr.recommender.sequences import build_sequences, most_popular, tokens
-from deepinterestgr.recommender.training import IGNORE, collate
+from deepinterestgr.recommender.decoding import IGNORE, training_batch
 from deepinterestgr.recommender.vocab import SIDVocab
 from ray_jobs.evaluate import popularity_ranks
 
@@ -30,7 +30,7 @@ def test_tokens_keep_the_most_recent_items():
 
 def test_collate_masks_padding_and_context_out_of_the_loss():
     # pad id 2 also occurs inside the first example: the mask must come from the lengths
-    batch = collate([Example([1, 5, 2, 6], 2), Example([1, 7], 1)], pad_id=2)
+    batch = training_batch([Example([1, 5, 2, 6], 2), Example([1, 7], 1)], pad_id=2, encoder_decoder=False)
     assert batch["input_ids"].tolist() == [[1, 5, 2, 6], [1, 7, 2, 2]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, IGNORE, 2, 6], [IGNORE, 7, IGNORE, IGNORE]]

@@ -61,11 +61,25 @@ def test_same_seed_same_sids_with_kmeans_init(ray_cluster, tmp_path):
     assert np.array_equal(first, second)
 
 
-def test_residual_kmeans_with_reassignment(ray_cluster, tmp_path):
-    _, _, out = _run(tmp_path, "tokenize.method=rkmeans", "tokenize.disambiguation=reassign")
+def test_residual_kmeans_with_reassignment_then_collaborative_vectors_from_the_embedding_cache(ray_cluster, tmp_path):
+    _, store, out = _run(tmp_path, "tokenize.method=rkmeans", "tokenize.disambiguation=reassign")
     codes = _codes(out.sids)
     assert codes.shape == (80, 2), "re-assignment keeps the SID length"
     assert len(np.unique(codes, axis=0)) == 80
+    text = np.stack(store.read_table("tokenize", "embeddings").column("text_embedding").to_numpy(zero_copy_only=False))
+
+    cache = tmp_path / "cache" / "tokenize"
+    shards = sorted(p.name for p in cache.rglob("*.parquet"))
+    assert len(shards) == 1
+    fused = load_config(None, SMALL + [f"storage.uri={tmp_path}", "tokenize.method=rkmeans", "tokenize.collaborative.enabled=true",
+                                       "tokenize.collaborative.dim=8"])
+    again = tokenize.run(fused, RunStore(fused))
+    assert sorted(p.name for p in cache.rglob("*.parquet")) == shards, "unchanged texts are not encoded (or cached) again"
+    embeddings = RunStore(fused).read_table("tokenize", "embeddings")
+    np.testing.assert_array_equal(np.stack(embeddings.column("text_embedding").to_numpy(zero_copy_only=False)), text)
+    assert np.stack(embeddings.column("cf_embedding").to_numpy(zero_copy_only=False)).shape == (80, 8)
+    assert len(np.unique(_codes(again.sids), axis=0)) == 80
+    assert not np.array_equal(_codes(again.sids)[:, :1], codes[:, :1]), "the collaborative vectors move the first level"
 
 
 def test_external_sid_map(ray_cluster, tmp_path):

@@ -86,18 +86,22 @@ def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
 
 def load_model(store: RunStore, stage: str):
     """The committed model of a stage (sft or grpo), ready for inference."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     with tempfile.TemporaryDirectory() as folder:
         _fetch(store, stage, folder, weights=True)
-        return AutoModelForCausalLM.from_pretrained(folder).eval()
+        seq2seq = AutoConfig.from_pretrained(folder).is_encoder_decoder
+        return (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(folder).eval()
 
 
-def load_format(store: RunStore, stage: str, catalog: Catalog):
-    """The prompt format the stage's model was trained with (its tokenizer travels in the model folder)."""
-    meta = check_vocabulary(store, stage, catalog)
+def load_format(store: RunStore, stage: str, catalog: Catalog, backbone: str | None = None):
+    """The prompt format the stage's model was trained with (its tokenizer travels in the model folder).
+
+    With `backbone` (the configured `sft.backbone`), a model trained with another backbone is refused.
+    """
+    meta = check_vocabulary(store, stage, catalog, backbone)
     tokenizer = None
-    if meta.backbone != "compact":
+    if meta.backbone == "llm":
         from transformers import AutoTokenizer
 
         with tempfile.TemporaryDirectory() as folder:
@@ -106,14 +110,17 @@ def load_format(store: RunStore, stage: str, catalog: Catalog):
     return make_format(meta, catalog.codes, tokenizer)
 
 
-def check_vocabulary(store: RunStore, stage: str, catalog: Catalog) -> RecommenderMeta:
-    """The committed model must have been trained on this run's SID table; returns its metadata."""
+def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: str | None = None) -> RecommenderMeta:
+    """The committed model must have been trained on this run's SID table (and backbone); returns its metadata."""
     meta = load_meta(store, stage)
     if list(meta.sizes) != list(catalog.trie.sizes):
         raise DataError(
             f"the {stage} model was trained on SID levels {meta.sizes} but the SID table has {catalog.trie.sizes}: "
             f"tokenize changed after training; rerun `dig {stage}`"
         )
+    if backbone is not None and meta.backbone != backbone:
+        raise DataError(f"the {stage} model in {store.uri} was trained with backbone {meta.backbone} but sft.backbone is "
+                        f"{backbone}: rerun `dig sft` (then `dig grpo`) with this config")
     return meta
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepinterestgr.recommender.decoding import completion_logprobs, left_pad, prefill, step
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -23,22 +24,6 @@ class BeamResult:
 
     items: np.ndarray  # [B, K]
     scores: np.ndarray  # [B, K]
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded token ids and attention mask, so every prompt ends at the last position."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
-    return ids, mask
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(dim=1) - 1).clamp_min(0)
 
 
 @torch.no_grad()
@@ -62,9 +47,7 @@ def beam_search(
     batch = len(prompts)
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
-    cache = out.past_key_values
-    logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
+    state, logprobs = prefill(model, ids, mask)  # [B, V]
     starts = vocab.starts
 
     nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)  # one beam per user: the root
@@ -82,30 +65,20 @@ def beam_search(
             break
         # Cache row b*beams+p holds user b's beam p; the new beams pick (and duplicate) their parents' rows.
         beam_index = (rows * beams + parent).view(-1)
-        cache.reorder_cache(beam_index)
-        mask = torch.cat([mask[beam_index], torch.ones((len(beam_index), 1), dtype=mask.dtype, device=device)], dim=1)
-        tokens = (code + int(starts[level])).view(-1, 1)
-        out = model(input_ids=tokens, attention_mask=mask, position_ids=_positions(mask)[:, -1:],
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        state, logprobs = step(model, state, beam_index, (code + int(starts[level])).view(-1, 1))
     items = torch.where(torch.isfinite(scores), nodes, torch.full_like(nodes, -1))
     return BeamResult(items[:, :top_k].cpu().numpy(), scores[:, :top_k].cpu().numpy())
 
 
 @torch.no_grad()
 def exhaustive_scores(
-    model: torch.nn.Module, prompt: list[int], codes: np.ndarray, vocab: SIDVocab, batch_size: int = 256
+    model: torch.nn.Module, prompt: list[int], codes: np.ndarray, vocab: SIDVocab, batch_size: int = 256, pad_id: int = 0
 ) -> np.ndarray:
     """Log-probability of every item's SID after `prompt`, by teacher forcing: the reference ranking."""
     device = next(model.parameters()).device
     tokens = torch.from_numpy(vocab.encode(codes)).to(device)
-    prefix = torch.tensor(prompt, device=device)
     out = np.zeros(len(codes))
     for start in range(0, len(codes), batch_size):
         chunk = tokens[start: start + batch_size]
-        ids = torch.cat([prefix.expand(len(chunk), -1), chunk], dim=1)
-        logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
-        steps = logprobs[:, len(prompt) - 1: -1].gather(2, chunk.unsqueeze(-1)).squeeze(-1)
-        out[start: start + len(chunk)] = steps.sum(1).cpu().numpy()
+        out[start: start + len(chunk)] = completion_logprobs(model, [prompt] * len(chunk), chunk, pad_id).sum(1).cpu().numpy()
     return out

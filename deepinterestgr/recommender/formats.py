@@ -50,6 +50,8 @@ def make_format(meta: RecommenderMeta, codes: np.ndarray, tokenizer=None):
     """The format a model was (or will be) trained with: compact, or text with the model's tokenizer."""
     if meta.backbone == "compact":
         return CompactFormat(meta.vocab, codes, meta.max_items)
+    if meta.backbone == "encoder_decoder":
+        return EncoderDecoderFormat(meta.vocab, codes, meta.max_items)
     if tokenizer is None:
         raise ValueError("the llm backbone needs its tokenizer to build prompts")
     return TextFormat(tokenizer, meta.vocab, codes, meta.max_items, load_template(meta.template), meta.windows_per_user)
@@ -73,7 +75,12 @@ class ItemText:
 
 
 class CompactFormat:
-    """BOS + SID tokens; one example per user covers every next-item target of the sequence at once."""
+    """BOS + SID tokens; one example covers every next-item target of a window of the sequence at once.
+
+    A user's training sequence is cut into windows of `max_items + 1` items (the last window ends at
+    the last item; consecutive windows share one item, the context of the next window's first target),
+    so every target is trained on and no prompt is longer than the model has positions for.
+    """
 
     def __init__(self, vocab: SIDVocab, codes: np.ndarray, max_items: int):
         self.vocab, self.codes, self.max_items = vocab, codes, max_items
@@ -83,10 +90,25 @@ class CompactFormat:
         return tokens(rows, self.codes, self.vocab, self.max_items)
 
     def user_examples(self, rows: list[int], interests: str | None = None) -> list[Example]:
-        return [Example(self.prompt(rows), 1)] if len(rows) > 1 else []
+        examples = []
+        for end in range(len(rows), 1, -self.max_items):
+            window = rows[max(0, end - self.max_items - 1): end]
+            examples.append(Example(tokens(window, self.codes, self.vocab, 0), 1))
+        return examples[::-1]
 
     def item_examples(self, items: list[ItemText]) -> list[Example]:
         return []
+
+
+class EncoderDecoderFormat(CompactFormat):
+    """The compact format's prompts for the encoder; one example per training target (TIGER's sliding windows)."""
+
+    def user_examples(self, rows: list[int], interests: str | None = None) -> list[Example]:
+        examples = []
+        for t in range(1, len(rows)):
+            context = self.prompt(rows[:t])
+            examples.append(Example(context + self.vocab.encode(self.codes[rows[t]]).tolist(), len(context)))
+        return examples
 
 
 class TextFormat:

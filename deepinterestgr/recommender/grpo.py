@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepinterestgr.recommender.beam_search import left_pad
+from deepinterestgr.recommender.decoding import completion_logits
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -21,20 +21,6 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)
     return (rewards - mean) / (std + eps)
-
-
-def completion_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Log-probability of each completion token after its prompt: completions [N, L] -> [N, L]."""
-    device = completions.device
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    ids = torch.cat([ids, completions], dim=1)
-    mask = torch.cat([mask, torch.ones_like(completions)], dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    steps = completions.shape[1]
-    logprobs = torch.log_softmax(logits[:, -steps - 1 : -1].float(), dim=-1)
-    return logprobs.gather(2, completions.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
@@ -74,10 +60,7 @@ def constrained_samples(model: torch.nn.Module, prompts: list[list[int]], trie: 
     nodes = torch.zeros(len(repeated), dtype=torch.long)
     chosen = torch.zeros((len(repeated), 0), dtype=torch.long, device=device)
     for level, size in enumerate(vocab.sizes):
-        ids, mask = left_pad(repeated, pad_id)
-        ids = torch.cat([ids.to(device), chosen], dim=1)
-        mask = torch.cat([mask.to(device), torch.ones_like(chosen)], dim=1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0)).logits[:, -1]
+        logits = completion_logits(model, repeated, chosen, pad_id)[:, -1]
         start = int(vocab.starts[level])
         level_logits = logits[:, start : start + size].float().cpu() / temperature
         children = torch.from_numpy(trie.children[level])[nodes]

@@ -1,11 +1,11 @@
-"""The model factory: a compact Llama-style decoder built from a config, or a pretrained LLM, both with SID tokens."""
+"""The model factory: a compact Llama-style decoder or a T5 encoder-decoder built from a config, or a pretrained LLM; all with SID tokens."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from deepinterestgr.config import LLMBackboneConfig, SFTConfig
 from deepinterestgr.recommender.vocab import SIDVocab
@@ -43,6 +43,33 @@ def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).eval(), vocab
+
+
+def encoder_decoder_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[T5ForConditionalGeneration, SIDVocab]:
+    """A from-scratch T5 (TIGER's backbone): the encoder reads the history's SID tokens, the decoder writes the next SID.
+
+    Same vocabulary as the compact model; the decoder starts from PAD (T5's convention). T5's relative
+    position buckets make left-padded prompts equivalent to unpadded ones.
+    """
+    vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab.size,
+        d_model=cfg.hidden_size,
+        d_kv=cfg.hidden_size // cfg.heads,
+        d_ff=cfg.intermediate_size,
+        num_layers=cfg.layers,
+        num_decoder_layers=cfg.layers,
+        num_heads=cfg.heads,
+        dropout_rate=cfg.dropout,
+        feed_forward_proj="relu",
+        relative_attention_max_distance=max(128, cfg.max_items * len(sizes)),
+        pad_token_id=PAD,
+        decoder_start_token_id=PAD,
+        eos_token_id=SEP,
+        tie_word_embeddings=True,
+    )
+    return T5ForConditionalGeneration(config).eval(), vocab
 
 
 def pretrained_model(path: str, sizes: list[int], cfg: LLMBackboneConfig, seed: int, dtype: torch.dtype = torch.float32):
@@ -90,9 +117,10 @@ def export_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False):
     """The configured backbone, untrained: (model, vocab, tokenizer or None)."""
-    if cfg.backbone == "compact":
-        compact = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1)
-        model, vocab = compact_model(sizes, compact, seed)
+    if cfg.backbone != "llm":
+        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1)
+        factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
+        model, vocab = factory(sizes, shape, seed)
         return model, vocab, None
     from deepinterestgr.weights import resolve_llm
 

@@ -61,3 +61,11 @@ def most_popular(sequences: UserSequences, num_items: int) -> np.ndarray:
     """Item rows ordered by training frequency (ties by row): the popularity baseline's ranking."""
     counts = np.bincount([row for rows in sequences.train for row in rows], minlength=num_items)
     return np.lexsort((np.arange(num_items), -counts))
+
+
+def validation_users(sequences: UserSequences, limit: int, seed: int) -> list[int]:
+    """Users with a validation target; a seeded sample of `limit` of them when there are more (0 = all)."""
+    users = [u for u in range(len(sequences.user_ids)) if sequences.valid[u] >= 0]
+    if limit and len(users) > limit:
+        users = sorted(np.random.default_rng(seed).choice(users, size=limit, replace=False).tolist())
+    return users

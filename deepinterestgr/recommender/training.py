@@ -1,4 +1,4 @@
-"""Pieces of the SFT loop that need no cluster: batching examples, ranking validation targets."""
+"""Ranking validation and test targets with the beam search: what the SFT, GRPO and evaluate stages share."""
 
 from __future__ import annotations
 
@@ -6,29 +6,8 @@ import numpy as np
 import torch
 
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
-
-IGNORE = -100
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask and labels; labels cover each example from its `loss_start`.
-
-    The mask comes from the lengths, not from `pad_id`: an LLM's pad token is often its EOS, which
-    real examples contain.
-    """
-    width = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.ids)
-        ids[row, :n] = torch.tensor(example.ids)
-        mask[row, :n] = 1
-        labels[row, example.loss_start : n] = ids[row, example.loss_start : n]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def target_ranks(

@@ -1,0 +1,165 @@
+"""How each backbone is called: a prompt pass, one decoding step, teacher-forced SID logits, a training batch.
+
+Decoder-only models read prompt and SID as one left-padded sequence; encoder-decoder models read the
+prompt once with a bidirectional encoder and generate the SID with the decoder (started from the pad
+token, T5's convention), reusing the encoder states for every beam. Beam search, GRPO, the SFT loop
+and the exact reference scorer call these functions, never the model directly, so each works with
+both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from deepinterestgr.recommender.formats import Example
+
+IGNORE = -100
+
+
+def is_encoder_decoder(model: torch.nn.Module) -> bool:
+    """True for encoder-decoder models (also when wrapped, e.g. by DDP)."""
+    inner = getattr(model, "module", model)
+    return bool(getattr(inner.config, "is_encoder_decoder", False))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded token ids and attention mask, so every prompt ends at the last position."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(dim=1) - 1).clamp_min(0)
+
+
+def _start_tokens(model: torch.nn.Module, rows: int, device) -> torch.Tensor:
+    inner = getattr(model, "module", model)
+    return torch.full((rows, 1), inner.config.decoder_start_token_id, dtype=torch.long, device=device)
+
+
+@dataclass
+class DecodeState:
+    """What a decoding step needs from the steps before: the KV cache, the prompt mask, encoder states."""
+
+    cache: object
+    mask: torch.Tensor
+    encoder_states: torch.Tensor | None = None
+
+
+def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
+    """Run the prompts once; returns the state and the log-probabilities of the first SID token [B, V]."""
+    if is_encoder_decoder(model):
+        encoder_states = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = model(encoder_outputs=(encoder_states,), attention_mask=mask,
+                    decoder_input_ids=_start_tokens(model, len(ids), ids.device), use_cache=True)
+        state = DecodeState(out.past_key_values, mask, encoder_states)
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
+        state = DecodeState(out.past_key_values, mask)
+    return state, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def step(model: torch.nn.Module, state: DecodeState, beam_index: torch.Tensor, tokens: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
+    """Feed one token per beam; cache row `beam_index[i]` becomes row i. Returns the new state and [N, V] log-probs."""
+    state.cache.reorder_cache(beam_index)
+    if state.encoder_states is not None:
+        mask = state.mask[beam_index]
+        encoder_states = state.encoder_states[beam_index]
+        out = model(encoder_outputs=(encoder_states,), attention_mask=mask, decoder_input_ids=tokens,
+                    past_key_values=state.cache, use_cache=True)
+        state = DecodeState(out.past_key_values, mask, encoder_states)
+    else:
+        mask = torch.cat([state.mask[beam_index], torch.ones((len(beam_index), 1), dtype=state.mask.dtype, device=tokens.device)], dim=1)
+        out = model(input_ids=tokens, attention_mask=mask, position_ids=_positions(mask)[:, -1:],
+                    past_key_values=state.cache, use_cache=True)
+        state = DecodeState(out.past_key_values, mask)
+    return state, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def completion_logits(model: torch.nn.Module, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Teacher-forced logits for completions [N, L] after their prompts: [N, L + 1, V].
+
+    Position i predicts completion token i; the last position predicts the token after the completion.
+    """
+    device = completions.device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    steps = completions.shape[1]
+    if is_encoder_decoder(model):
+        decoder_ids = torch.cat([_start_tokens(model, len(ids), device), completions], dim=1)
+        return model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    ids = torch.cat([ids, completions], dim=1)
+    mask = torch.cat([mask, torch.ones_like(completions)], dim=1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
+    return logits[:, -steps - 1:]
+
+
+def completion_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Log-probability of each completion token after its prompt: completions [N, L] -> [N, L]."""
+    steps = completions.shape[1]
+    logprobs = torch.log_softmax(completion_logits(model, prompts, completions, pad_id)[:, :steps].float(), dim=-1)
+    return logprobs.gather(2, completions.unsqueeze(-1)).squeeze(-1)
+
+
+def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) -> dict[str, torch.Tensor]:
+    """Model inputs with labels for a batch of SFT examples.
+
+    Decoder-only: right-padded ids, attention mask and labels covering each example from its
+    `loss_start`. Encoder-decoder: the context (ids before `loss_start`) goes to the encoder and the
+    rest becomes the labels (the model shifts them into decoder inputs). Masks come from lengths, not
+    from `pad_id`: an LLM's pad token is often its EOS, which real examples contain.
+    """
+    if encoder_decoder:
+        sources = [e.ids[: e.loss_start] for e in examples]
+        targets = [e.ids[e.loss_start:] for e in examples]
+        ids, mask = _right_pad(sources, pad_id)
+        labels, label_mask = _right_pad(targets, pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels.masked_fill(label_mask == 0, IGNORE)}
+    ids, mask = _right_pad([e.ids for e in examples], pad_id)
+    labels = torch.full_like(ids, IGNORE)
+    for row, example in enumerate(examples):
+        n = len(example.ids)
+        labels[row, example.loss_start: n] = ids[row, example.loss_start: n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], encoder_decoder: bool, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens of a `training_batch`, optionally label-smoothed."""
+    out = model(**batch)
+    if not label_smoothing:
+        return out.loss
+    logits, labels = out.logits, batch["labels"]
+    if not encoder_decoder:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                             ignore_index=IGNORE, label_smoothing=label_smoothing)
+
+
+def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:
+    """The learning-rate multiplier at an optimizer step: linear warmup, then constant or cosine decay to 0."""
+    warmup = int(total_steps * warmup_ratio)
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
