@@ -25,7 +25,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import build_model, trainable_state
 from deepinterestgr.recommender.decoding import is_encoder_decoder, lr_factor, sft_loss, training_batch
-from deepinterestgr.recommender.training import target_ranks
+from deepinterestgr.recommender.training import epoch_order, target_ranks
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 CHECKPOINT_FILE = "sft.pt"
@@ -39,14 +39,17 @@ def train_sft(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     rows = [r for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="pandas")
             for r in b.to_dict("records")]
-    examples = [Example(list(r["ids"]), int(r["loss_start"])) for r in sorted(rows, key=lambda r: r["key"])][rank::world]
+    rows = sorted(rows, key=lambda r: r["key"])[rank::world]
+    examples = [Example(list(r["ids"]), int(r["loss_start"])) for r in rows]
+    groups = np.array([int(r["group"]) for r in rows])
     valid_prompts = config["valid_prompts"][rank::world]
     valid_targets = np.array(config["valid_targets"])[rank::world]
     trie = SIDTrie.from_bytes(config["trie"])
 
     model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum)
+    per_epoch = len(epoch_order(groups, cfg.targets_per_user, seed))
+    total_steps = cfg.epochs * math.ceil(math.ceil(per_epoch / cfg.batch_size) / cfg.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_ratio, cfg.lr_schedule))
     start_epoch, best, stale = 0, -1.0, 0
@@ -67,7 +70,7 @@ def train_sft(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank))
+        order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, seed * 7919 + epoch * 31 + rank))
         began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
             batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)

@@ -263,6 +263,9 @@ class SFTConfig(TrainerScaling):
     # windows of max_items + 1 items that together cover the whole sequence; encoder_decoder: one
     # example per training target.
     max_items: int = Field(20, ge=1)
+    # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
+    # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
+    targets_per_user: int = Field(0, ge=0)
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)
     # constant, or cosine decay to 0 over all epochs; both after `warmup_ratio` of the steps of linear warmup.

@@ -50,13 +50,15 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     meta, tokenizer = recommender_meta(cfg, catalog.trie.sizes)
     fmt = make_format(meta, catalog.codes, tokenizer)
     interests = user_interests(store)
-    examples = [e for u, rows in enumerate(seqs.train) for e in fmt.user_examples(rows, interests.get(seqs.user_ids[u]))]
-    user_examples = len(examples)
+    # Each example's group is its user (item-alignment examples get a group each), for targets_per_user.
+    grouped = [(u, e) for u, rows in enumerate(seqs.train) for e in fmt.user_examples(rows, interests.get(seqs.user_ids[u]))]
+    user_examples = len(grouped)
     if s.backbone == "llm" and s.llm.item_tasks:
-        examples += fmt.item_examples(item_texts(store, catalog.item_ids))
-    if not examples:
+        grouped += [(-1 - k, e) for k, e in enumerate(fmt.item_examples(item_texts(store, catalog.item_ids)))]
+    if not grouped:
         raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
-    rows = [{"key": k, "ids": e.ids, "loss_start": e.loss_start} for k, e in enumerate(examples)]
+    examples = [e for _, e in grouped]
+    rows = [{"key": k, "group": g, "ids": e.ids, "loss_start": e.loss_start} for k, (g, e) in enumerate(grouped)]
     valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
     with store.stage(STAGE, config_hash, inputs) as attempt:
         trainer = TorchTrainer(

@@ -6,14 +6,15 @@ from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.recommender.artifacts import load_catalog, load_model
 from deepinterestgr.storage.runstore import RunStore
-from ray_jobs import evaluate, prepare, sft, tokenize
+from ray_jobs import evaluate, grpo, prepare, sft, tokenize
 
 TINY = [
     "data.synthetic.num_items=60", "data.synthetic.num_users=60",
     "tokenize.method=rkmeans", "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2",
     "sft.hidden_size=32", "sft.layers=1", "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=3",
     "sft.patience=5", "sft.num_workers=2", "sft.beam_width=10", "evaluate.beam_width=10",
-    "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16",
+    "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16", "grpo.epochs=1", "grpo.batch_size=30",
+    "grpo.beam_width=10", "grpo.max_degradation=1.0",
 ]
 
 
@@ -52,9 +53,12 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     assert report["user_examples"] == sum(max(len(t) - 1, 0) for t in load_catalog(store).sequences.train), "one per target"
     assert load_model(store, "sft").config.is_encoder_decoder
     assert "GR (sft)" in evaluate.run(encdec, RunStore(encdec)).report["results"]
+    tuned = grpo.run(encdec, RunStore(encdec)).report
+    assert [h["epoch"] for h in tuned["history"]] == [-1, 0] and tuned["history"][1]["reward_valid"] == 1.0
+    assert "GR (grpo)" in evaluate.run(encdec, RunStore(encdec)).report["results"], "GRPO and evaluate take the encoder-decoder"
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
     changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder"])
     tokenize.run(changed, RunStore(changed))
-    with pytest.raises(DataError, match="rerun `dig sft`"):
+    with pytest.raises(DataError, match="trained on SID levels .* tokenize changed after training; rerun `dig sft` and `dig grpo`"):
         evaluate.run(changed, RunStore(changed))

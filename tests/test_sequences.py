@@ -69,3 +69,16 @@ def test_sasrec_learns_a_deterministic_successor():
     above = {int(i) for i in np.flatnonzero(scores > scores[4])}
     assert plain[0] == len(above) >= 1
     assert excluded[0] == len(above - {3, 0, 1, 2})
+
+
+def test_epoch_order_caps_each_group_with_a_fresh_sample_per_epoch():
+    from deepinterestgr.recommender.training import epoch_order
+
+    groups = np.array([0] * 10 + [1] * 2 + [2])
+    everything = epoch_order(groups, 0, seed=0)
+    assert sorted(everything.tolist()) == list(range(13))
+    capped = [epoch_order(groups, 3, seed=s) for s in range(4)]
+    for order in capped:
+        assert np.bincount(groups[order]).tolist() == [3, 2, 1] and len(set(order.tolist())) == len(order)
+    assert len({tuple(sorted(o.tolist())) for o in capped}) > 1, "another epoch, another sample of the long group"
+    assert np.array_equal(epoch_order(groups, 3, seed=1), capped[1]), "same seed, same order"

@@ -116,7 +116,7 @@ def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: st
     if list(meta.sizes) != list(catalog.trie.sizes):
         raise DataError(
             f"the {stage} model was trained on SID levels {meta.sizes} but the SID table has {catalog.trie.sizes}: "
-            f"tokenize changed after training; rerun `dig {stage}`"
+            f"tokenize changed after training; rerun `dig sft`{' and `dig grpo`' if stage == 'grpo' else ''}"
         )
     if backbone is not None and meta.backbone != backbone:
         raise DataError(f"the {stage} model in {store.uri} was trained with backbone {meta.backbone} but sft.backbone is "
