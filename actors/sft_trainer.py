@@ -86,6 +86,8 @@ def train_sft(config: dict) -> None:
             tokens += int(batch["attention_mask"].sum())
             loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
         seconds = time.perf_counter() - began
+        if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
+            continue
 
         with autocast():
             ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id)

@@ -280,6 +280,8 @@ class SFTConfig(TrainerScaling):
     patience: int = Field(3, ge=1)
     # Validate on a seeded sample of this many users (0 = all); grpo validates on the same users.
     valid_users: int = Field(2000, ge=0)
+    # Validate (and checkpoint) every this many epochs and after the last; patience counts validations.
+    eval_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _options_fit_backbone(self) -> "SFTConfig":

@@ -87,7 +87,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             "examples": len(examples), "user_examples": user_examples, "users_with_interests": len(interests),
             "unknown_items_skipped": seqs.unknown_items,
             "best_epoch": best["epoch"], "val_hr@10": best["val_hr@10"], "val_ndcg@10": best["val_ndcg@10"],
-            "epochs_run": len(history), "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history])),
+            "epochs_run": history[-1]["epoch"] + 1, "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history])),
             "history": [{k: h[k] for k in ("epoch", "loss", "val_hr@10", "val_ndcg@10")} for h in history],
         }
         return attempt.commit({"examples": len(examples)}, report)
