@@ -8,9 +8,10 @@ every arm. For each seed, each arm runs prepare -> tokenize -> sft [-> grpo] -> 
 run folder under `--out`; an arm whose prepare/tokenize settings equal an earlier arm's of the same
 seed starts from a copy of those stages instead of recomputing them. SASRec and most-popular depend
 on the split only, so they are trained and scored once per seed (in the first arm's evaluate) on the
-same split as every arm. Prints one JSON line (per arm: mean and std of HR@5/10 and NDCG@5/10 over
-the seeds, seconds) and writes `quality.md` (the table) and `quality_val.png` (validation NDCG@10
-per SFT epoch per arm) into `--out`.
+same split as every arm. A rerun with the same `--out` skips what is already committed there.
+Prints one JSON line (per arm: mean and std of HR@5/10 and NDCG@5/10 over the seeds, and the mean
+seconds this invocation spent on it, near 0 for reused stages) and writes `quality.md` (the table)
+and `quality_val.png` (validation NDCG@10 per SFT epoch per arm) into `--out`.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def markdown(config: str, seeds: list[int], rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(curves: dict[str, list[list[float]]], path: Path) -> None:
+def plot(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +87,7 @@ def plot(curves: dict[str, list[list[float]]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, runs in curves.items():
         for i, curve in enumerate(runs):
-            ax.plot(range(1, len(curve) + 1), curve, color=f"C{list(curves).index(name)}", alpha=0.8,
+            ax.plot(*zip(*curve), color=f"C{list(curves).index(name)}", alpha=0.8,
                     label=name if i == 0 else None)
     ax.set_xlabel("SFT epoch")
     ax.set_ylabel("validation NDCG@10")
@@ -115,7 +116,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     results.update({name: [] for name in BASELINES})
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}
-    curves: dict[str, list[list[float]]] = {name: [] for name, _ in arms}
+    curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name, _ in arms}
     started_ray, first_run = False, None
     for seed in seeds:
         upstream: dict[str, Path] = {}
@@ -141,7 +142,7 @@ def main() -> int:
             for model, metrics in report["results"].items():
                 target = name if model.startswith("GR") else model
                 results[target].append({m: metrics[m] for m in METRICS})
-            curves[name].append([h["val_ndcg@10"] for h in store.require("sft").report["history"]])
+            curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in store.require("sft").report["history"]])
             print(f"quality: seed {seed} arm {name}: " + json.dumps(report["results"]), file=sys.stderr, flush=True)
     rows = {name: {**summarise(values), **({"seconds": round(float(np.mean(seconds[name])), 1)} if name in seconds else {})}
             for name, values in results.items() if values}
