@@ -79,7 +79,7 @@ class Predictor:
     def describe(self) -> dict:
         """What `GET /v1/model` answers."""
         return {"model_version": self.version, "stage": self.stage, "run": self.run_uri,
-                "backbone": type(self.format).__name__.removesuffix("Format").lower(),
+                "backbone": self.cfg.sft.backbone,
                 "sid_levels": list(self.format.vocab.sizes), "items": len(self.catalog.item_ids), "users": len(self.histories)}
 
     def item(self, item_id: str) -> dict:

@@ -14,7 +14,6 @@ from actors.grpo_trainer import CHECKPOINT_FILE, load_policy, train_grpo
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_meta, save_model, user_interests
-from deepinterestgr.recommender.formats import CompactFormat
 from deepinterestgr.recommender.model import export_model
 from deepinterestgr.recommender.sequences import validation_users
 from deepinterestgr.storage.filesystem import pinned
@@ -58,7 +57,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     if len(prompts) < g.num_workers:
         raise DataError(f"grpo: {len(prompts)} training prompts for {g.num_workers} workers")
     valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
-    backbone = "compact" if isinstance(fmt, CompactFormat) else "llm"
+    backbone = cfg.sft.backbone  # load_format has checked that the SFT model was trained with it
     loop_config = {
         "run": pinned(cfg).model_dump(mode="json"), "log_level": cfg.ray.train_log_level, "backbone": backbone, "sizes": catalog.trie.sizes,
         "vocab_offset": fmt.vocab.offset, "trie": catalog.trie_bytes, "codes": catalog.codes.tolist(),
