@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
 from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model, encoder_decoder_model

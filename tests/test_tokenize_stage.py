@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from pyarrow import fs as pafs
 
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError
