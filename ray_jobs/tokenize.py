@@ -46,22 +46,25 @@ def embedding_cache(cfg: RunConfig, store: RunStore) -> ResultCache:
     return ResultCache(store, STAGE, f"text-{stable_hash(cfg.tokenize.text_encoder)}")
 
 
-def remember_embeddings(cfg: RunConfig, store: RunStore, table: pa.Table) -> None:
+def known_embeddings(cfg: RunConfig, store: RunStore) -> dict[str, tuple[str, list[float]]]:
+    """The embedding cache as item id -> (text hash, vector)."""
+    return {row["id"]: (row["request_hash"], json.loads(row["value"])) for row in embedding_cache(cfg, store).load().values()}
+
+
+def remember_embeddings(cfg: RunConfig, store: RunStore, table: pa.Table, known: dict[str, tuple[str, list[float]]]) -> None:
     """Add the vectors of items not in the embedding cache (or whose text changed) to it."""
-    cache = embedding_cache(cfg, store)
-    cached = cache.load()
     ids, hashes = table.column("item_id").to_pylist(), table.column("text_hash").to_pylist()
     vectors = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False)).tolist()
-    cache.append([{"id": i, "request_hash": h, "value": json.dumps(v), "raw": "",
-                   "prompt_tokens": 0, "completion_tokens": 0}
-                  for i, h, v in zip(ids, hashes, vectors) if (i, h) not in cached])
+    embedding_cache(cfg, store).append([
+        {"id": i, "request_hash": h, "value": json.dumps(v), "raw": "", "prompt_tokens": 0, "completion_tokens": 0}
+        for i, h, v in zip(ids, hashes, vectors) if known.get(i, ("",))[0] != h])
 
 
-def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset) -> ray.data.Dataset:
+def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
+          known: dict[str, tuple[str, list[float]]] | None = None) -> ray.data.Dataset:
     """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded."""
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
-    known = {row["id"]: (row["request_hash"], json.loads(row["value"])) for row in embedding_cache(cfg, store).load().values()}
     # Materialise the input first: the encoder actors start eagerly and may hold every CPU of a
     # small machine, which would leave none for the read tasks that feed them.
     data = items.materialize().map_batches(
@@ -186,10 +189,11 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         items = ray.data.read_parquet(store.table_path(source, "items"), filesystem=store.fs)
 
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        embeddings = embed(cfg, store, items)
+        known = known_embeddings(cfg, store)
+        embeddings = embed(cfg, store, items, known)
         table = to_table(embeddings)
         check_embeddings(table)
-        remember_embeddings(cfg, store, table)
+        remember_embeddings(cfg, store, table, known)
         if cfg.tokenize.collaborative.enabled:
             table = add_collaborative(cfg, store, table)
             embeddings = ray.data.from_arrow(table)

@@ -19,10 +19,13 @@ from deepinterestgr.recommender.formats import Example
 IGNORE = -100
 
 
+def _config(model: torch.nn.Module):
+    return getattr(model, "module", model).config  # DDP wraps the model
+
+
 def is_encoder_decoder(model: torch.nn.Module) -> bool:
     """True for encoder-decoder models (also when wrapped, e.g. by DDP)."""
-    inner = getattr(model, "module", model)
-    return bool(getattr(inner.config, "is_encoder_decoder", False))
+    return bool(getattr(_config(model), "is_encoder_decoder", False))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,8 +45,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _start_tokens(model: torch.nn.Module, rows: int, device) -> torch.Tensor:
-    inner = getattr(model, "module", model)
-    return torch.full((rows, 1), inner.config.decoder_start_token_id, dtype=torch.long, device=device)
+    return torch.full((rows, 1), _config(model).decoder_start_token_id, dtype=torch.long, device=device)
 
 
 @dataclass
