@@ -8,35 +8,50 @@ and `imageURLHighRes`/`imageURL` lists. Both reviews formats carry reviewerID, a
 from __future__ import annotations
 
 from deepinterestgr.config import DataConfig
-from deepinterestgr.data.lines import read_records, require
+from deepinterestgr.data.lines import converted_records, identifier, optional_string, require, string_list, timestamp
 from deepinterestgr.data.schema import RawData
 from deepinterestgr.data.tables import drop_unknown_items, interactions_table, items_table
 from deepinterestgr.data.text import clean_text
 from deepinterestgr.errors import DataError
 
 
-def _categories(record: dict) -> list[str]:
-    if record.get("categories"):
-        paths = record["categories"]
-        leaf_first = [c for path in paths for c in (path if isinstance(path, list) else [path])]
-    else:
-        leaf_first = list(record.get("category") or [])
+def _categories(record: dict, where: str) -> list[str]:
+    field = "categories" if record.get("categories") else "category"
     seen: dict[str, None] = {}
-    for category in leaf_first:
+    for category in string_list(record.get(field), field, where):
         text = clean_text(category)
         if text:
             seen.setdefault(text, None)
     return list(seen)
 
 
-def _image(record: dict) -> str | None:
+def _image(record: dict, where: str) -> str | None:
     if record.get("imUrl"):
-        return str(record["imUrl"])
+        return optional_string(record["imUrl"], "imUrl", where)
     for key in ("imageURLHighRes", "imageURL"):
-        urls = record.get(key) or []
+        urls = string_list(record.get(key), key, where)
         if urls:
-            return str(urls[0])
+            return urls[0]
     return None
+
+
+def _item(record: dict, where: str) -> dict:
+    return {
+        "item_id": identifier(require(record, "asin", where), "asin", where),
+        "title": clean_text(record.get("title")),
+        "description": clean_text(record.get("description")),
+        "brand": clean_text(record.get("brand")),
+        "categories": _categories(record, where),
+        "image_uri": _image(record, where),
+    }
+
+
+def _review(record: dict, where: str) -> tuple[str, str, int]:
+    return (
+        identifier(require(record, "reviewerID", where), "reviewerID", where),
+        identifier(require(record, "asin", where), "asin", where),
+        timestamp(require(record, "unixReviewTime", where), "unixReviewTime", where),
+    )
 
 
 def load_amazon(cfg: DataConfig) -> RawData:
@@ -44,30 +59,9 @@ def load_amazon(cfg: DataConfig) -> RawData:
     if not cfg.path or not cfg.meta_path:
         raise DataError("data.path and data.meta_path: the amazon loader needs the reviews file and the meta file")
     dropped: dict[str, int] = {}
-    items = []
-    for number, record in read_records(
-        cfg.meta_path, allow_python_literals=True, drop_bad=cfg.drop_bad_rows, dropped=dropped
-    ):
-        items.append(
-            {
-                "item_id": str(require(record, "asin", cfg.meta_path, number)),
-                "title": clean_text(record.get("title")),
-                "description": clean_text(record.get("description")),
-                "brand": clean_text(record.get("brand")),
-                "categories": _categories(record),
-                "image_uri": _image(record),
-            }
-        )
-    users: list[str] = []
-    item_ids: list[str] = []
-    times: list[int] = []
-    for number, record in read_records(cfg.path, drop_bad=cfg.drop_bad_rows, dropped=dropped):
-        users.append(str(require(record, "reviewerID", cfg.path, number)))
-        item_ids.append(str(require(record, "asin", cfg.path, number)))
-        try:
-            times.append(int(require(record, "unixReviewTime", cfg.path, number)))
-        except (TypeError, ValueError):
-            raise DataError(f"{cfg.path}:{number}: field 'unixReviewTime' is not an integer") from None
+    items = list(converted_records(cfg.meta_path, _item, allow_python_literals=True, drop_bad=cfg.drop_bad_rows, dropped=dropped))
+    reviews = list(converted_records(cfg.path, _review, drop_bad=cfg.drop_bad_rows, dropped=dropped))
+    users, item_ids, times = (list(column) for column in zip(*reviews)) if reviews else ([], [], [])
     items_tbl = items_table(items, str(cfg.meta_path))
     interactions = drop_unknown_items(
         interactions_table(users, item_ids, times), items_tbl, str(cfg.path), cfg.drop_bad_rows, dropped

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from deepinterestgr.config import DataConfig
-from deepinterestgr.data.lines import open_text
+from deepinterestgr.data.lines import read_lines, timestamp
 from deepinterestgr.data.schema import RawData
 from deepinterestgr.data.tables import drop_unknown_items, interactions_table, items_table
 from deepinterestgr.data.text import clean_text
@@ -16,27 +15,29 @@ TITLE_FIELDS = ("title", "movie_title", "item_name", "name")
 CATEGORY_FIELDS = ("categories", "class", "genre", "genres", "category")
 
 
-def _read_atomic(path: Path) -> tuple[dict[str, str], list[list[str]]]:
-    """Return ({field name: type}, rows) of an atomic file."""
-    with open_text(path) as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: file is empty") from None
-        fields: dict[str, str] = {}
-        for column in header:
-            name, _, kind = column.partition(":")
-            if not kind:
-                raise DataError(f"{path}:1: header column {column!r} is not of the form name:type")
-            fields[name] = kind
-        rows = []
-        for number, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) != len(fields):
+def _read_atomic(path: Path, drop_bad: bool, dropped: dict[str, int]) -> tuple[dict[str, str], list[tuple[int, list[str]]]]:
+    """Return ({field name: type}, [(line number, row)]) of an atomic file; rows of the wrong width raise or are dropped."""
+    lines = read_lines(path, drop_bad=drop_bad, dropped=dropped)
+    header = next((text for _, text in lines if text.strip()), None)
+    if header is None:
+        raise DataError(f"{path}: file is empty")
+    fields: dict[str, str] = {}
+    for column in header.split("\t"):
+        name, _, kind = column.partition(":")
+        if not kind:
+            raise DataError(f"{path}:1: header column {column!r} is not of the form name:type")
+        fields[name] = kind
+    rows = []
+    for number, text in lines:
+        if not text.strip():
+            continue
+        row = text.split("\t")
+        if len(row) != len(fields):
+            if not drop_bad:
                 raise DataError(f"{path}:{number}: expected {len(fields)} tab-separated fields, found {len(row)}")
-            rows.append(row)
+            dropped["malformed_lines"] = dropped.get("malformed_lines", 0) + 1
+            continue
+        rows.append((number, row))
     return fields, rows
 
 
@@ -50,26 +51,24 @@ def load_recbole(cfg: DataConfig) -> RawData:
         raise DataError("data.path: the recbole loader needs the dataset folder")
     folder = Path(cfg.path)
     inter_path, item_path = folder / f"{folder.name}.inter", folder / f"{folder.name}.item"
-    inter_fields, inter_rows = _read_atomic(inter_path)
+    dropped: dict[str, int] = {}
+    inter_fields, inter_rows = _read_atomic(inter_path, cfg.drop_bad_rows, dropped)
     for needed in ("user_id", "item_id"):
         if needed not in inter_fields:
             raise DataError(f"{inter_path}: missing column {needed!r}; found {list(inter_fields)}")
     names = list(inter_fields)
     u, i = names.index("user_id"), names.index("item_id")
     t = names.index("timestamp") if "timestamp" in inter_fields else None
-    try:
-        timestamps = [int(float(row[t])) if t is not None else n for n, row in enumerate(inter_rows)]
-    except ValueError as exc:
-        raise DataError(f"{inter_path}: timestamp column holds a non-number ({exc})") from None
+    timestamps = [timestamp(row[t], "timestamp", f"{inter_path}:{number}") if t is not None else n for n, (number, row) in enumerate(inter_rows)]
 
-    item_fields, item_rows = _read_atomic(item_path)
+    item_fields, item_rows = _read_atomic(item_path, cfg.drop_bad_rows, dropped)
     if "item_id" not in item_fields:
         raise DataError(f"{item_path}: missing column 'item_id'; found {list(item_fields)}")
     title_field = _first_present(item_fields, TITLE_FIELDS)
     category_field = _first_present(item_fields, CATEGORY_FIELDS)
     used = {"item_id", title_field, category_field, "brand", "description"}
     items = []
-    for row in item_rows:
+    for _, row in item_rows:
         record = dict(zip(item_fields, row))
         extra = [f"{name.replace('_', ' ')}: {record[name]}" for name in item_fields if name not in used and record[name]]
         description = clean_text(record.get("description", ""))
@@ -83,8 +82,7 @@ def load_recbole(cfg: DataConfig) -> RawData:
             }
         )
     items_tbl = items_table(items, str(item_path))
-    interactions = interactions_table([r[u] for r in inter_rows], [r[i] for r in inter_rows], timestamps)
-    dropped: dict[str, int] = {}
+    interactions = interactions_table([r[u] for _, r in inter_rows], [r[i] for _, r in inter_rows], timestamps)
     interactions = drop_unknown_items(interactions, items_tbl, str(inter_path), cfg.drop_bad_rows, dropped)
     return RawData(
         items=items_tbl,

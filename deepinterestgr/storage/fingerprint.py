@@ -20,7 +20,10 @@ def fingerprint_paths(*paths: str | Path | None) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             digest.update(str(file.name).encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            try:
+                with file.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as exc:
+                raise DataError(f"{file}: cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest()[:16]
