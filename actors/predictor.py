@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import psutil
 import torch
 
 from deepinterestgr.config import RunConfig
@@ -52,8 +53,8 @@ class Predictor:
     """Loads a run's recommender once; `recommend` answers a batch of queries."""
 
     def __init__(self, cfg: RunConfig):
-        if cfg.serve.torch_threads:
-            torch.set_num_threads(cfg.serve.torch_threads)
+        # As many torch threads as the replica has CPUs: more only fight the proxy and other replicas.
+        torch.set_num_threads(cfg.serve.torch_threads or max(1, int(cfg.serve.cpus_per_replica)))
         self.cfg = cfg
         store = RunStore(cfg)
         self.stage = model_stage(store, cfg.serve.model_stage)
@@ -80,7 +81,8 @@ class Predictor:
         """What `GET /v1/model` answers."""
         return {"model_version": self.version, "stage": self.stage, "run": self.run_uri,
                 "backbone": self.cfg.sft.backbone,
-                "sid_levels": list(self.format.vocab.sizes), "items": len(self.catalog.item_ids), "users": len(self.histories)}
+                "sid_levels": list(self.format.vocab.sizes), "items": len(self.catalog.item_ids), "users": len(self.histories),
+                "replica_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
 
     def item(self, item_id: str) -> dict:
         row = self.rows.get(item_id)
@@ -124,17 +126,22 @@ class Predictor:
                 answers[i] = error
         if not todo:
             return answers
-        width = max(max(self.cfg.serve.beam_width, q.k + (len(set(r.rows)) if q.exclude_history else 0)) for _, q, r in todo)
-        prompts = [self.format.prompt(r.rows, r.interests) for _, _, r in todo]
-        result = beam_search(self.model, prompts, self.catalog.trie, self.format.vocab, beam_width=width, top_k=width,
-                             pad_id=self.format.pad_id)
-        for (i, query, resolved), items, scores in zip(todo, result.items, result.scores):
-            seen = set(resolved.rows) if query.exclude_history else set()
-            chosen = [(int(it), float(sc)) for it, sc in zip(items, scores) if it >= 0 and it not in seen][: query.k]
-            answers[i] = {
-                "items": [self._item(row, score) for row, score in chosen],
-                "ignored_items": resolved.ignored,
-                "user_interests": resolved.interests,
-                "model_version": self.version,
-            }
+        # One beam search per width, so a request with a large k does not widen everyone's beams.
+        # Excluded history is pruned inside the search, so it never widens a beam.
+        by_width: dict[int, list] = {}
+        for entry in todo:
+            by_width.setdefault(max(self.cfg.serve.beam_width, entry[1].k), []).append(entry)
+        for width, group in sorted(by_width.items()):
+            prompts = [self.format.prompt(r.rows, r.interests) for _, _, r in group]
+            exclude = [r.rows if q.exclude_history else [] for _, q, r in group]
+            result = beam_search(self.model, prompts, self.catalog.trie, self.format.vocab, beam_width=width, top_k=width,
+                                 pad_id=self.format.pad_id, exclude=exclude if any(exclude) else None)
+            for (i, query, resolved), items, scores in zip(group, result.items, result.scores):
+                chosen = [(int(it), float(sc)) for it, sc in zip(items, scores) if it >= 0][: query.k]
+                answers[i] = {
+                    "items": [self._item(row, score) for row, score in chosen],
+                    "ignored_items": resolved.ignored,
+                    "user_interests": resolved.interests,
+                    "model_version": self.version,
+                }
         return answers

@@ -32,11 +32,12 @@ def hf_generate(model, prompts, trie, vocab, beam, k):
         node = 0
         generated = sequence[width:].tolist()
         for level, token in enumerate(generated):
-            node = int(trie.children[level][node, token - starts[level]])
+            codes, targets = trie.edges(level, node)
+            node = int(targets[np.searchsorted(codes, token - starts[level])])
         level = len(generated)
         if level >= vocab.levels:
             return [SEP]
-        return (np.flatnonzero(trie.children[level][node] >= 0) + starts[level]).tolist()
+        return (trie.edges(level, node)[0].astype(np.int64) + starts[level]).tolist()
 
     out = model.generate(
         input_ids=ids, attention_mask=mask, num_beams=beam, num_return_sequences=k, max_new_tokens=vocab.levels,

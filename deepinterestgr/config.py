@@ -373,11 +373,11 @@ class ServeConfig(Section):
     target_ongoing_requests: float = Field(16.0, gt=0)
     cpus_per_replica: float = Field(1.0, gt=0)
     gpus_per_replica: float = Field(0.0, ge=0)
-    # Torch threads per replica (CPU); None leaves torch's default.
+    # Torch threads per replica (CPU); None = cpus_per_replica (at least 1).
     torch_threads: int | None = Field(None, ge=1)
     # Poll the run's manifest this often and swap in a newer commit of the served stage; 0 = never.
     reload_interval_s: float = Field(10.0, ge=0)
-    # Beam width of each answer (raised to k, plus the history when it is excluded).
+    # Beam width of each answer (raised to k; an excluded history is pruned in the search, not widened for).
     beam_width: int = Field(20, ge=1)
     max_k: int = Field(100, ge=1)
     max_history: int = Field(1000, ge=1)

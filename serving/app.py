@@ -1,9 +1,9 @@
-"""The Ray Serve application: a FastAPI ingress and a recommender deployment with dynamic batching.
+"""The Ray Serve application: one deployment that answers HTTP and holds the model, with dynamic batching.
 
     serve run serving.app:app_builder config=configs/default.yaml run=runs/default
     serve deploy serving/serve_config.yaml        (on a cluster; see the README)
 
-The recommender replica keeps a `Predictor` loaded. Two ways to a newer model, both loading it beside
+A replica keeps a `Predictor` loaded. Two ways to a newer model, both loading it beside
 the old one and swapping it in with one assignment, so requests in flight finish on the model they
 started with: a new `user_config` (another run or stage; `serve deploy` applies it in place), and a
 watcher that polls the run's manifest every `serve.reload_interval_s` and picks up a newer commit of
@@ -19,20 +19,29 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from actors.predictor import Predictor, Query, RequestError
 from deepinterestgr.config import ConfigError, RunConfig, load_config
 from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import RunStore
+from serving.bodies import BodyError, read_json_body
 from serving.schemas import RecommendRequest, describe_errors
 
 api = FastAPI(title="DeepInterestGR", description="Generative recommendation with deep interests")
 
 
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
 @serve.deployment
+@serve.ingress(api)
 class Recommender:
-    """Holds the model; `recommend` calls from all clients are batched into one beam search."""
+    """HTTP and the model in one replica (one hop per request); `recommend` calls are batched.
+
+    Requests are parsed and checked on the replica's event loop, and every call of the batched
+    method shares one beam search per beam width, run off the loop so the next batch gathers meanwhile.
+    """
 
     def __init__(self):
         self.predictor = None
@@ -65,68 +74,38 @@ class Recommender:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _recommend_batch(self, queries: list[Query]) -> list[dict | RequestError]:
         predictor = self.predictor
-        # The beam search runs off the event loop, so the next batch can gather meanwhile.
         return await asyncio.to_thread(predictor.recommend, queries)
-
-    async def recommend(self, query: Query) -> dict:
-        answer = await self._recommend_batch(query)
-        if isinstance(answer, RequestError):
-            return {"error": str(answer), "status": answer.status}
-        return answer
-
-    def item(self, item_id: str) -> dict:
-        try:
-            return self.predictor.item(item_id)
-        except RequestError as error:
-            return {"error": str(error), "status": error.status}
-
-    def describe(self) -> dict:
-        return self.predictor.describe()
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-@serve.deployment
-@serve.ingress(api)
-class Ingress:
-    """HTTP in front of the recommender: parses and checks requests, times them, maps errors to 4xx."""
-
-    def __init__(self, recommender: DeploymentHandle, max_k: int, max_history: int, max_body_bytes: int):
-        self.recommender, self.max_k, self.max_history, self.max_body_bytes = recommender, max_k, max_history, max_body_bytes
 
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> JSONResponse:
         began = time.perf_counter()
-        body = await request.body()
-        if len(body) > self.max_body_bytes:
-            return _error(413, f"body is {len(body)} bytes; the limit is {self.max_body_bytes}")
+        limits = self.cfg.serve
         try:
-            parsed = RecommendRequest.model_validate(json.loads(body))
-        except json.JSONDecodeError as error:
-            return _error(400, f"body is not valid JSON: {error}")
+            parsed = RecommendRequest.model_validate(await read_json_body(request, limits.max_body_bytes))
+        except BodyError as error:
+            return _error(error.status, str(error))
         except ValidationError as error:
             return _error(422, describe_errors(error))
-        if parsed.k > self.max_k:
-            return _error(422, f"k: {parsed.k} is above the maximum of {self.max_k}")
-        if parsed.history is not None and len(parsed.history) > self.max_history:
-            return _error(422, f"history: {len(parsed.history)} items is above the maximum of {self.max_history}")
-        query = Query(parsed.k, parsed.user_id, parsed.history, parsed.exclude_history)
-        answer = await self.recommender.recommend.remote(query)
-        if "error" in answer:
-            return _error(answer["status"], answer["error"])
+        if parsed.k > limits.max_k:
+            return _error(422, f"k: {parsed.k} is above the maximum of {limits.max_k}")
+        if parsed.history is not None and len(parsed.history) > limits.max_history:
+            return _error(422, f"history: {len(parsed.history)} items is above the maximum of {limits.max_history}")
+        answer = await self._recommend_batch(Query(parsed.k, parsed.user_id, parsed.history, parsed.exclude_history))
+        if isinstance(answer, RequestError):
+            return _error(answer.status, str(answer))
         answer["latency_ms"] = round((time.perf_counter() - began) * 1000, 2)
         return JSONResponse(answer)
 
     @api.get("/v1/items/{item_id}")
     async def item(self, item_id: str) -> JSONResponse:
-        answer = await self.recommender.item.remote(item_id)
-        return _error(answer["status"], answer["error"]) if "error" in answer else JSONResponse(answer)
+        try:
+            return JSONResponse(self.predictor.item(item_id))
+        except RequestError as error:
+            return _error(error.status, str(error))
 
     @api.get("/v1/model")
     async def model(self) -> dict:
-        return await self.recommender.describe.remote()
+        return self.predictor.describe()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -142,13 +121,12 @@ def build_app(cfg: RunConfig):
                                 "target_ongoing_requests": s.target_ongoing_requests}}
         if s.autoscale else {"num_replicas": s.num_replicas}
     )
-    recommender = Recommender.options(
+    return Recommender.options(
         user_config=cfg.model_dump(mode="json"),
         max_ongoing_requests=s.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
         **scaling,
     ).bind()
-    return Ingress.options(max_ongoing_requests=s.max_ongoing_requests, ray_actor_options={"num_cpus": 0}).bind(recommender, s.max_k, s.max_history, s.max_body_bytes)
 
 
 def app_builder(args: dict):

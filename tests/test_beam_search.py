@@ -1,6 +1,7 @@
 """Our constrained beam search against exhaustive scoring, on tiny randomly initialised models of both from-scratch backbones."""
 
 import numpy as np
+import torch
 import pytest
 
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
@@ -66,3 +67,30 @@ def test_top_k_above_beam_width_is_an_error(tiny_random_model):
     model, vocab, codes, trie = tiny_random_model
     with pytest.raises(ValueError, match="top_k"):
         beam_search(model, [[BOS]], trie, vocab, beam_width=3, top_k=5)
+
+
+def test_item_nodes_lead_to_each_item():
+    codes = _catalog()
+    trie = SIDTrie.build(codes)
+    for row, code in enumerate(codes):
+        node = 0
+        for level, value in enumerate(code):
+            assert trie.item_nodes[level][row] == node
+            node = int(trie.children(level, torch.tensor([node]))[0, value])
+        assert node == row
+
+
+def test_excluded_items_are_never_returned_and_the_rest_keep_their_exact_order(tiny_random_model):
+    model, vocab, codes, trie = tiny_random_model
+    rng = np.random.default_rng(3)
+    prompts = _prompts(vocab, codes, rng)
+    full = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes))
+    # each user excludes their 15 best items plus whole subtrees (every item under some first code)
+    exclude = [list(items[:15]) + np.flatnonzero(codes[:, 0] == b % 4).tolist() for b, items in enumerate(full.items)]
+    narrow = beam_search(model, prompts, trie, vocab, beam_width=5, top_k=5, exclude=exclude)
+    wide = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes), exclude=exclude)
+    for b in range(len(prompts)):
+        left = [int(i) for i in full.items[b] if i not in set(exclude[b])]
+        assert wide.items[b][: len(left)].tolist() == left and (wide.items[b][len(left):] == -1).all()
+        assert (narrow.items[b] >= 0).all() and not set(narrow.items[b].tolist()) & set(exclude[b])
+        assert narrow.scores[b, 0] <= wide.scores[b, 0] + 1e-5

@@ -95,11 +95,48 @@ def test_concurrent_requests_are_batched_without_changing_answers(served):
     ({"history": ["nope", "nada"]}, 422, "all 2 item ids are unknown"),
     ({"user_id": "nobody"}, 404, "unknown user_id 'nobody'"),
     ({"history": ["x" * 3000]}, 413, "limit is 2048"),
+    ('{"history": ["caf\xe9"]}'.encode("latin-1"), 400, "not UTF-8"),
+    (b'{"k": ' + b"9" * 5000 + b"}", 413, "limit is 2048"),
+    (b"[" * 1000 + b"]" * 1000, 400, "JSON"),
+    (b'{"history": ["x"], "k": 1e400}', 422, "k:"),
+    (b"", 400, "not valid JSON"),
 ])
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong(served, body, status, message):
     url, _, _ = served
     answer = post(url, body)
     assert answer.status_code == status and message in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_declared_json_gets_415(served, content_type):
+    url, _, _ = served
+    headers = {"content-type": content_type} if content_type else {}
+    answer = requests.post(f"{url}/v1/recommend", data=b'{"history": ["x"]}', headers=headers, timeout=60)
+    assert answer.status_code == 415 and "application/json" in answer.json()["error"], answer.text
+    charset = requests.post(f"{url}/v1/recommend", data=b'{"user_id": "nobody"}', timeout=60,
+                            headers={"content-type": "application/json; charset=utf-8"})
+    assert charset.status_code == 404, "parameters after the media type are fine"
+
+
+def test_a_streamed_body_is_answered_413_at_the_limit_before_it_ends(served):
+    import socket
+    from urllib.parse import urlparse
+
+    url, _, _ = served
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as conn:
+        # chunked, no content-length: the server must count while reading; the body never ends
+        conn.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        for _ in range(4):
+            conn.sendall(b"400\r\n" + b" " * 1024 + b"\r\n")
+        answer = conn.recv(4096)
+        while not answer.endswith(b"}"):
+            more = conn.recv(4096)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 413") and b"2048" in answer, answer[:300]
 
 
 def test_unknown_history_items_are_ignored_and_reported_and_lookups_work(served):
@@ -154,9 +191,8 @@ def test_serve_deploy_config_validates_and_its_builder_reads_config_and_run(serv
     from serving.app import app_builder
 
     built = app_builder({**app.args, "run": cfg.storage.uri, "set": app.args["set"] + ["serve.max_k=7"]})
-    ingress = built._bound_deployment
-    assert ingress.init_args[1] == 7, "the overrides reach the deployments"
-    recommender = ingress.init_args[0]._bound_deployment
+    recommender = built._bound_deployment
+    assert recommender.user_config["serve"]["max_k"] == 7, "the overrides reach the deployment"
     assert recommender.user_config["storage"]["uri"] == cfg.storage.uri
     assert recommender._deployment_config.autoscaling_config.max_replicas == 8, "serve_config.yaml's set list applied"
     with pytest.raises(ValueError, match="serve.max_k"):

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from deepinterestgr.errors import DataError
@@ -49,15 +50,17 @@ def test_trie_lookup_masks_and_round_trip():
     for row, code in enumerate(codes):
         assert trie.lookup(code.tolist()) == row
     assert trie.lookup([0, 0, 0]) == -1 and trie.lookup([5, 0, 0]) == -1
-    assert (trie.children[0][0] >= 0).tolist() == [True, True, True]
-    node = trie.children[0][0, 0]
-    assert (trie.children[1][node] >= 0).tolist() == [False, True, False, False]
+    root = trie.children(0, torch.zeros(1, dtype=torch.long))[0]
+    assert (root >= 0).tolist() == [True, True, True]
+    assert (trie.children(1, root[:1])[0] >= 0).tolist() == [False, True, False, False]
+    assert trie.children(2, trie.children(1, root[:1])[:, 1])[0].tolist() == [0, 1, -1]
     again = SIDTrie.from_bytes(trie.to_bytes())
-    assert again.sizes == trie.sizes and all((a == b).all() for a, b in zip(again.children, trie.children))
+    nodes = torch.tensor([[0, 1], [2, 1]])
+    assert again.sizes == trie.sizes and torch.equal(again.children(1, nodes), trie.children(1, nodes))
     with pytest.raises(ValueError, match="unique"):
         SIDTrie.build(np.array([[0, 1], [0, 1]]))
     assert SIDTrie.build(codes, [8, 8, 8]).sizes == [8, 8, 8]
-    assert (SIDTrie.build(codes, [8, 8, 8]).children[0][0] >= 0).sum() == 3
+    assert (SIDTrie.build(codes, [8, 8, 8]).children(0, torch.zeros(1, dtype=torch.long)) >= 0).sum() == 3
     with pytest.raises(ValueError, match="do not cover"):
         SIDTrie.build(codes, [2, 8, 8])
 

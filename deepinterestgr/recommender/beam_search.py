@@ -1,7 +1,6 @@
 """Constrained beam search over the SID trie, batched over users, with the model's KV cache.
 
-The trie's dense per-level tables turn "which codes may follow these prefixes" into one gather for
-all beams of all users; invalid SIDs cannot be generated. Scores are sums of full-vocabulary
+The trie turns "which codes may follow these prefixes" into one gather for all beams of all users; invalid SIDs cannot be generated. Scores are sums of full-vocabulary
 log-probabilities, so with a beam at least as wide as the catalog the result equals scoring every
 item exhaustively (`exhaustive_scores`).
 """
@@ -35,8 +34,14 @@ def beam_search(
     beam_width: int,
     top_k: int,
     pad_id: int = 0,
+    exclude: list[list[int]] | None = None,
 ) -> BeamResult:
-    """Top-`top_k` distinct items per prompt by constrained beam search of width `beam_width`."""
+    """Top-`top_k` distinct items per prompt by constrained beam search of width `beam_width`.
+
+    `exclude[b]` (item rows) can never be returned for prompt b: prefixes all of whose items are
+    excluded are pruned at every level, so no beam is spent on them and the result still holds
+    `min(top_k, items left)` items without widening the beam.
+    """
     if list(trie.sizes) != list(vocab.sizes):
         raise ValueError(f"the trie's codebook sizes {trie.sizes} differ from the vocabulary's {list(vocab.sizes)}")
     if top_k > beam_width:
@@ -53,14 +58,19 @@ def beam_search(
     nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)  # one beam per user: the root
     scores = torch.zeros((batch, 1), device=device)
     rows = torch.arange(batch, device=device).unsqueeze(1)
+    blocked = _blocked_keys(trie, exclude, device) if exclude is not None else None
     for level, size in enumerate(vocab.sizes):
-        children = torch.from_numpy(trie.children[level]).to(device)[nodes]  # [B, beams, size]
+        children = trie.children(level, nodes)  # [B, beams, size]
         beams = nodes.shape[1]
         level_lp = logprobs[:, starts[level]: starts[level] + size].view(batch, beams, size)
-        total = torch.where(children >= 0, scores.unsqueeze(-1) + level_lp, torch.full_like(level_lp, float("-inf")))
+        allowed = children >= 0
+        if blocked is not None:
+            count, keys = blocked[level]
+            allowed &= ~torch.isin(rows.unsqueeze(-1) * count + children.clamp(min=0), keys)
+        total = torch.where(allowed, scores.unsqueeze(-1) + level_lp, torch.full_like(level_lp, float("-inf")))
         scores, flat = total.view(batch, -1).topk(min(beam_width, beams * size), dim=1)
         parent, code = flat // size, flat % size
-        nodes = children.view(batch, -1).gather(1, flat)
+        nodes = children.reshape(batch, -1).gather(1, flat)
         if level == vocab.levels - 1:
             break
         # Cache row b*beams+p holds user b's beam p; the new beams pick (and duplicate) their parents' rows.
@@ -68,6 +78,27 @@ def beam_search(
         state, logprobs = step(model, state, beam_index, (code + int(starts[level])).view(-1, 1))
     items = torch.where(torch.isfinite(scores), nodes, torch.full_like(nodes, -1))
     return BeamResult(items[:, :top_k].cpu().numpy(), scores[:, :top_k].cpu().numpy())
+
+
+def _blocked_keys(trie: SIDTrie, exclude: list[list[int]], device) -> list[tuple[int, torch.Tensor]]:
+    """Per level, (node count, keys `b * count + node`) of the children whose items prompt b excludes all of."""
+    levels = len(trie.sizes)
+    items = len(trie.item_nodes[0])
+    out = []
+    for level in range(levels):
+        if level == levels - 1:
+            nodes_of, count = np.arange(items), items
+        else:
+            nodes_of, count = trie.item_nodes[level + 1], trie.node_count(level + 1)
+        sizes = np.bincount(nodes_of, minlength=count)
+        keys = []
+        for b, rows in enumerate(exclude):
+            rows = np.unique(np.asarray(rows, dtype=np.int64))
+            rows = rows[(rows >= 0) & (rows < items)]
+            nodes, hits = np.unique(nodes_of[rows], return_counts=True)
+            keys.append(b * count + nodes[hits == sizes[nodes]])
+        out.append((count, torch.from_numpy(np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)).to(device)))
+    return out
 
 
 @torch.no_grad()

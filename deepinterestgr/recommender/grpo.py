@@ -63,7 +63,7 @@ def constrained_samples(model: torch.nn.Module, prompts: list[list[int]], trie: 
         logits = completion_logits(model, repeated, chosen, pad_id)[:, -1]
         start = int(vocab.starts[level])
         level_logits = logits[:, start : start + size].float().cpu() / temperature
-        children = torch.from_numpy(trie.children[level])[nodes]
+        children = trie.children(level, nodes)
         level_logits = level_logits.masked_fill(children < 0, float("-inf"))
         code = torch.multinomial(torch.softmax(level_logits, dim=-1), 1, generator=generator).squeeze(1)
         nodes = children.gather(1, code.unsqueeze(1)).squeeze(1)

@@ -27,14 +27,11 @@ def target_ranks(
     model.eval()
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        width = beam_width + (max(len(e) for e in exclude[start : start + batch_size]) if exclude else 0)
-        result = beam_search(model, chunk, trie, vocab, beam_width=width, top_k=width, pad_id=pad_id)
+        result = beam_search(model, chunk, trie, vocab, beam_width=beam_width, top_k=beam_width, pad_id=pad_id,
+                             exclude=exclude[start : start + batch_size] if exclude else None)
         for offset, items in enumerate(result.items):
             row = start + offset
-            if exclude:
-                seen = set(exclude[row])
-                items = np.array([i for i in items if i not in seen])
-            hits = np.flatnonzero(items[:beam_width] == targets[row])
+            hits = np.flatnonzero(items == targets[row])
             ranks[row] = hits[0] if len(hits) else -1
     model.train(was_training)
     return ranks

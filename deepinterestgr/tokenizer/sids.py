@@ -6,9 +6,11 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from deepinterestgr.errors import DataError
 
@@ -117,58 +119,144 @@ def load_external_sids(path: str | Path, item_ids: list[str]) -> np.ndarray:
 
 @dataclass
 class SIDTrie:
-    """All SIDs as dense per-level transition tables.
+    """All SIDs as sparse per-level transition lists (CSR): memory O(items), not O(prefixes x codebook).
 
-    `children[l][node, code]` is the node reached from `node` at level l by `code`, or -1. Level 0 has
-    one node (the root). The node reached after the last level is the item's row. A beam search gets
-    its allowed-token mask as `children[l][nodes] >= 0`: a gather, not a loop per beam.
+    At level l, node n's outgoing edges are entries `offsets[l][n]:offsets[l][n+1]` of `codes[l]`
+    (sorted) and `targets[l]` (the node reached, or at the last level the item's row). Level 0 has one
+    node, the root. `children(level, nodes)` expands the edges of any tensor of nodes into a dense
+    [..., codebook] table (-1 where no SID continues) with one gather and one scatter, so a beam search
+    gets the allowed codes of all its beams at once. The arrays are copied to a device once and kept.
     """
 
-    children: list[np.ndarray]
+    offsets: list[np.ndarray]
+    codes: list[np.ndarray]
+    targets: list[np.ndarray]
     sizes: list[int]
+
+    def __post_init__(self):
+        self._on_device: dict[str, tuple[list[torch.Tensor], ...]] = {}
 
     @classmethod
     def build(cls, codes: np.ndarray, sizes: list[int] | None = None) -> SIDTrie:
         """Trie over unique SIDs; `sizes` are the codebook sizes per level (default: max code + 1)."""
+        codes = np.asarray(codes, dtype=np.int64)
         if len(np.unique(codes, axis=0)) != len(codes):
             raise ValueError("SIDs must be unique before building the trie")
         inferred = [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])]
         sizes = list(sizes) if sizes is not None else inferred
         if len(sizes) != codes.shape[1] or any(s < i for s, i in zip(sizes, inferred)):
             raise ValueError(f"codebook sizes {sizes} do not cover the SIDs (need at least {inferred})")
-        children, parent = [], np.zeros(len(codes), dtype=np.int64)
+        offsets, edge_codes, targets = [], [], []
+        parent, nodes = np.zeros(len(codes), dtype=np.int64), 1
         for level, size in enumerate(sizes):
             last = level == len(sizes) - 1
             key = parent * size + codes[:, level]
             unique, node = np.unique(key, return_inverse=True)
-            table = np.full((int(parent.max()) + 1, size), -1, dtype=np.int64)
+            # unique keys are sorted by (parent, code): exactly CSR order
+            offsets.append(_offsets(np.bincount(unique // size, minlength=nodes)))
+            edge_codes.append((unique % size).astype(_code_dtype(size)))
             if last:
-                table[parent, codes[:, level]] = np.arange(len(codes))
+                row_of_key = np.empty(len(unique), dtype=np.int64)
+                row_of_key[node.reshape(-1)] = np.arange(len(codes))
+                targets.append(row_of_key.astype(np.int32 if len(codes) < 2**31 else np.int64))
             else:
-                table[unique // size, unique % size] = np.arange(len(unique))
-            children.append(table)
-            parent = node.reshape(-1)
-        return cls(children, sizes)
+                targets.append(np.arange(len(unique), dtype=np.int32 if len(unique) < 2**31 else np.int64))
+            parent, nodes = node.reshape(-1), len(unique)
+        return cls(offsets, edge_codes, targets, sizes)
+
+    def node_count(self, level: int) -> int:
+        """Nodes at `level` (level 0: the root); past the last level, the items."""
+        return len(self.offsets[level]) - 1 if level < len(self.sizes) else len(self.targets[-1])
+
+    def nbytes(self) -> int:
+        """Bytes held by the trie's arrays."""
+        return sum(a.nbytes for arrays in (self.offsets, self.codes, self.targets) for a in arrays)
+
+    def edges(self, level: int, node: int) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, targets) of one node's outgoing edges."""
+        start, end = self.offsets[level][node], self.offsets[level][node + 1]
+        return self.codes[level][start:end], self.targets[level][start:end]
+
+    def children(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """[..., sizes[level]] int64: the node (or item row) each code leads to from `nodes`, else -1."""
+        offsets, codes, targets = (arrays[level] for arrays in self._tensors(nodes.device))
+        size = self.sizes[level]
+        start = offsets[nodes].long()
+        degree = offsets[nodes + 1].long() - start
+        span = torch.arange(int(degree.max()) if degree.numel() else 0, device=nodes.device)
+        valid = span < degree.unsqueeze(-1)
+        entry = torch.where(valid, start.unsqueeze(-1) + span, torch.zeros_like(span))
+        # invalid slots write into a spare column that is cut off
+        column = torch.where(valid, codes[entry].long(), torch.full_like(entry, size))
+        out = torch.full((*nodes.shape, size + 1), -1, dtype=torch.long, device=nodes.device)
+        out.scatter_(-1, column, torch.where(valid, targets[entry].long(), torch.full_like(entry, -1)))
+        return out[..., :size]
+
+    def _tensors(self, device: torch.device) -> tuple[list[torch.Tensor], ...]:
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(
+                [torch.from_numpy(a).to(device) for a in arrays]
+                for arrays in (self.offsets, self.codes, self.targets)
+            )
+        return self._on_device[key]
+
+    @cached_property
+    def item_nodes(self) -> list[np.ndarray]:
+        """`item_nodes[l][row]`: the node at level l on the path to item `row`."""
+        parents = [np.repeat(np.arange(len(o) - 1), np.diff(o)) for o in self.offsets]
+        path = np.empty(self.node_count(len(self.sizes)), dtype=np.int64)
+        path[self.targets[-1]] = parents[-1]
+        paths = [path]
+        for level in range(len(self.sizes) - 2, -1, -1):
+            parent_of = np.empty(self.node_count(level + 1), dtype=np.int64)
+            parent_of[self.targets[level]] = parents[level]
+            paths.append(parent_of[paths[-1]])
+        return paths[::-1]
 
     def lookup(self, code: list[int]) -> int:
         """Item row of a full SID, or -1 if it names no item."""
         node = 0
         for level, value in enumerate(code):
-            if value < 0 or value >= self.sizes[level]:
+            codes, targets = self.edges(level, node)
+            at = int(np.searchsorted(codes, value))
+            if at >= len(codes) or codes[at] != value:
                 return -1
-            node = int(self.children[level][node, value])
-            if node < 0:
-                return -1
+            node = int(targets[at])
         return node
 
     def to_bytes(self) -> bytes:
         """Serialise to .npz bytes."""
         buffer = io.BytesIO()
-        np.savez(buffer, sizes=np.array(self.sizes), **{f"level{i}": t for i, t in enumerate(self.children)})
+        arrays = {f"{name}{i}": a for name, group in (("offsets", self.offsets), ("codes", self.codes), ("targets", self.targets))
+                  for i, a in enumerate(group)}
+        np.savez(buffer, sizes=np.array(self.sizes), **arrays)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SIDTrie:
         arrays = np.load(io.BytesIO(data))
         sizes = arrays["sizes"].tolist()
-        return cls([arrays[f"level{i}"] for i in range(len(sizes))], sizes)
+        if "level0" in arrays:  # runs tokenized before the sparse layout held dense tables
+            return cls._from_dense([arrays[f"level{i}"] for i in range(len(sizes))], sizes)
+        return cls(*([arrays[f"{name}{i}"] for i in range(len(sizes))] for name in ("offsets", "codes", "targets")), sizes)
+
+    @classmethod
+    def _from_dense(cls, tables: list[np.ndarray], sizes: list[int]) -> SIDTrie:
+        offsets, codes, targets = [], [], []
+        for table, size in zip(tables, sizes):
+            rows, columns = np.nonzero(table >= 0)
+            offsets.append(_offsets(np.bincount(rows, minlength=table.shape[0])))
+            codes.append(columns.astype(_code_dtype(size)))
+            targets.append(table[rows, columns].astype(np.int64))
+        return cls(offsets, codes, targets, sizes)
+
+
+def _offsets(degrees: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(degrees) + 1, dtype=np.int64)
+    np.cumsum(degrees, out=out[1:])
+    return out.astype(np.int32) if out[-1] < 2**31 else out
+
+
+def _code_dtype(size: int) -> type:
+    return np.int16 if size <= 2**15 else np.int32
