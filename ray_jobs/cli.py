@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline"]
+STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline", "report"]
 
 USAGE = """usage: dig <stage> [--config FILE] [--set key=value ...] [--run URI]
 
@@ -19,6 +19,7 @@ stages, in pipeline order:
   evaluate  HR@K / NDCG@K against baselines
   serve     Ray Serve HTTP endpoint
   pipeline  every stage above in one Ray job
+  report    report.md + plots in the run, from its stage reports
 """
 
 

@@ -15,6 +15,7 @@ from ray.train import RunConfig as TrainRunConfig
 from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.storage.runstore import RunStore
+from ray_jobs.console import log_file, route_ray_logs
 
 USER_ERRORS = (ConfigError, DataError, StorageError)
 
@@ -67,13 +68,15 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
 
     `run` returns the stage's ManifestEntry, or an object holding it as `.entry`.
 
-    User errors (config, data, storage) exit 2 with one line naming the problem.
+    User errors (config, data, storage) exit 2 with one line naming the problem. Ray's INFO logs go
+    to the run's log file, not the console (`ray_jobs.console`).
     """
     try:
         cfg = parse_config(stage, argv)
         store = RunStore(cfg)
         store.save_config(cfg)
         start_ray(cfg)
+        route_ray_logs(log_file(store, stage))
         result = run(cfg, store)
         report = getattr(result, "entry", result).report
     except USER_ERRORS as exc:

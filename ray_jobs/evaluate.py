@@ -17,6 +17,7 @@ from deepinterestgr.recommender.artifacts import load_catalog, load_format, load
 from deepinterestgr.recommender.sequences import most_popular
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
+from ray_jobs.console import Progress
 
 STAGE = "evaluate"
 
@@ -74,7 +75,13 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         }
         baselines = {}
         if e.sasrec.enabled:
-            sasrec, baselines["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed)
+            progress = Progress("evaluate: SASRec", e.sasrec.epochs, "epochs")
+
+            def report_epoch(epoch: int, validation: dict | None) -> None:
+                progress.update(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
+
+            sasrec, baselines["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
+                                                             on_epoch=report_epoch)
             ranks = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
             results["SASRec"] = ranking_metrics(ranks, e.ks)
         report = {"model_stage": model_stage, "test_users": len(users), "items": len(catalog.item_ids),

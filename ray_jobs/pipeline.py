@@ -16,9 +16,11 @@ import time
 import ray
 
 from deepinterestgr.config import PipelineConfig, RunConfig
+from deepinterestgr.run_report import label_balance
 from deepinterestgr.storage.runstore import RunStore
-from ray_jobs import evaluate, grpo, label, mine, prepare, sft, tokenize
+from ray_jobs import evaluate, grpo, label, mine, prepare, report, sft, tokenize
 from ray_jobs.common import USER_ERRORS, arg_parser, config_from, start_ray
+from ray_jobs.console import log_file, route_ray_logs
 
 # The default runs every stage, in pipeline order.
 ORDER = PipelineConfig().stages
@@ -51,7 +53,7 @@ def run(cfg: RunConfig, store: RunStore) -> dict:
             {"sft": sft.run, "grpo": grpo.run, "evaluate": evaluate.run}[stage](cfg, store)
         seconds[stage] = round(time.perf_counter() - started, 1)
         print(f"pipeline: {stage} done in {seconds[stage]:.0f} s", file=sys.stderr, flush=True)
-    return {"run": store.uri, "seconds": seconds, **summary(store)}
+    return {"run": store.uri, "seconds": seconds, **summary(store), "report": report.write(store)}
 
 
 def summary(store: RunStore) -> dict:
@@ -64,7 +66,9 @@ def summary(store: RunStore) -> dict:
                          "descriptors_per_item": r.get("descriptors_per_item"), "failures": r.get("failures"),
                          "items_per_s": {name: m.get("rows_per_s") for name, m in miners.items()}}
     if (entry := store.entry("label")) is not None:
-        out["labels"] = {"holdout_agreement": entry.report["holdout"].get("agreement"),
+        rate, degenerate = label_balance(entry.report)
+        out["labels"] = {"judge_positive_rate": rate, "degenerate": degenerate,
+                         "holdout_agreement": None if degenerate else entry.report["holdout"].get("agreement"),
                          "mean_item_quality": entry.report.get("mean_item_quality")}
     if (entry := store.entry("tokenize")) is not None:
         out["sids"] = {"collision_rate_before": entry.report.get("collision_rate_before"),
@@ -85,13 +89,18 @@ def table(result: dict) -> str:
         lines.append(f"\nmining: {m['items_with_descriptors']}/{m['items_mined']} items got descriptors "
                      f"({m['descriptors_per_item']} per item), {m['failures']} failures, items/s {m['items_per_s']}")
     if "labels" in result:
-        lines.append(f"labels: classifier agrees with the judge on {result['labels']['holdout_agreement']} of held-out pairs; "
-                     f"mean item quality {result['labels']['mean_item_quality']}")
+        labels = result["labels"]
+        if labels["degenerate"]:
+            lines.append(f"labels: the judge is degenerate (label 1 on {labels['judge_positive_rate']:.0%} of pairs): no agreement claimed")
+        else:
+            lines.append(f"labels: classifier agrees with the judge on {labels['holdout_agreement']} of held-out pairs; "
+                         f"mean item quality {labels['mean_item_quality']}")
     if "sids" in result:
         s = result["sids"]
         lines.append(f"SIDs: collisions {s['collision_rate_before']:.2%} before disambiguation, {s['collision_rate_after']:.2%} after")
     lines.append("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
-    lines.append(f"\nthe run lives in {result['run']}\nserve it: .venv/bin/dig serve --run {result['run']}")
+    lines.append(f"\nthe run lives in {result['run']}; its report (tables and plots): {result['report']}"
+                 f"\nserve it: .venv/bin/dig serve --run {result['run']}")
     return "\n".join(lines)
 
 
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         check_stages(cfg, store)
         store.save_config(cfg)
         start_ray(cfg)
+        route_ray_logs(log_file(store, "pipeline"))
         result = run(cfg, store)
     except (*USER_ERRORS, ValueError) as exc:
         print(f"dig pipeline: error: {exc}", file=sys.stderr)

@@ -41,3 +41,6 @@ def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
     report = json.loads(result.stdout)
     assert report["before_filter"]["items"] == 30 and report["evaluated_users"] == 20
     assert "num_items: 30" in (run / "config.yaml").read_text()
+    # Ray Data's INFO progress blocks go to the run's log file, not to a console that is not a terminal
+    assert "logging_progress" not in result.stderr and "streaming_executor" not in result.stderr, result.stderr[-2000:]
+    assert "streaming_executor" in (run / "logs" / "prepare.log").read_text()

@@ -1,5 +1,7 @@
 """sft (2 Ray Train workers) and evaluate (Ray Data actor pool) on a small synthetic run, with a tiny model."""
 
+from pathlib import Path
+
 import pytest
 
 from deepinterestgr.config import load_config
@@ -16,6 +18,29 @@ TINY = [
     "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16", "grpo.epochs=1", "grpo.batch_size=30",
     "grpo.beam_width=10", "grpo.max_degradation=1.0",
 ]
+
+
+def _check_run_report(store):
+    """`dig report` on the real tiny run: files exist, PNGs decode, numbers equal the stage reports'."""
+    from PIL import Image
+
+    from ray_jobs import report
+
+    assert report.main(["--set", f"storage.uri={store.uri}"]) == 0
+    folder = Path(store.root) / "report"
+    text = (folder / "report.md").read_text()
+    for name in ("validation.png", "grpo_rewards.png", "sids.png"):
+        assert f"]({name})" in text
+        with Image.open(folder / name) as image:
+            image.load()
+            assert image.size[0] > 200 and image.size[1] > 100
+    for model, metrics in store.require("evaluate").report["results"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
+        assert row == f"| {model} | " + " | ".join(f"{metrics[k]:.4f}" for k in sorted(metrics)) + " |"
+    for i, level in enumerate(store.require("tokenize").report["levels"]):
+        assert f"| {i + 1} | {level['utilisation']:.3f} | {level['perplexity']:.1f} |" in text
+    best = store.require("grpo").report
+    assert f"grpo: best epoch {best['best_epoch']}, validation HR@10 {best['val_hr@10']:.4f}" in text
 
 
 def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_path):
@@ -56,6 +81,7 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     tuned = grpo.run(encdec, RunStore(encdec)).report
     assert [h["epoch"] for h in tuned["history"]] == [-1, 0] and tuned["history"][1]["reward_valid"] == 1.0
     assert "GR (grpo)" in evaluate.run(encdec, RunStore(encdec)).report["results"], "GRPO and evaluate take the encoder-decoder"
+    _check_run_report(RunStore(encdec))
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
     changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder"])

@@ -6,6 +6,8 @@ NDCG@10, and scored by full ranking through the shared metrics module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -71,8 +73,12 @@ def sasrec_ranks(
     return np.concatenate(ranks)
 
 
-def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecConfig, seed: int) -> tuple[SASRec, list[dict]]:
-    """Train on the training sequences; keep the epoch with the best validation NDCG@10."""
+def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecConfig, seed: int,
+               on_epoch: Callable[[int, dict | None], None] | None = None) -> tuple[SASRec, list[dict]]:
+    """Train on the training sequences; keep the epoch with the best validation NDCG@10.
+
+    `on_epoch(epoch, validation)` is called after every epoch (validation: the history entry, or None).
+    """
     torch.manual_seed(seed)
     model = SASRec(num_items, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -92,10 +98,14 @@ def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int
             loss.backward()
             optimizer.step()
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
+            if on_epoch is not None:
+                on_epoch(epoch, None)
             continue
         ranks = sasrec_ranks(model, [train[u] for u in valid_users], valid_targets[valid_users])
         ndcg = ranking_metrics(ranks, (10,))["ndcg@10"]
         history.append({"epoch": epoch, "loss": float(loss.detach()), "val_ndcg@10": ndcg})
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])
         if ndcg > best:
             best, stale = ndcg, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
