@@ -61,9 +61,27 @@ class LocalGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
+        self._grammars: dict[str, object] = {}
 
-    def generate(self, requests: list[list[dict]], temperatures: list[float], seeds: list[int]) -> list[dict]:
-        """One output dict per request; rows with the same sampling mode share one `generate` call."""
+    def _constraint(self, schema: str) -> list:
+        """The logits processors that hold one generate call to `schema` (none for free text)."""
+        if not schema:
+            return []
+        import xgrammar
+
+        if schema not in self._grammars:
+            if not self._grammars:
+                info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+                self._compiler = xgrammar.GrammarCompiler(info)
+            # Compact JSON: whitespace spent on indentation is taken from the answer's token budget.
+            self._grammars[schema] = self._compiler.compile_json_schema(schema, any_whitespace=False)
+        # A processor keeps per-row matcher state: one per call.
+        return [xgrammar.contrib.hf.LogitsProcessor(self._grammars[schema])]
+
+    def generate(self, requests: list[list[dict]], temperatures: list[float], seeds: list[int],
+                 schemas: list[str] | None = None) -> list[dict]:
+        """One output dict per request; rows with the same sampling mode and schema share one `generate` call."""
+        schemas = schemas or [""] * len(requests)
         outputs: list[dict | None] = [None] * len(requests)
         prompts = {}
         for i, messages in enumerate(requests):
@@ -71,10 +89,10 @@ class LocalGenerator:
                 outputs[i] = {"text": "", "error": f"model {self.name} takes no images", "prompt_tokens": 0, "completion_tokens": 0}
             else:
                 prompts[i] = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        groups: dict[float, list[int]] = {}
+        groups: dict[tuple[float, str], list[int]] = {}
         for i in prompts:
-            groups.setdefault(float(temperatures[i]), []).append(i)
-        for temperature, rows in sorted(groups.items()):
+            groups.setdefault((float(temperatures[i]), schemas[i]), []).append(i)
+        for (temperature, schema), rows in sorted(groups.items()):
             encoded = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             sampling = {"do_sample": False}
             if temperature > 0:
@@ -82,7 +100,7 @@ class LocalGenerator:
                 self.torch.manual_seed(int(min(seeds[i] for i in rows)))
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
             with self.torch.no_grad():
-                generated = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens,
+                generated = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens, logits_processor=self._constraint(schema),
                                                 pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling)
             new = generated[:, encoded["input_ids"].shape[1]:]
             prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
@@ -94,7 +112,8 @@ class LocalGenerator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
-        outputs = self.generate([json.loads(r["request"]) for r in rows], [r["temperature"] for r in rows], [r["seed"] for r in rows])
+        outputs = self.generate([json.loads(r["request"]) for r in rows], [r["temperature"] for r in rows], [r["seed"] for r in rows],
+                                [r.get("schema") or "" for r in rows])
         return _with_outputs(batch, outputs)
 
 
@@ -144,10 +163,13 @@ class HttpGenerator:
                     "completion_tokens": int(usage.get("completion_tokens") or 0)}
         raise HttpError(f"gave up after {self.max_retries + 1} attempts: {last}")
 
-    def complete(self, messages: list[dict], temperature: float, seed: int) -> dict:
-        """One chat completion; an HTTP failure becomes the row's error."""
-        payload = json.dumps({"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
-                              "temperature": float(temperature), "seed": int(seed)}).encode()
+    def complete(self, messages: list[dict], temperature: float, seed: int, schema: str = "") -> dict:
+        """One chat completion (held to `schema` through response_format when given); an HTTP failure becomes the row's error."""
+        body = {"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
+                "temperature": float(temperature), "seed": int(seed)}
+        if schema:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": json.loads(schema)}}
+        payload = json.dumps(body).encode()
         try:
             return self._post(payload)
         except HttpError as exc:
@@ -156,12 +178,14 @@ class HttpGenerator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
         with ThreadPoolExecutor(self.max_in_flight) as pool:
-            outputs = list(pool.map(lambda r: self.complete(json.loads(r["request"]), r["temperature"], r["seed"]), rows))
+            outputs = list(pool.map(lambda r: self.complete(json.loads(r["request"]), r["temperature"], r["seed"], r.get("schema") or ""), rows))
         return _with_outputs(batch, outputs)
 
 
 def _vllm_request(row: dict, max_new_tokens: int) -> dict:
     sampling = {"temperature": float(row["temperature"]), "max_tokens": max_new_tokens, "seed": int(row["seed"])}
+    if row.get("schema"):
+        sampling["structured_outputs"] = {"json": json.loads(row["schema"])}
     return {**row, "messages": json.loads(row["request"]), "sampling_params": sampling}
 
 

@@ -166,6 +166,10 @@ class GeneratorConfig(Section):
     num_gpus: float = Field(0.0, ge=0)
     # local only: bf16 weights on GPU; CPU always runs float32.
     bf16: bool = True
+    # Decode mining, judging and user-interest answers under their JSON schema (local: an xgrammar
+    # logits processor; vllm: structured outputs; http: response_format json_schema). Turn off for
+    # servers that reject response_format; free-text parsing is the fallback either way.
+    structured: bool = True
     # vllm only: extra engine arguments (max_model_len, tensor_parallel_size, dtype, ...).
     engine_kwargs: dict[str, Any] = {}
     # http only: an OpenAI-compatible base URL (".../v1"), the env var holding the API key (sent as a

@@ -9,8 +9,6 @@ that matter. Warnings and errors still reach the console; everything at INFO and
 from __future__ import annotations
 
 import logging
-import sys
-import time
 from pathlib import Path
 
 from pyarrow import fs as pafs
@@ -46,27 +44,3 @@ def route_ray_logs(path: Path | None) -> None:
                 existing.setLevel(max(existing.level, logging.WARNING))
         if handler is not None and (name in ("ray", "ray.data") or not logger.propagate):
             logger.addHandler(handler)
-
-
-class Progress:
-    """Progress of a loop with a known total: at most one line per `every_s` seconds with count, rate and ETA.
-
-    For steps whose own library draws no bar (SASRec training, per-epoch loops); lines, not a redrawn
-    bar, so they read the same in a terminal, in `ray job logs` and in CI.
-    """
-
-    def __init__(self, label: str, total: int, unit: str, every_s: float = 10.0):
-        self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
-        self.began = self.last = time.perf_counter()
-
-    def update(self, done: int, detail: str = "") -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and done < self.total:
-            return
-        self.last = now
-        elapsed = now - self.began
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        extra = f", {detail}" if detail else ""
-        print(f"{self.label}: {done}/{self.total} {self.unit} ({rate:.2f}/s, {elapsed:.0f} s, ETA {eta:.0f} s{extra})",
-              file=sys.stderr, flush=True)

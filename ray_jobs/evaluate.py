@@ -13,11 +13,11 @@ from actors.recommender import TargetRanker
 from deepinterestgr.baselines.sasrec import fit_sasrec, sasrec_ranks
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.progress import Progress
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
-from ray_jobs.console import Progress
 
 STAGE = "evaluate"
 
@@ -78,7 +78,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             progress = Progress("evaluate: SASRec", e.sasrec.epochs, "epochs")
 
             def report_epoch(epoch: int, validation: dict | None) -> None:
-                progress.update(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
+                progress.set(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
 
             sasrec, baselines["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
                                                              on_epoch=report_epoch)

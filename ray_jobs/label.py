@@ -23,6 +23,7 @@ from deepinterestgr.interests.labels import agreement, fit_classifier, item_qual
 from deepinterestgr.interests.parsing import parse_label
 from deepinterestgr.interests.requests import judge_request
 from deepinterestgr.prompts import load_template
+from deepinterestgr.interests.schemas import LABEL_SCHEMA
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
@@ -61,7 +62,8 @@ def judge(cfg: RunConfig, store: RunStore, pairs: list[dict]) -> tuple[dict[int,
         request = judge_request(templates, p["title"], p["description"], p["descriptor"], cfg.label.judge.max_prompt_tokens)
         requests.append({"id": str(index), "messages": request.messages, "truncated": request.truncated})
     cache = ResultCache(store, STAGE, cache_key("judge", cfg.label.judge, cfg.label.prompts))
-    outcome = run_llm_task("judge", requests, parse_label, cfg.label.judge, cache, cfg.seed, cfg.mine.parse_retries, cfg.mine.flush_rows)
+    outcome = run_llm_task("judge", requests, parse_label, cfg.label.judge, cache, cfg.seed, cfg.mine.parse_retries, cfg.mine.flush_rows,
+                           schema=LABEL_SCHEMA)
     return {int(k): int(v) for k, v in outcome.values.items()}, outcome.failures, outcome.stats
 
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
-from tqdm import tqdm
 
 from actors.generators import generate
 from deepinterestgr.config import GeneratorConfig
 from deepinterestgr.interests.parsing import ParseError
+from deepinterestgr.progress import progress
 from deepinterestgr.storage.result_cache import ResultCache, stable_hash
 
 
@@ -36,7 +35,7 @@ class TaskOutcome:
 
 def cache_key(task: str, gen: GeneratorConfig, prompts: str) -> str:
     """What makes two answers interchangeable: task, backend, model, generation settings, prompt version."""
-    settings = gen.model_dump(include={"backend", "model", "max_new_tokens", "temperature", "retry_temperature", "base_url"})
+    settings = gen.model_dump(include={"backend", "model", "max_new_tokens", "temperature", "retry_temperature", "base_url", "structured"})
     return f"{task}-{gen.name}-{stable_hash(task, settings, prompts)}"
 
 
@@ -58,9 +57,13 @@ def _seed(seed: int, row_id: str, attempt: int) -> int:
 
 def run_llm_task(
     task: str, requests: list[dict], parse: Callable[[str], object], gen: GeneratorConfig, cache: ResultCache,
-    seed: int, parse_retries: int, flush_rows: int, images: bool = False,
+    seed: int, parse_retries: int, flush_rows: int, images: bool = False, schema: dict | None = None,
 ) -> TaskOutcome:
-    """Answer every request ({"id", "messages", "truncated"}) once; see the module docstring."""
+    """Answer every request ({"id", "messages", "truncated"}) once; see the module docstring.
+
+    With a `schema` and `gen.structured`, the backend decodes under that JSON schema.
+    """
+    schema_text = json.dumps(schema, sort_keys=True) if schema is not None and gen.structured else ""
     started = time.perf_counter()
     for r in requests:
         r["request"] = json.dumps(r.pop("messages"), sort_keys=True)
@@ -76,12 +79,12 @@ def run_llm_task(
             break
         temperature = gen.temperature if attempt == 0 else gen.retry_temperature
         rows = [{"id": r["id"], "request": r["request"], "request_hash": r["request_hash"], "temperature": temperature,
-                 "seed": _seed(seed, r["id"], attempt)} for r in pending]
+                 "seed": _seed(seed, r["id"], attempt), "schema": schema_text} for r in pending]
         blocks = max(1, min(len(rows), math.ceil(len(rows) / gen.batch_size)))
         answers = generate(ray.data.from_items(rows, override_num_blocks=blocks), gen, images)
         retry, buffer = [], []
         label = f"{task} ({gen.name})" + (f" retry {attempt}" if attempt else "")
-        with tqdm(total=len(rows), desc=label, unit="row", file=sys.stderr, mininterval=5) as bar:
+        with progress(len(rows), label, "rows") as bar:
             for batch in answers.iter_batches(batch_size=flush_rows, batch_format="pandas"):
                 for row in batch.to_dict("records"):
                     row = _clean(row)

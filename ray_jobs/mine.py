@@ -22,6 +22,7 @@ from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.interests.parsing import example_descriptors, merge_descriptors, parse_caption, parse_descriptors, parse_user_interests
 from deepinterestgr.interests.requests import caption_request, item_request, user_request
+from deepinterestgr.interests.schemas import USER_INTERESTS_SCHEMA, descriptors_schema
 from deepinterestgr.prompts import load_template
 from deepinterestgr.recommender.sequences import build_sequences
 from deepinterestgr.storage.filesystem import read_uri
@@ -49,9 +50,10 @@ def sample_ids(ids: list[str], limit: int | None, seed: int) -> list[str]:
     return [i for n, i in enumerate(ids) if n in keep]
 
 
-def _run(cfg: RunConfig, store: RunStore, task: str, requests: list[dict], parse, gen, images: bool = False) -> TaskOutcome:
+def _run(cfg: RunConfig, store: RunStore, task: str, requests: list[dict], parse, gen, images: bool = False,
+         schema: dict | None = None) -> TaskOutcome:
     cache = ResultCache(store, STAGE, cache_key(task, gen, cfg.mine.prompts))
-    return run_llm_task(task, requests, parse, gen, cache, cfg.seed, cfg.mine.parse_retries, cfg.mine.flush_rows, images)
+    return run_llm_task(task, requests, parse, gen, cache, cfg.seed, cfg.mine.parse_retries, cfg.mine.flush_rows, images, schema)
 
 
 def caption_items(cfg: RunConfig, store: RunStore, items: list[dict], templates: dict) -> tuple[dict, list[dict], dict]:
@@ -86,7 +88,7 @@ def mine_items(cfg: RunConfig, store: RunStore, items: list[dict], captions: dic
             requests.append({"id": item["item_id"], "messages": request.messages, "truncated": request.truncated})
         parse = partial(parse_descriptors, max_descriptors=m.max_descriptors,
                         copied=example_descriptors(templates["item_example_assistant"]))
-        outcome = _run(cfg, store, "items", requests, parse, gen)
+        outcome = _run(cfg, store, "items", requests, parse, gen, schema=descriptors_schema(m.max_descriptors))
         for item_id, descriptors in outcome.values.items():
             by_item.setdefault(item_id, {})[gen.name] = descriptors
         failures += outcome.failures
@@ -106,7 +108,7 @@ def mine_users(cfg: RunConfig, store: RunStore, titles: dict[str, str], template
         if user_id in chosen and rows:
             request = user_request(templates, [names[r] for r in rows[-m.history_titles:]], m.miners[0].max_prompt_tokens)
             requests.append({"id": user_id, "messages": request.messages, "truncated": request.truncated})
-    outcome = _run(cfg, store, "users", requests, parse_user_interests, m.miners[0])
+    outcome = _run(cfg, store, "users", requests, parse_user_interests, m.miners[0], schema=USER_INTERESTS_SCHEMA)
     return outcome.values, outcome.failures, outcome.stats
 
 

@@ -11,6 +11,7 @@ from actors.generators import HttpGenerator, LocalGenerator
 from chat_server import GENERIC, ChatServer
 from deepinterestgr.config import GeneratorConfig, load_config
 from deepinterestgr.interests.parsing import parse_descriptors
+from deepinterestgr.interests.schemas import LABEL_SCHEMA, USER_INTERESTS_SCHEMA, descriptors_schema
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import label, mine, prepare
 
@@ -111,6 +112,10 @@ def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cl
         interests = dict(zip(*store.read_table("mine", "user_interests").to_pydict().values()))
         assert interests["u1"] == "long-term: night reading; short-term: family camping", "last training title is the penultimate"
         assert not any("i8" in json.dumps(p) for p in server.requests), "an item without text costs no call"
+        formats = {json.dumps(p.get("response_format", {}).get("json_schema", {}).get("schema"), sort_keys=True)
+                   for p in server.requests if isinstance(p["messages"][-1]["content"], str)}
+        assert formats == {json.dumps(s, sort_keys=True) for s in (descriptors_schema(cfg.mine.max_descriptors), USER_INTERESTS_SCHEMA)}, \
+            "item and user requests carry their JSON schema; captions are free text"
 
         # A rerun under a changed stage config asks again only for what failed.
         asked = len(server.requests)
@@ -122,6 +127,7 @@ def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cl
 
         labelled = label.run(cfg2, store)
         labels = {(r["item_id"], d["descriptor"]): d["label"] for r in labelled.items.to_pylist() for d in r["descriptors"]}
+        assert server.requests[-1]["response_format"]["json_schema"]["schema"] == LABEL_SCHEMA
         assert labels[("i1", "night reading")] == 1 and labels[("i1", GENERIC)] == 0, "the classifier learned the judge"
         quality = dict(zip(*store.read_table("label", "item_quality").to_pydict().values()))
         assert quality["i1"] == pytest.approx(0.8 / 1.1) and quality["i5"] == 0.0
@@ -141,3 +147,21 @@ def test_local_backend_batches_smollm2_like_one_at_a_time_and_refuses_images(smo
     assert "takes no images" in together[2]["error"]
     with pytest.raises(FileNotFoundError, match="/no/such/model"):
         LocalGenerator("/no/such/model", max_new_tokens=4)
+
+
+def test_local_backend_under_a_json_schema_answers_json_that_parses_where_free_text_does_not(smollm2):
+    import jsonschema
+
+    from deepinterestgr.interests.parsing import ParseError, parse_label
+
+    generator = LocalGenerator("SmolLM2-135M-Instruct", max_new_tokens=64)
+    chats = [[{"role": "user", "content": "Tell me about a tent for family camping."}],
+             [{"role": "user", "content": "Is 'night reading' a reason to buy a desk lamp?"}]]
+    free = generator.generate(chats, [0.0] * 2, [0] * 2)
+    with pytest.raises(ParseError):
+        parse_label(free[1]["text"])
+    schemas = [json.dumps(descriptors_schema(1)), json.dumps(LABEL_SCHEMA)]
+    held = generator.generate(chats, [0.0] * 2, [0] * 2, schemas)
+    jsonschema.validate(json.loads(held[0]["text"]), descriptors_schema(1))
+    assert parse_descriptors(held[0]["text"], max_descriptors=1)
+    assert parse_label(held[1]["text"]) in (0, 1)

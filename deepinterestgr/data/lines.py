@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from tqdm.auto import tqdm
-
 from deepinterestgr.errors import DataError
+from deepinterestgr.progress import tracked
 
 T = TypeVar("T")
 
@@ -50,7 +49,7 @@ def read_lines(path: str | Path, *, drop_bad: bool = False, dropped: dict | None
         raise DataError(f"{path}: cannot be opened ({exc.strerror or exc})") from None
     number = 0
     with handle:
-        lines = iter(tqdm(handle, desc=f"read {path.name}", unit=" lines", leave=False))
+        lines = iter(tracked(handle, f"read {path.name}", "lines"))
         while True:
             try:
                 raw = next(lines)
