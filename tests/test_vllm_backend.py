@@ -28,7 +28,7 @@ def test_mine_stage_with_vllm_answers_rows_and_records_a_prompt_too_long_for_the
     cfg = load_config(None, [f"storage.uri={tmp_path / 'run'}", "data.loader=jsonl", f"data.path={folder}",
                              "mine.parse_retries=0", "mine.user_interests=false"])
     # The engine takes 1024 tokens; item c's prompt is let through at ~4000 so the engine must refuse it.
-    cfg.mine.miners = [GeneratorConfig(name="smollm2-vllm", backend="vllm", max_new_tokens=48, max_prompt_tokens=4000,
+    cfg.mine.miners = [GeneratorConfig(name="smollm2-vllm", backend="vllm", max_new_tokens=112, max_prompt_tokens=4000,
                                        engine_kwargs={"max_model_len": 1024})]
     store = RunStore(cfg)
     prepare.run(cfg, store)
@@ -38,7 +38,7 @@ def test_mine_stage_with_vllm_answers_rows_and_records_a_prompt_too_long_for_the
 
     assert "c" in failures and failures["c"]["source"] == "smollm2-vllm"
     assert stats["rows"] == 3 and stats["answered"] + stats["failed"] == 3
-    assert stats["prompt_tokens"] > 300 and 0 < stats["completion_tokens"] <= 2 * 48
+    assert stats["prompt_tokens"] > 300 and 0 < stats["completion_tokens"] <= 2 * 112
     for item_id in ("a", "b"):
-        answered = any(r["item_id"] == item_id and r["descriptors"] for r in mined.items.to_pylist())
-        assert answered or failures[item_id]["raw"], "every row ends answered or failed with its raw text"
+        assert any(r["item_id"] == item_id and r["descriptors"] for r in mined.items.to_pylist()), \
+            "under the JSON schema (vLLM structured outputs) every answer the engine gives parses"
