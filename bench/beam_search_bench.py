@@ -1,4 +1,4 @@
-"""Constrained beam search: ours (dense trie masks, batched, KV cache) against Hugging Face
+"""Constrained beam search: ours (sparse trie expanded to masks for all beams at once, batched, KV cache) against Hugging Face
 `generate(num_beams=..., prefix_allowed_tokens_fn=trie walk)` on the same model, catalog, users and
 beam width, in one run. Prints one JSON line (items/s, latency per user, top-K agreement).
 

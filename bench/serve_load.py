@@ -51,7 +51,7 @@ def percentiles(seconds: list[float]) -> dict:
 
 async def drive(url: str, shots: list[Shot], concurrency: int, deadline_s: float, cycle: bool = False) -> dict:
     """Send the shots with at most `concurrency` in flight (each once, or round and round until the
-    deadline with `cycle`); latency per kind, status counts, 5xx and dropped (no answer) counted."""
+    deadline with `cycle`); latency per kind, counts per "kind status", 5xx and dropped (no answer) counted."""
     latencies: dict[str, list[float]] = {}
     statuses: dict[str, int] = {}
     dropped = 0
@@ -68,7 +68,8 @@ async def drive(url: str, shots: list[Shot], concurrency: int, deadline_s: float
                 async with session.post(f"{url}/v1/recommend", data=shot.data,
                                         headers={"content-type": shot.content_type}) as answer:
                     await answer.read()
-                    statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
+                    key = f"{shot.kind} {answer.status}"
+                    statuses[key] = statuses.get(key, 0) + 1
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 dropped += 1
                 continue
@@ -80,7 +81,7 @@ async def drive(url: str, shots: list[Shot], concurrency: int, deadline_s: float
     wall = time.perf_counter() - began
     done = sum(len(v) for v in latencies.values())
     out = {"requests": done, "dropped": dropped, "statuses": statuses,
-           "errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+           "errors_5xx": sum(n for s, n in statuses.items() if s.split()[1].startswith("5")),
            "throughput_rps": round(done / wall, 1), **percentiles(latencies.get("ordinary", []))}
     out.update({f"{kind}_{key}": value for kind, seconds in latencies.items() if kind != "ordinary"
                 for key, value in percentiles(seconds).items()})
