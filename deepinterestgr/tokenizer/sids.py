@@ -35,11 +35,12 @@ def add_extra_level(codes: np.ndarray) -> np.ndarray:
     """TIGER-style: append a level numbering the items that share a tuple (0 for unique ones)."""
     _, inverse = np.unique(codes, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    suffix = np.zeros(len(codes), dtype=np.int64)
-    seen: dict[int, int] = {}
-    for row, group in enumerate(inverse):
-        suffix[row] = seen.get(group, 0)
-        seen[group] = suffix[row] + 1
+    # rank of each row within its group, in row order: a stable sort groups rows, keeping their order
+    order = np.argsort(inverse, kind="stable")
+    grouped = inverse[order]
+    starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+    suffix = np.empty(len(codes), dtype=np.int64)
+    suffix[order] = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
     return np.concatenate([codes, suffix[:, None]], axis=1)
 
 
