@@ -1,10 +1,14 @@
-"""Constrained beam search: ours (sparse trie expanded to masks for all beams at once, batched, KV cache) against Hugging Face
-`generate(num_beams=..., prefix_allowed_tokens_fn=trie walk)` on the same model, catalog, users and
-beam width, in one run. Prints one JSON line (items/s, latency per user, top-K agreement).
+"""Constrained beam search: ours (sparse trie expanded to masks for all beams at once, batched, each
+prompt's KV cache shared by its beams) against Hugging Face `generate(num_beams=...,
+prefix_allowed_tokens_fn=trie walk)` on the same model, catalog, users and beam width, in one run.
+Prints one JSON line (users/s, latency per user, top-K agreement, KV cache bytes and peak memory).
 
-    python bench/beam_search_bench.py [--items 3459] [--users 64] [--beam 20] [--k 10]
+    python bench/beam_search_bench.py [--items 3459] [--users 64] [--beam 20] [--k 10] [--history 10]
 
-The model is a compact decoder with random weights (speed and agreement do not depend on training).
+Memory: `prompt_cache_mb` is the prefill's KV cache (every prompt once), `per_beam_copy_mb` what a
+cache copied to every beam holds (prompt cache x beam width: what `reorder_cache` made before the
+cache was shared), `held_cache_mb` what our search holds at its last step; `*_peak_rss_extra_mb` is
+the process's peak RSS during each search above its RSS before it (ours first, then HF's).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.decoding import left_pad
+from deepinterestgr.recommender.decoding import left_pad, prefill, step
 from deepinterestgr.recommender.model import BOS, PAD, SEP, CompactModelConfig, compact_model
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -52,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=3459)
     parser.add_argument("--users", type=int, default=64)
-    parser.add_argument("--history", type=int, default=10)
+    parser.add_argument("--history", type=int, default=10, help="items per prompt (3 tokens each)")
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -67,12 +71,17 @@ def main() -> None:
     prompts = [[BOS] + vocab.encode(codes[rng.choice(len(codes), args.history)]).reshape(-1).tolist() for _ in range(args.users)]
 
     beam_search(model, prompts[:2], trie, vocab, args.beam, args.k)  # warm-up
+    cache = cache_sizes(model, prompts, vocab, args.beam)
+    before = rss_mb()
     start = time.perf_counter()
     ours = beam_search(model, prompts, trie, vocab, args.beam, args.k)
     ours_s = time.perf_counter() - start
+    ours_peak = peak_rss_mb() - before
+    before = rss_mb()
     start = time.perf_counter()
     theirs = hf_generate(model, prompts, trie, vocab, args.beam, args.k)
     hf_s = time.perf_counter() - start
+    hf_peak = peak_rss_mb() - before
     print(json.dumps({
         "bench": "beam_search", "items": args.items, "users": args.users, "beam": args.beam, "k": args.k,
         "ours_users_per_s": round(args.users / ours_s, 1), "hf_generate_users_per_s": round(args.users / hf_s, 1),
@@ -80,7 +89,39 @@ def main() -> None:
         "speedup": round(hf_s / ours_s, 2),
         "identical_top_k_sets": float(np.mean([set(a) == set(b) for a, b in zip(ours.items, theirs)])),
         "identical_top_k_order": float(np.mean([list(a) == list(b) for a, b in zip(ours.items, theirs)])),
+        "prompt_tokens": len(prompts[0]), **cache,
+        "ours_peak_rss_extra_mb": round(ours_peak, 1), "hf_peak_rss_extra_mb": round(hf_peak, 1),
     }))
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cache_sizes(model, prompts, vocab, beam) -> dict:
+    """KV cache bytes: the prompts' (once), a copy per beam, and what the shared search holds at its last step."""
+    ids, mask = left_pad(prompts, PAD)
+    state, _ = prefill(model, ids, mask)
+    prompt = state.cache.nbytes()
+    beams = 1
+    for level, size in enumerate(vocab.sizes[:-1]):
+        # the shapes of a full beam, not its scores, are measured here: every beam takes parent 0
+        width = min(beam, beams * size)
+        beam_index = (torch.arange(len(prompts))[:, None] * beams + torch.zeros((1, width), dtype=torch.long)).view(-1)
+        tokens = torch.full((len(beam_index), 1), int(vocab.starts[level]), dtype=torch.long)
+        state, _ = step(model, state, beam_index, tokens)
+        beams = width
+    return {"prompt_cache_mb": round(prompt / 2**20, 2), "per_beam_copy_mb": round(prompt * beam / 2**20, 2),
+            "held_cache_mb": round(state.cache.nbytes() / 2**20, 2),
+            "cache_reduction": round(prompt * beam / state.cache.nbytes(), 1)}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,19 @@ def _catalog(n=60, sizes=(4, 5, 6), seed=0):
     return np.array(sorted(codes))
 
 
-@pytest.fixture(scope="module", params=[compact_model, encoder_decoder_model], ids=["decoder_only", "encoder_decoder"])
+def _grouped_query_model(sizes, cfg, seed):
+    """A SmolLM2-like decoder: fewer key/value heads than query heads (the prompt cache is shared per group)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, vocab = compact_model(sizes, cfg, seed)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab.size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval(), vocab
+
+
+@pytest.fixture(scope="module", params=[compact_model, _grouped_query_model, encoder_decoder_model],
+                ids=["decoder_only", "grouped_query", "encoder_decoder"])
 def tiny_random_model(request):
     codes = _catalog()
     model, vocab = request.param([4, 5, 6], CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64), seed=0)

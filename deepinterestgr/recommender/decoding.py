@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from deepinterestgr.recommender.formats import Example
+from deepinterestgr.recommender.prefix_attention import PrefixCache, prefix_step
 
 IGNORE = -100
 
@@ -65,26 +66,29 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tu
                     decoder_input_ids=_start_tokens(model, len(ids), ids.device), use_cache=True)
         state = DecodeState(out.past_key_values, mask, encoder_states)
     else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
-        state = DecodeState(out.past_key_values, mask)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
+        state = DecodeState(PrefixCache.from_prefill(out.past_key_values, mask), mask)
     return state, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
 def step(model: torch.nn.Module, state: DecodeState, beam_index: torch.Tensor, tokens: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
-    """Feed one token per beam; cache row `beam_index[i]` becomes row i. Returns the new state and [N, V] log-probs."""
+    """Feed one token per beam; beam `beam_index[i]` is new beam i's parent. Returns the new state and [N, V] log-probs.
+
+    Beams are grouped by prompt, the same number per prompt (row b * W + p is prompt b's beam p).
+    Decoder-only: the prompt cache is shared by all of a prompt's beams (`prefix_attention`).
+    """
+    if isinstance(state.cache, PrefixCache):
+        batch, before = len(state.mask), state.cache.beam_keys[0].shape[1]
+        after = len(beam_index) // batch
+        parents = beam_index.view(batch, after) - torch.arange(batch, device=beam_index.device)[:, None] * before
+        cache, logits = prefix_step(model, state.cache, parents, tokens.view(batch, after))
+        return DecodeState(cache, state.mask), torch.log_softmax(logits.float(), dim=-1)
+    # Encoder-decoder: each beam takes a copy of its prompt's encoder states and cross-attention cache.
     state.cache.reorder_cache(beam_index)
-    if state.encoder_states is not None:
-        mask = state.mask[beam_index]
-        encoder_states = state.encoder_states[beam_index]
-        out = model(encoder_outputs=(encoder_states,), attention_mask=mask, decoder_input_ids=tokens,
-                    past_key_values=state.cache, use_cache=True)
-        state = DecodeState(out.past_key_values, mask, encoder_states)
-    else:
-        mask = torch.cat([state.mask[beam_index], torch.ones((len(beam_index), 1), dtype=state.mask.dtype, device=tokens.device)], dim=1)
-        out = model(input_ids=tokens, attention_mask=mask, position_ids=_positions(mask)[:, -1:],
-                    past_key_values=state.cache, use_cache=True)
-        state = DecodeState(out.past_key_values, mask)
-    return state, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    mask, encoder_states = state.mask[beam_index], state.encoder_states[beam_index]
+    out = model(encoder_outputs=(encoder_states,), attention_mask=mask, decoder_input_ids=tokens,
+                past_key_values=state.cache, use_cache=True)
+    return DecodeState(out.past_key_values, mask, encoder_states), torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
 def completion_logits(model: torch.nn.Module, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
