@@ -9,6 +9,7 @@ that matter. Warnings and errors still reach the console; everything at INFO and
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from pyarrow import fs as pafs
@@ -30,7 +31,11 @@ def log_file(store: RunStore, command: str) -> Path | None:
 
 def route_ray_logs(path: Path | None) -> None:
     """Ray's console handlers keep WARNING and above; a file handler at `path` takes INFO and above."""
-    import ray.data  # noqa: F401  (Ray Data installs its own handlers on import: adjust them after)
+    import ray.data  # Ray Data installs its own handlers on import: adjust them after
+
+    if not sys.stderr.isatty():
+        # Redrawn bars (Ray Data's, in the driver and in Train workers) are noise in a log; lines stay.
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
     handler = None
     if path is not None:
