@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Disconnect first so the workers' last progress lines reach the terminal before the summary, not after it.
     ray.shutdown()
-    print(json.dumps(result, indent=2, default=str))
+    # One line of JSON for scripts (the same figures are in the table below and in the run's report).
+    print(json.dumps(result, default=str))
     print(table(result), file=sys.stderr)
     return 0
 
