@@ -32,13 +32,18 @@ class TextEmbedder:
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
         self.batch_size, self.column, self.known = batch_size, column, known or {}
 
+    def _dimension(self) -> int:
+        # sentence-transformers renamed the method; older releases only have the first name
+        model = self.model
+        return (model.get_embedding_dimension if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension)()
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch[self.column]] if self.column else [enriched_text(row) for row in _rows(batch)]
         hashes = [stable_hash(text) for text in texts]
         ids = [str(i) for i in batch["item_id"]] if "item_id" in batch else [""] * len(texts)
         cached = [self.known.get(i, ("", None)) for i in ids]
         missing = [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h]
-        vectors = np.zeros((len(texts), self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+        vectors = np.zeros((len(texts), self._dimension()), dtype=np.float32)
         for row, (known_hash, vector) in enumerate(cached):
             if known_hash == hashes[row]:
                 vectors[row] = vector

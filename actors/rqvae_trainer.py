@@ -99,7 +99,7 @@ def train_rqvae(config: dict) -> None:
             out["loss"].backward()
             optimizer.step()
             for key in totals:
-                totals[key] += float(out[key]) * len(rows) / len(order)
+                totals[key] += float(out[key].detach()) * len(rows) / len(order)
 
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.eval_every and not last:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import faiss
+import logging
+
+# faiss logs each CPU-specific build it tries at INFO: one line per build, in every worker.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 import numpy as np
 
 from deepinterestgr.tokenizer.rqvae import kmeans

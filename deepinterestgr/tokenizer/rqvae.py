@@ -6,7 +6,11 @@ Fusion follows the paper, e = W_f [e_text ; W_v e_img]. The decoder reconstructs
 
 from __future__ import annotations
 
-import faiss
+import logging
+
+# faiss logs each CPU-specific build it tries at INFO: one line per build, in every worker.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 import numpy as np
 import torch
 import torch.nn.functional as F
