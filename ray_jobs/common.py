@@ -14,6 +14,7 @@ from ray.train import RunConfig as TrainRunConfig
 
 from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_config
 from deepinterestgr.errors import DataError, StorageError
+from deepinterestgr.progress import progress
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs.console import log_file, route_ray_logs
 
@@ -89,6 +90,17 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
 def to_table(dataset: ray.data.Dataset) -> pa.Table:
     """Collect a (small) Ray Dataset on the driver as one Arrow table."""
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+
+
+def collect(dataset: ray.data.Dataset, label: str, unit: str, total: int | None = None) -> pa.Table:
+    """Run a (small) Ray Dataset and gather it on the driver as one Arrow table, showing progress
+    (Ray Data's own is in the log file off a terminal)."""
+    tables = []
+    with progress(total, label, unit) as bar:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            tables.append(batch)
+            bar.update(batch.num_rows)
+    return pa.concat_tables(tables) if tables else to_table(dataset)
 
 
 def train_run_config(cfg: RunConfig, name: str, storage_path: str, fs, score: str, order: str,

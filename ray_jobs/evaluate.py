@@ -17,7 +17,7 @@ from deepinterestgr.progress import Progress
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import stage_main, to_table
+from ray_jobs.common import collect, stage_main
 
 STAGE = "evaluate"
 
@@ -66,7 +66,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             },
             batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors),
         )
-        table = to_table(ranked.select_columns(["user", "rank"])).sort_by("user")
+        table = collect(ranked.select_columns(["user", "rank"]), f"evaluate: GR ({model_stage}) ranking", "users", len(rows)).sort_by("user")
         gr_ranks = table.column("rank").to_numpy()
         pop = popularity_ranks(most_popular(seqs, len(catalog.item_ids)), targets, histories if e.exclude_history else None)
         results = {

@@ -27,7 +27,7 @@ from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
-from ray_jobs.common import scaling_config, stage_main, to_table, train_run_config
+from ray_jobs.common import collect, scaling_config, stage_main, train_run_config
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "mine", "label")
@@ -62,7 +62,7 @@ def remember_embeddings(cfg: RunConfig, store: RunStore, table: pa.Table, known:
 
 def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
           known: dict[str, tuple[str, list[float]]] | None = None) -> ray.data.Dataset:
-    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded."""
+    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded (lazy)."""
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
     # Materialise the input first: the encoder actors start eagerly and may hold every CPU of a
@@ -76,7 +76,7 @@ def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
             ImageEmbedder, fn_constructor_kwargs={"model": t.image_encoder, "filesystem": store.fs},
             batch_size=t.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=t.embed_actors),
         )
-    return data.materialize()
+    return data
 
 
 def check_embeddings(table: pa.Table) -> None:
@@ -190,13 +190,13 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
 
     with store.stage(STAGE, config_hash, inputs) as attempt:
         known = known_embeddings(cfg, store)
-        embeddings = embed(cfg, store, items, known)
-        table = to_table(embeddings)
+        table = collect(embed(cfg, store, items, known), "tokenize: embed", "items", items.count())
         check_embeddings(table)
         remember_embeddings(cfg, store, table, known)
         if cfg.tokenize.collaborative.enabled:
             table = add_collaborative(cfg, store, table)
-            embeddings = ray.data.from_arrow(table)
+        # The RQ-VAE trainers read the collected table back through the object store.
+        embeddings = ray.data.from_arrow(table)
         ids, raw, distances, sizes, info, model_bytes = assign_codes(cfg, store, attempt.dir, embeddings, table)
         if cfg.tokenize.disambiguation == "reassign" and distances is not None:
             final = reassign_last_level(raw, distances)
