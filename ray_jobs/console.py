@@ -30,22 +30,51 @@ def log_file(store: RunStore, command: str) -> Path | None:
 
 
 def route_ray_logs(path: Path | None) -> None:
-    """Ray's console handlers keep WARNING and above; a file handler at `path` takes INFO and above."""
+    """Ray's console handlers keep WARNING and above; `path` takes Ray's INFO and above plus a copy of
+    everything printed to stdout and stderr."""
     import ray.data  # Ray Data installs its own handlers on import: adjust them after
 
     if not sys.stderr.isatty():
         # Redrawn bars (Ray Data's, in the driver and in Train workers) are noise in a log; lines stay.
         ray.data.DataContext.get_current().enable_progress_bars = False
 
+    # A second call in the same process (tests, notebooks) replaces the first one's log, not stacks on it.
+    sys.stdout, sys.stderr = (stream._stream if isinstance(stream, _Tee) else stream for stream in (sys.stdout, sys.stderr))
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_dig_log", False)]:
+            logger.removeHandler(old)
     handler = None
     if path is not None:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        log = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (open for the process's life)
+        handler = logging.StreamHandler(log)
+        handler._dig_log = True
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter(_FORMAT))
+        # What the console shows (our lines, workers' lines, warnings) goes to the log file as well.
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
         for existing in logger.handlers:
-            if isinstance(existing, logging.StreamHandler) and not isinstance(existing, logging.FileHandler):
+            if isinstance(existing, logging.StreamHandler) and not isinstance(existing, logging.FileHandler) and existing is not handler:
                 existing.setLevel(max(existing.level, logging.WARNING))
         if handler is not None and (name in ("ray", "ray.data") or not logger.propagate):
             logger.addHandler(handler)
+
+
+class _Tee:
+    """A text stream that also writes to a log file; a terminal stays a terminal (isatty, fileno)."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+        self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

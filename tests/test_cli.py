@@ -43,4 +43,5 @@ def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
     assert "num_items: 30" in (run / "config.yaml").read_text()
     # Ray Data's INFO progress blocks go to the run's log file, not to a console that is not a terminal
     assert "logging_progress" not in result.stderr and "streaming_executor" not in result.stderr, result.stderr[-2000:]
-    assert "streaming_executor" in (run / "logs" / "prepare.log").read_text()
+    log = (run / "logs" / "prepare.log").read_text()
+    assert "streaming_executor" in log and '"evaluated_users": 20' in log, "Ray's INFO lines and the console's, in the log"
