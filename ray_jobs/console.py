@@ -40,10 +40,6 @@ def route_ray_logs(path: Path | None) -> None:
 
     # A second call in the same process (tests, notebooks) replaces the first one's log, not stacks on it.
     sys.stdout, sys.stderr = (stream._stream if isinstance(stream, _Tee) else stream for stream in (sys.stdout, sys.stderr))
-    for name in RAY_LOGGERS:
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if getattr(h, "_dig_log", False)]:
-            logger.removeHandler(old)
     handler = None
     if path is not None:
         log = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (open for the process's life)
@@ -55,12 +51,13 @@ def route_ray_logs(path: Path | None) -> None:
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
-        for existing in logger.handlers:
-            if isinstance(existing, logging.StreamHandler) and not isinstance(existing, logging.FileHandler) and existing is not handler:
+        for existing in list(logger.handlers):
+            if getattr(existing, "_dig_log", False):
+                logger.removeHandler(existing)
+            elif isinstance(existing, logging.StreamHandler) and not isinstance(existing, logging.FileHandler):
                 existing.setLevel(max(existing.level, logging.WARNING))
         if handler is not None and (name in ("ray", "ray.data") or not logger.propagate):
             logger.addHandler(handler)
-
 
 class _Tee:
     """A text stream that also writes to a log file; a terminal stays a terminal (isatty, fileno)."""

@@ -22,8 +22,8 @@ from deepinterestgr.errors import DataError
 from deepinterestgr.interests.labels import agreement, fit_classifier, item_quality, pair_features
 from deepinterestgr.interests.parsing import parse_label
 from deepinterestgr.interests.requests import judge_request
-from deepinterestgr.prompts import load_template
 from deepinterestgr.interests.schemas import LABEL_SCHEMA
+from deepinterestgr.prompts import load_template
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table

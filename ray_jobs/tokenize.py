@@ -62,12 +62,14 @@ def remember_embeddings(cfg: RunConfig, store: RunStore, table: pa.Table, known:
 
 def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
           known: dict[str, tuple[str, list[float]]] | None = None) -> ray.data.Dataset:
-    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded (lazy)."""
+    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded (lazy).
+
+    `items` should be materialised: the encoder actors start eagerly and may hold every CPU of a small
+    machine, which would leave none for the read tasks that feed them.
+    """
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
-    # Materialise the input first: the encoder actors start eagerly and may hold every CPU of a
-    # small machine, which would leave none for the read tasks that feed them.
-    data = items.materialize().map_batches(
+    data = items.map_batches(
         TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known},
         batch_size=t.embed_batch_size, compute=pool,
     )
@@ -190,6 +192,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
 
     with store.stage(STAGE, config_hash, inputs) as attempt:
         known = known_embeddings(cfg, store)
+        items = items.materialize()  # read once: counted here, embedded below
         table = collect(embed(cfg, store, items, known), "tokenize: embed", "items", items.count())
         check_embeddings(table)
         remember_embeddings(cfg, store, table, known)

@@ -11,7 +11,7 @@ from deepinterestgr.config import DataConfig
 from deepinterestgr.data.lines import converted_records, identifier, optional_string, require, string_list, timestamp
 from deepinterestgr.data.schema import RawData
 from deepinterestgr.data.tables import drop_unknown_items, interactions_table, items_table
-from deepinterestgr.data.text import clean_text
+from deepinterestgr.data.text import clean_text, text_fields
 from deepinterestgr.errors import DataError
 
 
@@ -38,9 +38,7 @@ def _image(record: dict, where: str) -> str | None:
 def _item(record: dict, where: str) -> dict:
     return {
         "item_id": identifier(require(record, "asin", where), "asin", where),
-        "title": clean_text(record.get("title")),
-        "description": clean_text(record.get("description")),
-        "brand": clean_text(record.get("brand")),
+        **text_fields(record),
         "categories": _categories(record, where),
         "image_uri": _image(record, where),
     }

@@ -8,16 +8,14 @@ from deepinterestgr.config import DataConfig
 from deepinterestgr.data.lines import converted_records, identifier, optional_string, require, string_list
 from deepinterestgr.data.schema import RawData
 from deepinterestgr.data.tables import drop_unknown_items, interactions_table, items_table
-from deepinterestgr.data.text import clean_text
+from deepinterestgr.data.text import clean_text, text_fields
 from deepinterestgr.errors import DataError
 
 
 def _item(record: dict, where: str) -> dict:
     return {
         "item_id": identifier(require(record, "item_id", where), "item_id", where),
-        "title": clean_text(record.get("title")),
-        "description": clean_text(record.get("description")),
-        "brand": clean_text(record.get("brand")),
+        **text_fields(record),
         "categories": [clean_text(c) for c in string_list(record.get("categories"), "categories", where)],
         "image_uri": optional_string(record.get("image_uri"), "image_uri", where),
     }

@@ -13,6 +13,11 @@ _CSS_RULE = re.compile(r"[\w.#:>-]*\s*\{[^{}]*:[^{}]*\}")
 _SPACE = re.compile(r"\s+")
 
 
+def text_fields(record: dict) -> dict[str, str]:
+    """The cleaned title, description and brand of a raw item record (absent fields are empty)."""
+    return {field: clean_text(record.get(field)) for field in ("title", "description", "brand")}
+
+
 def clean_text(value: object) -> str:
     """Strip HTML comments, tags and entities; join lists; collapse whitespace."""
     if value is None:

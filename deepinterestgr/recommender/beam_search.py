@@ -1,8 +1,8 @@
 """Constrained beam search over the SID trie, batched over users, with the model's KV cache.
 
-The trie turns "which codes may follow these prefixes" into one gather for all beams of all users; invalid SIDs cannot be generated. Scores are sums of full-vocabulary
-log-probabilities, so with a beam at least as wide as the catalog the result equals scoring every
-item exhaustively (`exhaustive_scores`).
+The trie turns "which codes may follow these prefixes" into one gather for all beams of all users;
+invalid SIDs cannot be generated. Scores are sums of full-vocabulary log-probabilities, so with a beam
+at least as wide as the catalog the result equals scoring every item exhaustively (`exhaustive_scores`).
 """
 
 from __future__ import annotations
@@ -82,22 +82,20 @@ def beam_search(
 
 def _blocked_keys(trie: SIDTrie, exclude: list[list[int]], device) -> list[tuple[int, torch.Tensor]]:
     """Per level, (node count, keys `b * count + node`) of the children whose items prompt b excludes all of."""
-    levels = len(trie.sizes)
-    items = len(trie.item_nodes[0])
+    items = trie.node_count(len(trie.sizes))
+    prompt = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
+    rows = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in exclude]) if len(prompt) else np.zeros(0, dtype=np.int64)
+    valid = (rows >= 0) & (rows < items)
+    pairs = np.unique(prompt[valid] * items + rows[valid])  # each (prompt, item) once
+    prompt, rows = pairs // items, pairs % items
     out = []
-    for level in range(levels):
-        if level == levels - 1:
-            nodes_of, count = np.arange(items), items
-        else:
-            nodes_of, count = trie.item_nodes[level + 1], trie.node_count(level + 1)
-        sizes = np.bincount(nodes_of, minlength=count)
-        keys = []
-        for b, rows in enumerate(exclude):
-            rows = np.unique(np.asarray(rows, dtype=np.int64))
-            rows = rows[(rows >= 0) & (rows < items)]
-            nodes, hits = np.unique(nodes_of[rows], return_counts=True)
-            keys.append(b * count + nodes[hits == sizes[nodes]])
-        out.append((count, torch.from_numpy(np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)).to(device)))
+    for level in range(len(trie.sizes)):
+        below = level + 1  # the children reached at this level are nodes of the next one (items after the last)
+        nodes_of = trie.item_nodes[below] if below < len(trie.sizes) else np.arange(items)
+        count = trie.node_count(below)
+        keys, hits = np.unique(prompt * count + nodes_of[rows], return_counts=True)
+        full = hits == np.bincount(nodes_of, minlength=count)[keys % count]
+        out.append((count, torch.from_numpy(keys[full]).to(device)))
     return out
 
 
