@@ -10,7 +10,6 @@ than `max_degradation` (relative) below the best so far.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from actors.train_report import report_epoch, set_worker_log_level
+from actors.train_report import read_checkpoint, report_epoch, set_worker_log_level
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import load_model
@@ -71,17 +70,17 @@ def train_grpo(config: dict) -> None:
     reference = load_model(RunStore(cfg), "sft").requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=g.lr, weight_decay=0.0)
     start_epoch, best = -1, -1.0
+    device = ray.train.torch.get_device()
+    # Moved before a resumed optimizer state is loaded: loading casts that state to the weights' device.
+    policy.to(device)
+    reference.to(device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+        state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         policy.load_state_dict(state["model"], strict=False)
         if state["optimizer"]:
             optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-    device = ray.train.torch.get_device()
-    policy.to(device)
-    reference.to(device)
     ddp = ray.train.torch.prepare_model(policy, parallel_strategy="ddp" if world > 1 else None)
     # No dropout anywhere: the ratio of new to old log-probabilities must be 1 before the first update.
     ddp.eval()

@@ -12,8 +12,9 @@ from deepinterestgr.tokenizer.sids import SIDTrie
 class TargetRanker:
     """Adds `rank` (0-based rank of `target` in the beam, -1 = missed) to batches of prompts."""
 
-    def __init__(self, load_model, trie_bytes: bytes, vocab: SIDVocab, pad_id: int, beam_width: int, exclude_history: bool):
-        self.model = load_model()
+    def __init__(self, load_model, trie_bytes: bytes, vocab: SIDVocab, pad_id: int, beam_width: int, exclude_history: bool,
+                 device: str = "cpu"):
+        self.model = load_model().to(device)
         self.trie = SIDTrie.from_bytes(trie_bytes)
         self.vocab, self.pad_id, self.beam_width, self.exclude_history = vocab, pad_id, beam_width, exclude_history
 

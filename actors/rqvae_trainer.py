@@ -7,7 +7,6 @@ training deterministic for a seed, and every worker can measure collisions over 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,7 +15,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from actors.train_report import report_epoch, set_worker_log_level
+from actors.train_report import read_checkpoint, report_epoch, set_worker_log_level
 from deepinterestgr.config import RQVAEConfig
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import collision_rate, level_stats
@@ -66,8 +65,7 @@ def train_rqvae(config: dict) -> None:
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+        state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         model.load_state_dict(state["model"])
         start_epoch = state["epoch"] + 1
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from actors.train_report import report_epoch, set_worker_log_level
+from actors.train_report import read_checkpoint, report_epoch, set_worker_log_level
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
@@ -53,16 +52,16 @@ def train_sft(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_ratio, cfg.lr_schedule))
     start_epoch, best, stale = 0, -1.0, 0
+    device = ray.train.torch.get_device()
+    # Moved before a resumed optimizer state is loaded: loading casts that state to the weights' device.
+    model.to(device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+        state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-    device = ray.train.torch.get_device()
-    model.to(device)
     encoder_decoder = is_encoder_decoder(model)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16

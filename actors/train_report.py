@@ -1,4 +1,4 @@
-"""What every Ray Train worker loop shares: its log level, and reporting an epoch with a rank-0 checkpoint.
+"""What every Ray Train worker loop shares: its log level, reporting an epoch with a rank-0 checkpoint, reading it back.
 
 Ray Train's own log lines (every report, every checkpoint path) are turned down by
 `ray.train_log_level`; rank 0 writes one short progress line per report instead.
@@ -46,3 +46,13 @@ def report_epoch(stage: str, epochs: int, metrics: dict, state: Callable[[], dic
             sys.stderr.write(progress_line(stage, epochs, metrics, show) + "\n")
             sys.stderr.flush()
         ray.train.report(metrics, checkpoint=saved)
+
+
+def read_checkpoint(checkpoint: ray.train.Checkpoint, filename: str) -> dict:
+    """The state a worker saved with `report_epoch`, with every tensor on the CPU.
+
+    GPU workers save CUDA tensors (optimizer moments, RQ-VAE weights); the driver that reads the best
+    checkpoint, or a resumed worker before it moves its model, may have no GPU.
+    """
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, filename), map_location="cpu", weights_only=False)

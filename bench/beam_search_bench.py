@@ -3,7 +3,7 @@ prompt's KV cache shared by its beams) against Hugging Face `generate(num_beams=
 prefix_allowed_tokens_fn=trie walk)` on the same model, catalog, users and beam width, in one run.
 Prints one JSON line (users/s, latency per user, top-K agreement, KV cache bytes and peak memory).
 
-    python bench/beam_search_bench.py [--items 3459] [--users 64] [--beam 20] [--k 10] [--history 10]
+    python bench/beam_search_bench.py [--items 3459] [--users 64] [--beam 20] [--k 10] [--history 10] [--device cuda]
 
 Memory: `prompt_cache_mb` is the prefill's KV cache (every prompt once), `per_beam_copy_mb` what a
 cache copied to every beam holds (prompt cache x beam width: what `reorder_cache` made before the
@@ -28,13 +28,14 @@ from deepinterestgr.tokenizer.sids import SIDTrie
 
 def hf_generate(model, prompts, trie, vocab, beam, k):
     """The public implementations' way: generate() with a Python trie walk per beam per step."""
-    ids, mask = left_pad(prompts, PAD)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(prompts, PAD))
     width = ids.shape[1]
     starts = vocab.starts
 
     def allowed(_batch_id: int, sequence: torch.Tensor) -> list[int]:
         node = 0
-        generated = sequence[width:].tolist()
+        generated = sequence[width:].tolist()  # one device-to-host copy per beam per step, as generate() does
         for level, token in enumerate(generated):
             codes, targets = trie.edges(level, node)
             node = int(targets[np.searchsorted(codes, token - starts[level])])
@@ -48,7 +49,7 @@ def hf_generate(model, prompts, trie, vocab, beam, k):
         min_new_tokens=vocab.levels, prefix_allowed_tokens_fn=allowed, length_penalty=0.0, do_sample=False,
         early_stopping=True, pad_token_id=PAD, eos_token_id=None, output_scores=False,
     )
-    codes = (out[:, width:] - torch.from_numpy(starts)).view(len(prompts), k, vocab.levels).numpy()
+    codes = (out[:, width:].cpu() - torch.from_numpy(starts)).view(len(prompts), k, vocab.levels).numpy()
     return np.array([[trie.lookup(c.tolist()) for c in user] for user in codes])
 
 
@@ -60,30 +61,35 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    device = torch.device(args.device)
     rng = np.random.default_rng(args.seed)
     sizes = [256, 256, 256]
     codes = np.unique(rng.integers(0, 256, size=(args.items * 2, 3)), axis=0)
     codes = codes[rng.permutation(len(codes))[: args.items]]
-    trie = SIDTrie.build(codes)
+    trie = SIDTrie.build(codes, sizes)
     model, vocab = compact_model(sizes, CompactModelConfig(), seed=args.seed)
+    model.to(device)
     prompts = [[BOS] + vocab.encode(codes[rng.choice(len(codes), args.history)]).reshape(-1).tolist() for _ in range(args.users)]
 
     beam_search(model, prompts[:2], trie, vocab, args.beam, args.k)  # warm-up
     cache = cache_sizes(model, prompts, vocab, args.beam)
     before = rss_mb()
+    reset_gpu_peak(device)
     start = time.perf_counter()
     ours = beam_search(model, prompts, trie, vocab, args.beam, args.k)
-    ours_s = time.perf_counter() - start
-    ours_peak = peak_rss_mb() - before
+    ours_s = elapsed(start, device)
+    ours_peak, ours_gpu = peak_rss_mb() - before, gpu_peak_mb(device)
     before = rss_mb()
+    reset_gpu_peak(device)
     start = time.perf_counter()
     theirs = hf_generate(model, prompts, trie, vocab, args.beam, args.k)
-    hf_s = time.perf_counter() - start
-    hf_peak = peak_rss_mb() - before
+    hf_s = elapsed(start, device)
+    hf_peak, hf_gpu = peak_rss_mb() - before, gpu_peak_mb(device)
     print(json.dumps({
-        "bench": "beam_search", "items": args.items, "users": args.users, "beam": args.beam, "k": args.k,
+        "bench": "beam_search", "device": args.device, "items": args.items, "users": args.users, "beam": args.beam, "k": args.k,
         "ours_users_per_s": round(args.users / ours_s, 1), "hf_generate_users_per_s": round(args.users / hf_s, 1),
         "ours_ms_per_user": round(1000 * ours_s / args.users, 2), "hf_ms_per_user": round(1000 * hf_s / args.users, 2),
         "speedup": round(hf_s / ours_s, 2),
@@ -91,7 +97,24 @@ def main() -> None:
         "identical_top_k_order": float(np.mean([list(a) == list(b) for a, b in zip(ours.items, theirs)])),
         "prompt_tokens": len(prompts[0]), **cache,
         "ours_peak_rss_extra_mb": round(ours_peak, 1), "hf_peak_rss_extra_mb": round(hf_peak, 1),
+        "ours_peak_gpu_mb": ours_gpu, "hf_peak_gpu_mb": hf_gpu,
     }))
+
+
+def elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def reset_gpu_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def gpu_peak_mb(device: torch.device) -> float | None:
+    """Peak memory the search allocated on the GPU (None on CPU)."""
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
 
 
 def rss_mb() -> float:
@@ -108,15 +131,16 @@ def peak_rss_mb() -> float:
 
 def cache_sizes(model, prompts, vocab, beam) -> dict:
     """KV cache bytes: the prompts' (once), a copy per beam, and what the shared search holds at its last step."""
-    ids, mask = left_pad(prompts, PAD)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(prompts, PAD))
     state, _ = prefill(model, ids, mask)
     prompt = state.cache.nbytes()
     beams = 1
     for level, size in enumerate(vocab.sizes[:-1]):
         # the shapes of a full beam, not its scores, are measured here: every beam takes parent 0
         width = min(beam, beams * size)
-        beam_index = (torch.arange(len(prompts))[:, None] * beams + torch.zeros((1, width), dtype=torch.long)).view(-1)
-        tokens = torch.full((len(beam_index), 1), int(vocab.starts[level]), dtype=torch.long)
+        beam_index = (torch.arange(len(prompts))[:, None] * beams + torch.zeros((1, width), dtype=torch.long)).view(-1).to(device)
+        tokens = torch.full((len(beam_index), 1), int(vocab.starts[level]), dtype=torch.long, device=device)
         state, _ = step(model, state, beam_index, tokens)
         beams = width
     return {"prompt_cache_mb": round(prompt / 2**20, 2), "per_beam_copy_mb": round(prompt * beam / 2**20, 2),

@@ -51,6 +51,9 @@ class SyntheticConfig(Section):
     # Probability that a step stays with the interest of the previous step (sequential signal).
     stickiness: float = Field(0.7, ge=0.0, le=1.0)
     image_size: int = Field(32, ge=8, le=512)
+    # named: titles and descriptions name each item's interests; indirect: only the description
+    # implies them, through situations, so a model must infer them (what mining is for).
+    interest_text: Literal["named", "indirect"] = "named"
 
     @model_validator(mode="after")
     def _sequence_bounds(self) -> "SyntheticConfig":
@@ -108,15 +111,37 @@ class RQVAEConfig(TrainerScaling):
     start_collapsed: bool = False
 
 
+class SASRecShape(Section):
+    """A SASRec model and its training: the evaluate stage's baseline, or the source of collaborative vectors."""
+
+    hidden_size: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=2)
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(5, ge=1)
+    patience: int = Field(4, ge=1)
+
+
 class CollaborativeConfig(Section):
     """Collaborative item vectors fused with the text embeddings before the SID tokenizer (tokenize.collaborative)."""
 
     enabled: bool = False
+    # cooccurrence: SVD of windowed co-occurrence PPMI (`dim`, `window`); sasrec: the item table of a
+    # SASRec (`sasrec`) trained on each user's training items, early-stopped on each user's last one.
+    source: Literal["cooccurrence", "sasrec"] = "cooccurrence"
     # SVD dimensions; after fusion every dimension weighs alike, so the collaborative share of the
     # tokenizer's input is dim / (dim + text dimensions).
     dim: int = Field(64, ge=1)
     # Items up to this many positions apart in a training sequence co-occur (weight 1/distance).
     window: int = Field(3, ge=1)
+    sasrec: SASRecShape = SASRecShape()
+    # Each collaborative dimension's weight relative to a text dimension once both are on one scale:
+    # above 1 the SIDs follow co-purchases more and the text less.
+    weight: float = Field(1.0, gt=0)
 
 
 class TokenizeConfig(Section):
@@ -132,6 +157,8 @@ class TokenizeConfig(Section):
     image_projection_dim: int = Field(64, ge=1)
     embed_batch_size: int = Field(64, ge=1)
     embed_actors: int = Field(1, ge=1)
+    # GPUs per embedding actor (text and image encoders); 0 = CPU.
+    embed_num_gpus: float = Field(0.0, ge=0)
     # How colliding items get distinct SIDs: an extra level (TIGER), or balanced re-assignment of the
     # last level within each prefix (MiniOneRec); reassign falls back to an error when a prefix holds
     # more items than codes.
@@ -330,20 +357,10 @@ class GRPOConfig(TrainerScaling):
     max_degradation: float = Field(0.1, ge=0)
 
 
-class SASRecConfig(Section):
+class SASRecConfig(SASRecShape):
     """The SASRec baseline trained and scored in the evaluate stage."""
 
     enabled: bool = True
-    hidden_size: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    max_len: int = Field(50, ge=2)
-    epochs: int = Field(200, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(128, ge=1)
-    eval_every: int = Field(5, ge=1)
-    patience: int = Field(4, ge=1)
 
 
 class EvaluateConfig(Section):
@@ -353,6 +370,8 @@ class EvaluateConfig(Section):
     beam_width: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     actors: int = Field(1, ge=1)
+    # GPUs per ranking actor (fractions share one); the model and its beam search run on it.
+    num_gpus: float = Field(0.0, ge=0)
     # Remove items the user already interacted with from their recommendations.
     exclude_history: bool = False
     sasrec: SASRecConfig = SASRecConfig()

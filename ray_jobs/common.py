@@ -114,6 +114,11 @@ def train_run_config(cfg: RunConfig, name: str, storage_path: str, fs, score: st
     )
 
 
+def accelerator(num_gpus: float) -> str:
+    """The torch device of a Ray Data actor that asks for `num_gpus` (Ray sets its CUDA_VISIBLE_DEVICES)."""
+    return "cuda" if num_gpus > 0 else "cpu"
+
+
 def scaling_config(section: TrainerScaling) -> ScalingConfig:
     """Ray Train scaling from a training stage's config section."""
     return ScalingConfig(num_workers=section.num_workers, use_gpu=section.use_gpu,

@@ -17,7 +17,7 @@ from deepinterestgr.progress import Progress
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import collect, stage_main
+from ray_jobs.common import accelerator, collect, stage_main
 
 STAGE = "evaluate"
 
@@ -62,9 +62,9 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             fn_constructor_kwargs={
                 "load_model": functools.partial(load_model, store, model_stage), "trie_bytes": catalog.trie_bytes,
                 "vocab": fmt.vocab, "pad_id": fmt.pad_id, "beam_width": e.beam_width,
-                "exclude_history": e.exclude_history,
+                "exclude_history": e.exclude_history, "device": accelerator(e.num_gpus),
             },
-            batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors),
+            batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.num_gpus,
         )
         table = collect(ranked.select_columns(["user", "rank"]), f"evaluate: GR ({model_stage}) ranking", "users", len(rows)).sort_by("user")
         gr_ranks = table.column("rank").to_numpy()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from ray.train.torch import TorchTrainer
 
 from actors.grpo_trainer import CHECKPOINT_FILE, load_policy, train_grpo
+from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_meta, save_model, user_interests
@@ -91,8 +90,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         result = make_trainer(cfg, prepared.loop_config, f"{attempt.dir}/ray_train", store.fs).fit()
         history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+        state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         policy = load_policy(cfg, prepared.backbone, prepared.fmt.vocab)
         policy.load_state_dict(state["model"], strict=False)
         save_model(attempt, export_model(policy), load_meta(store, "sft"), getattr(prepared.fmt, "tokenizer", None))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 import ray
-import torch
 from ray.train import DataConfig as TrainDataConfig
 from ray.train.torch import TorchTrainer
 
 from actors.sft_trainer import CHECKPOINT_FILE, train_sft
+from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import item_texts, load_catalog, save_model, user_interests
@@ -77,8 +76,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         result = trainer.fit()
         history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+        state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed)
         model.load_state_dict(state["model"], strict=False)
         save_model(attempt, export_model(model), meta, tokenizer)

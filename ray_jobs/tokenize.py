@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass
 
@@ -18,16 +17,17 @@ from ray.train.torch import TorchTrainer
 
 from actors.embedders import ImageEmbedder, TextEmbedder
 from actors.rqvae_trainer import CHECKPOINT_FILE, stack_embeddings, train_rqvae
+from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.storage.result_cache import ResultCache, stable_hash
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from deepinterestgr.tokenizer.collaborative import cooccurrence_vectors, match_scale, training_sequences
+from deepinterestgr.tokenizer.collaborative import cooccurrence_vectors, match_scale, sasrec_vectors, training_sequences
 from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
-from ray_jobs.common import collect, scaling_config, stage_main, train_run_config
+from ray_jobs.common import accelerator, collect, scaling_config, stage_main, train_run_config
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "mine", "label")
@@ -69,14 +69,15 @@ def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
     """
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
+    device = accelerator(t.embed_num_gpus)
     data = items.map_batches(
-        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known},
-        batch_size=t.embed_batch_size, compute=pool,
+        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known, "device": device},
+        batch_size=t.embed_batch_size, compute=pool, num_gpus=t.embed_num_gpus,
     )
     if t.image_encoder:
         data = data.map_batches(
-            ImageEmbedder, fn_constructor_kwargs={"model": t.image_encoder, "filesystem": store.fs},
-            batch_size=t.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=t.embed_actors),
+            ImageEmbedder, fn_constructor_kwargs={"model": t.image_encoder, "filesystem": store.fs, "device": device},
+            batch_size=t.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=t.embed_actors), num_gpus=t.embed_num_gpus,
         )
     return data
 
@@ -105,13 +106,16 @@ def check_embeddings(table: pa.Table) -> None:
 
 
 def add_collaborative(cfg: RunConfig, store: RunStore, table: pa.Table) -> pa.Table:
-    """Append `cf_embedding`: co-occurrence vectors from training interactions, on the text embeddings' scale."""
+    """Append `cf_embedding`: collaborative vectors from training interactions, on the text embeddings' scale."""
     c = cfg.tokenize.collaborative
     ids = table.column("item_id").to_pylist()
     sequences = training_sequences(store.read_table("prepare", "interactions"), ids)
-    vectors = cooccurrence_vectors(sequences, len(ids), c.dim, c.window, cfg.seed)
+    if c.source == "sasrec":
+        vectors = sasrec_vectors(sequences, len(ids), c.sasrec, cfg.seed)
+    else:
+        vectors = cooccurrence_vectors(sequences, len(ids), c.dim, c.window, cfg.seed)
     text = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))
-    vectors = match_scale(vectors, text)
+    vectors = match_scale(vectors, text) * c.weight
     return table.append_column("cf_embedding", pa.array(list(vectors), pa.list_(pa.float32())))
 
 
@@ -131,8 +135,7 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
     )
     result = trainer.fit()
     checkpoint, metrics = min(result.best_checkpoints, key=lambda pair: (pair[1]["collision_rate"], -pair[1]["epoch"]))
-    with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+    state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
     has_image = "image_embedding" in columns
     text_dim = state["model"]["encoder.0.weight"].shape[1]
     image_dim = state["model"]["w_v.weight"].shape[1] if has_image else None

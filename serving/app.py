@@ -12,7 +12,6 @@ the served stage (a rerun of `dig sft`, or `dig grpo`).
 
 
 import asyncio
-import json
 import time
 
 from fastapi import FastAPI, Request

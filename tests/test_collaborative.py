@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from deepinterestgr.tokenizer.collaborative import cooccurrence_vectors, match_scale, training_sequences
+from deepinterestgr.tokenizer.collaborative import cooccurrence_vectors, match_scale, sasrec_vectors, training_sequences
 
 ITEMS = [f"i{k}" for k in range(8)]
 
@@ -54,3 +54,21 @@ def test_items_never_bought_in_training_get_zero_vectors_and_scale_matches_the_t
     text = np.random.default_rng(1).normal(scale=0.05, size=(5, 16))
     scaled = match_scale(vectors, text)
     assert abs(scaled.std(axis=0).mean() - text.std(axis=0).mean()) < 1e-6
+
+
+def test_sasrec_item_table_ignores_held_out_interactions_separates_the_groups_and_repeats_per_seed():
+    from deepinterestgr.config import SASRecShape
+
+    cfg = SASRecShape(hidden_size=16, layers=1, heads=1, dropout=0.0, epochs=30, eval_every=5, patience=10, lr=1e-2)
+    a = training_sequences(_interactions(_rows("i0", "i1")), ITEMS)
+    b = training_sequences(_interactions(_rows("i7", "i5")), ITEMS)
+    vectors = sasrec_vectors(a, len(ITEMS), cfg, seed=0)
+    np.testing.assert_array_equal(vectors, sasrec_vectors(b, len(ITEMS), cfg, seed=0))
+    assert vectors.shape == (len(ITEMS), 16)
+    # The output table scores next items: items bought by the same users end up on the same side.
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    same = np.mean([similarity[i, j] for i in range(8) for j in range(8) if i != j and (i < 4) == (j < 4)])
+    other = np.mean([similarity[i, j] for i in range(8) for j in range(8) if (i < 4) != (j < 4)])
+    assert same > other + 0.2
+    assert not sasrec_vectors([np.array([0, 1, 0, 1, 2])], 5, cfg, seed=0)[3:].any()

@@ -44,6 +44,7 @@ def test_gpu_config_selects_vllm_miners_qwen_and_bf16_on_s3():
     assert all(m.backend == "vllm" and m.num_gpus >= 1 for m in cfg.mine.miners)
     assert any("Qwen" in m.model for m in cfg.mine.miners) and cfg.mine.captioner.backend == "vllm"
     assert cfg.sft.backbone == "llm" and cfg.sft.llm.bf16 and cfg.sft.use_gpu and "Qwen" in cfg.sft.llm.model
+    assert cfg.tokenize.rqvae.use_gpu and cfg.tokenize.embed_num_gpus > 0 and cfg.evaluate.num_gpus > 0
 
 
 def _ray(*args, env, check=True):

@@ -45,3 +45,18 @@ def test_titles_and_descriptions_carry_the_latent_interests():
     truth = {r["item_id"]: r["interests"] for r in raw.extras["item_truth"].to_pylist()}
     for item in raw.items.to_pylist():
         assert all(interest in item["description"] for interest in truth[item["item_id"]])
+
+
+def test_indirect_catalog_names_no_interest_and_implies_each_true_one_in_the_description():
+    from deepinterestgr.data.synthetic import CUES
+
+    assert set(CUES) == {interest for _, interests, _ in CATALOG.values() for interest in interests}
+    raw = load_raw(_small(interest_text="indirect"), seed=3)
+    truth = {r["item_id"]: r["interests"] for r in raw.extras["item_truth"].to_pylist()}
+    for item in raw.items.to_pylist():
+        text = f"{item['title']} {item['description']}".lower()
+        assert not [interest for interest in CUES if interest in text], item
+        assert all(any(cue in item["description"] for cue in CUES[interest]) for interest in truth[item["item_id"]])
+    # The users' behaviour is drawn from the same latent interests as in the named catalog.
+    named = load_raw(_small(), seed=3)
+    assert named.extras["user_truth"].num_rows == raw.extras["user_truth"].num_rows

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepinterestgr.config import SASRecConfig
+from deepinterestgr.config import SASRecShape
 from deepinterestgr.metrics import ranking_metrics, ranks_from_scores
 
 
 class SASRec(nn.Module):
-    def __init__(self, num_items: int, cfg: SASRecConfig):
+    def __init__(self, num_items: int, cfg: SASRecShape):
         super().__init__()
         self.max_len = cfg.max_len
         self.items = nn.Embedding(num_items + 1, cfg.hidden_size, padding_idx=0)  # row 0 = padding
@@ -73,7 +73,7 @@ def sasrec_ranks(
     return np.concatenate(ranks)
 
 
-def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecConfig, seed: int,
+def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape, seed: int,
                on_epoch: Callable[[int, dict | None], None] | None = None) -> tuple[SASRec, list[dict]]:
     """Train on the training sequences; keep the epoch with the best validation NDCG@10.
 

@@ -2,7 +2,9 @@
 
 Titles, descriptions and a small PNG per item are built from each item's category and interests
 (background colour = category, shapes = interests), and users draw their sequences from 1..N
-interests with noise and stickiness. The ground truth is kept so later stages can measure how well
+interests with noise and stickiness. With `interest_text: indirect` no text names an interest: the
+title is brand, adjective and product, and the description describes each interest by a situation
+that implies it ("feeding a sourdough starter" for baking bread), so the interests must be inferred. The ground truth is kept so later stages can measure how well
 mining recovers it.
 """
 
@@ -61,6 +63,57 @@ CATALOG: dict[str, tuple[list[str], list[str], tuple[int, int, int]]] = {
         (200, 60, 140),
     ),
 }
+# interest -> phrases that imply it without naming it (the indirect catalog's descriptions)
+CUES: dict[str, tuple[str, str]] = {
+    "meal prep": ("portioning five lunches every Sunday", "stacking containers of batch-cooked rice"),
+    "baking bread": ("feeding a sourdough starter", "shaping loaves before the overnight proof"),
+    "healthy smoothies": ("blending kale with frozen berries", "a green drink before work"),
+    "camp cooking": ("frying breakfast over a fire pit", "dinner beside the tent at dusk"),
+    "hosting dinner parties": ("serving twelve guests at a long table", "plating a three-course menu for friends"),
+    "quick weeknight dinners": ("supper on the table in twenty minutes", "tired evenings after the commute"),
+    "ultralight hiking": ("counting every gram in the pack", "long miles with a base weight under ten pounds"),
+    "family camping": ("a weekend at the campground with the kids", "setting up camp for four with a toddler"),
+    "trail running": ("fast miles on muddy singletrack", "races through forest paths"),
+    "bird watching": ("spotting warblers at dawn", "keeping a life list of species"),
+    "backcountry fishing": ("casting for trout in remote alpine lakes", "wading a creek far from any road"),
+    "stargazing": ("finding nebulae on a moonless night", "lying in a dark field looking up at the Milky Way"),
+    "home office ergonomics": ("a desk that spares your neck and wrists", "eight-hour workdays at the kitchen corner"),
+    "bullet journaling": ("dot-grid spreads and habit trackers", "a monthly log drawn by hand"),
+    "calligraphy": ("practising italic hand lettering", "nib strokes with thick and thin lines"),
+    "remote meetings": ("looking sharp on video calls", "a clean background for the daily stand-up"),
+    "exam studying": ("cramming flashcards before finals", "late nights revising lecture notes"),
+    "project planning": ("mapping milestones and deadlines for a team", "gantt charts on the wall"),
+    "strength training": ("adding plates to your squat every week", "heavy sets and progressive overload"),
+    "yoga practice": ("holding downward dog through a morning flow", "sun salutations on a quiet mat"),
+    "marathon training": ("building up to a twenty-mile long run", "race day at mile 26"),
+    "injury recovery": ("easing a sore knee back into motion", "physiotherapy exercises after a sprain"),
+    "home workouts": ("a sweat session in the living room", "circuits without a gym membership"),
+    "cycling endurance": ("century rides on the weekend", "hours in the saddle on long climbs"),
+    "learning guitar": ("your first chords and strumming patterns", "practising scales on a beginner's fretboard"),
+    "home recording": ("tracking vocals in a spare bedroom", "laying down demos straight into the laptop"),
+    "podcasting": ("a weekly talk show with a co-host", "publishing interview episodes"),
+    "classical piano": ("Chopin nocturnes and Bach preludes", "preparing a conservatory recital"),
+    "dj mixing": ("beatmatching two tracks at the club", "a crowd dancing to your set"),
+    "live performance": ("playing gigs on a loud stage", "touring bars with the band"),
+    "vegetable growing": ("tomatoes and courgettes in the backyard plot", "harvesting beans all summer"),
+    "indoor herbs": ("basil and mint on the windowsill", "fresh parsley grown in the kitchen"),
+    "bonsai care": ("wiring and pinching a tiny juniper", "shaping miniature trees in shallow pots"),
+    "composting": ("turning food scraps into rich soil", "a bin of worms and kitchen peelings"),
+    "flower arranging": ("bouquets of peonies for the table", "cutting stems for a vase display"),
+    "lawn care": ("a striped green yard every Saturday", "keeping the grass thick and weed-free"),
+    "long-haul flights": ("fourteen hours in economy class", "sleeping across time zones on the plane"),
+    "business travel": ("client visits in three cities a week", "hotel check-ins before a sales pitch"),
+    "backpacking abroad": ("hostels across Southeast Asia", "months on the road with one bag"),
+    "road trips": ("driving coast to coast with the windows down", "motel stops along the interstate"),
+    "beach vacations": ("sand, sunscreen and turquoise water", "a week by the sea in the resort"),
+    "photography trips": ("chasing golden-hour light in distant landscapes", "travelling with a camera bag and tripod"),
+    "competitive shooters": ("ranked matches where reflexes decide", "headshots in tournament lobbies"),
+    "retro gaming": ("8-bit classics from the eighties", "cartridges and pixel art of old consoles"),
+    "game streaming": ("broadcasting your play to live viewers", "chat and overlays while you play online"),
+    "strategy games": ("planning empires turn by turn", "outthinking opponents in long campaigns"),
+    "racing simulators": ("lap times on a virtual Nurburgring", "a wheel, pedals and realistic tyre physics"),
+    "couch co-op": ("split-screen sessions with friends on the sofa", "passing the second pad to a sibling"),
+}
 BRANDS = ["Acorn", "Boreal", "Cobalt", "Dune", "Ember", "Fjord", "Granite", "Harbor", "Ion", "Juniper"]
 ADJECTIVES = ["compact", "durable", "lightweight", "premium", "adjustable", "classic", "portable", "modular"]
 SHAPES = ["ellipse", "rectangle", "triangle", "diamond", "cross", "ring"]
@@ -113,18 +166,15 @@ def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
         brand = BRANDS[int(rng.integers(len(BRANDS)))]
         adjective = ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]
         item_id = f"i{index:05d}"
-        items.append(
-            {
-                "item_id": item_id,
-                "title": f"{brand} {adjective} {noun} for {chosen[0]}",
-                "description": (
-                    f"A {adjective} {noun} from {brand}, designed for {' and '.join(chosen)}. "
-                    f"Model {int(rng.integers(100, 999))}, {category} line."
-                ),
-                "brand": brand,
-                "categories": [category],
-            }
-        )
+        model = int(rng.integers(100, 999))
+        if s.interest_text == "named":
+            title = f"{brand} {adjective} {noun} for {chosen[0]}"
+            description = f"A {adjective} {noun} from {brand}, designed for {' and '.join(chosen)}. Model {model}, {category} line."
+        else:
+            cues = [CUES[interest][int(rng.integers(2))] for interest in chosen]
+            title = f"{brand} {adjective} {noun}"
+            description = f"A {adjective} {noun} from {brand}, made for {' and for '.join(cues)}. Model {model}, {category} line."
+        items.append({"item_id": item_id, "title": title, "description": description, "brand": brand, "categories": [category]})
         item_truth.append({"item_id": item_id, "category": category, "interests": chosen})
         images[item_id] = _image(s.image_size, colour, [SHAPES[p] for p in picks])
         for interest in chosen:

@@ -1,4 +1,5 @@
-"""Collaborative item vectors from training-split interactions: windowed co-occurrence, PPMI, truncated SVD.
+"""Collaborative item vectors from training-split interactions: windowed co-occurrence PPMI and a
+truncated SVD of it, or the item table of a SASRec trained on them.
 
 Items bought close together in users' training sequences get close vectors. Fused with the text
 (+ interest) embeddings before the RQ-VAE, they make items that share a SID prefix also share
@@ -13,6 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 from scipy.sparse.linalg import svds
+
+from deepinterestgr.baselines.sasrec import fit_sasrec
+from deepinterestgr.config import SASRecShape
 
 
 def training_sequences(interactions: pa.Table, item_ids: list[str]) -> list[np.ndarray]:
@@ -65,3 +69,21 @@ def match_scale(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """`vectors` rescaled so their mean per-dimension spread equals `reference`'s (each dimension then weighs alike)."""
     spread = vectors.std(axis=0).mean()
     return vectors if spread == 0 else vectors * (reference.std(axis=0).mean() / spread)
+
+
+def sasrec_vectors(sequences: list[np.ndarray], num_items: int, cfg: SASRecShape, seed: int) -> np.ndarray:
+    """[num_items, cfg.hidden_size]: the item table of a SASRec trained on the training sequences.
+
+    Each sequence's last item is held out to choose the epoch (so no validation or test interaction is
+    read); rows of items that never occur in training are zero, as in `cooccurrence_vectors`.
+    """
+    lists = [seq.tolist() for seq in sequences]
+    prefixes = [s[:-1] if len(s) >= 3 else s for s in lists]
+    held_out = np.array([s[-1] if len(s) >= 3 else -1 for s in lists], dtype=np.int64)
+    model, _ = fit_sasrec(prefixes, held_out, num_items, cfg, seed)
+    vectors = model.items.weight[1:].detach().numpy().astype(np.float32)
+    seen = np.zeros(num_items, dtype=bool)
+    if lists:
+        seen[np.concatenate(sequences).astype(np.int64)] = True
+    vectors[~seen] = 0.0
+    return vectors
