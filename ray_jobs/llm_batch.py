@@ -47,7 +47,7 @@ def _clean(row: dict) -> dict:
     def text(value) -> str:
         return value if isinstance(value, str) else ""
 
-    return {**row, "text": text(row.get("text")), "error": text(row.get("error")),
+    return {**row, "text": text(row.get("text")), "error": text(row.get("error")), "token_logprobs": text(row.get("token_logprobs")),
             "prompt_tokens": number(row.get("prompt_tokens")), "completion_tokens": number(row.get("completion_tokens"))}
 
 
@@ -58,10 +58,13 @@ def _seed(seed: int, row_id: str, attempt: int) -> int:
 def run_llm_task(
     task: str, requests: list[dict], parse: Callable[[str], object], gen: GeneratorConfig, cache: ResultCache,
     seed: int, parse_retries: int, flush_rows: int, images: bool = False, schema: dict | None = None,
+    top_logprobs: int = 0,
 ) -> TaskOutcome:
     """Answer every request ({"id", "messages", "truncated"}) once; see the module docstring.
 
-    With a `schema` and `gen.structured`, the backend decodes under that JSON schema.
+    With a `schema` and `gen.structured`, the backend decodes under that JSON schema. With
+    `top_logprobs` k > 0, `parse` is called as parse(text, steps): steps holds the k likeliest tokens
+    of every answer step ({token text: log-probability}), empty when the backend gave none.
     """
     schema_text = json.dumps(schema, sort_keys=True) if schema is not None and gen.structured else ""
     started = time.perf_counter()
@@ -79,7 +82,7 @@ def run_llm_task(
             break
         temperature = gen.temperature if attempt == 0 else gen.retry_temperature
         rows = [{"id": r["id"], "request": r["request"], "request_hash": r["request_hash"], "temperature": temperature,
-                 "seed": _seed(seed, r["id"], attempt), "schema": schema_text} for r in pending]
+                 "seed": _seed(seed, r["id"], attempt), "schema": schema_text, "top_logprobs": top_logprobs} for r in pending]
         blocks = max(1, min(len(rows), math.ceil(len(rows) / gen.batch_size)))
         answers = generate(ray.data.from_items(rows, override_num_blocks=blocks), gen, images)
         retry, buffer = [], []
@@ -94,7 +97,7 @@ def run_llm_task(
                         outcome.failures.append({"task": task, "source": gen.name, "id": row["id"], "error": row["error"], "raw": row["text"]})
                         continue
                     try:
-                        value = parse(row["text"])
+                        value = parse(row["text"], json.loads(row["token_logprobs"] or "[]")) if top_logprobs else parse(row["text"])
                     except ParseError as exc:
                         if attempt < parse_retries:
                             retry.append(row)

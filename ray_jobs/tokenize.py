@@ -115,7 +115,7 @@ def add_collaborative(cfg: RunConfig, store: RunStore, table: pa.Table) -> pa.Ta
     else:
         vectors = cooccurrence_vectors(sequences, len(ids), c.dim, c.window, cfg.seed)
     text = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))
-    vectors = match_scale(vectors, text) * c.weight
+    vectors = match_scale(vectors, text)
     return table.append_column("cf_embedding", pa.array(list(vectors), pa.list_(pa.float32())))
 
 

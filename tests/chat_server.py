@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -30,6 +31,25 @@ def _interest(title: str) -> str:
     return title.split(" for ", 1)[1].strip() if " for " in title else title.lower()
 
 
+def judge_probability(content: str) -> float:
+    """The fake judge's p(good): high for the interest its item's title names, low for anything else."""
+    descriptor = re.search(r"Descriptor: (.*)", content).group(1).strip()
+    return 0.9 if descriptor == _interest(_title(content)) else 0.15
+
+
+def logprobs(messages: list[dict], reply: str) -> dict:
+    """OpenAI-style `logprobs` of a reply: one step per reply character, the judge's digit with both digits' log-probabilities."""
+    content = messages[-1]["content"]
+    steps = []
+    for char in reply:
+        top = [{"token": char, "logprob": 0.0}]
+        if char in "01" and isinstance(content, str) and "Descriptor:" in content:
+            p = judge_probability(content)
+            top = [{"token": "1", "logprob": math.log(p)}, {"token": "0", "logprob": math.log(1 - p)}]
+        steps.append({"token": char, "logprob": top[0]["logprob"], "top_logprobs": top})
+    return {"content": steps}
+
+
 def answer(messages: list[dict]) -> str:
     """What the fake model says to a chat; the last user turn decides."""
     content = messages[-1]["content"]
@@ -39,8 +59,7 @@ def answer(messages: list[dict]) -> str:
         r, g, b = (round(sum(c) / len(c)) for c in zip(*image.getdata()))
         return f"A product photo of {image.width}x{image.height} pixels, mostly rgb({r},{g},{b})."
     if "Descriptor:" in content:
-        descriptor = re.search(r"Descriptor: (.*)", content).group(1).strip()
-        return json.dumps({"label": 0 if descriptor == GENERIC else 1})
+        return json.dumps({"label": int(judge_probability(content) >= 0.5)})
     if "A shopper bought" in content:
         titles = re.findall(r"^- (.*)$", content, flags=re.M)
         return json.dumps({"long_term": [_interest(titles[0])], "short_term": [_interest(titles[-1])]})
@@ -92,7 +111,10 @@ class ChatServer:
                 if "[slow]" in text:
                     time.sleep(outer.slow_s)
                 reply = answer(payload["messages"])
-                body = {"choices": [{"message": {"role": "assistant", "content": reply}}],
+                choice = {"message": {"role": "assistant", "content": reply}}
+                if payload.get("logprobs"):
+                    choice["logprobs"] = logprobs(payload["messages"], reply)
+                body = {"choices": [choice],
                         "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": len(reply) // 4}}
                 self._send(200, json.dumps(body).encode())
 

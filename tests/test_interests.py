@@ -1,12 +1,14 @@
 """Parsing model answers, merging miners, the label classifier and item quality (no Ray, no model)."""
 
+import math
+
 import numpy as np
 import pytest
 
-from deepinterestgr.interests.labels import agreement, fit_classifier, item_quality, pair_features
+from deepinterestgr.interests.labels import agreement, choose_threshold, fit_classifier, item_quality, pair_features, truth_match
 from deepinterestgr.interests.parsing import (
     ParseError, example_descriptors, merge_descriptors, normalise, parse_caption, parse_descriptors, parse_label,
-    parse_user_interests,
+    parse_label_probability, parse_user_interests,
 )
 from deepinterestgr.interests.requests import item_request, user_request
 from deepinterestgr.prompts import load_template
@@ -109,3 +111,24 @@ def test_answers_cut_off_mid_list_keep_their_finished_entries():
     assert parse_user_interests('{"long_term": ["home office", "calligraphy"], "short_term": ["exam stu') == "long-term: home office, calligraphy"
     with pytest.raises(ParseError):
         parse_descriptors('{"descriptors": [{"descr', 5)
+
+
+def test_label_probability_reads_both_digits_at_the_first_step_that_has_one():
+    steps = [{'{"': 0.0}, {"label": -0.1}, {" 1": math.log(0.7), "0": math.log(0.2), "2": -5.0}, {"}": 0.0}]
+    assert parse_label_probability('{"label": 1}', steps) == pytest.approx(0.7 / 0.9)
+    # A digit outside the top k is taken as less likely than every token shown.
+    only_one = [{"1": -0.05, "x": -3.0}]
+    assert 0.95 < parse_label_probability('{"label": 1}', only_one) < 1.0
+    # No log-probabilities (a server without them): the answer's label.
+    assert parse_label_probability('{"label": 0}', []) == 0.0 and parse_label_probability('{"label": 1}', []) == 1.0
+    with pytest.raises(ParseError):
+        parse_label_probability("no idea", [])
+
+
+def test_threshold_separates_own_descriptors_from_other_items_and_truth_matching():
+    own = np.array([0.9, 0.8, 0.85, 0.3])  # mostly good, one bad
+    other = np.array([0.2, 0.35, 0.1, 0.25, 0.4, 0.45])
+    threshold, accuracy = choose_threshold(own, other)
+    assert 0.45 < threshold <= 0.8 and accuracy == pytest.approx((0.75 + 1.0) / 2)
+    assert choose_threshold(own, np.array([]))[0] == 0.5
+    assert truth_match("Baking Bread at home", ["baking bread"]) and not truth_match("gift", ["baking bread"])

@@ -10,8 +10,10 @@ from PIL import Image
 from actors.generators import HttpGenerator, LocalGenerator
 from chat_server import GENERIC, ChatServer
 from deepinterestgr.config import GeneratorConfig, load_config
-from deepinterestgr.interests.parsing import parse_descriptors
+from deepinterestgr.interests.parsing import parse_descriptors, parse_label, parse_label_probability
+from deepinterestgr.interests.requests import judge_request
 from deepinterestgr.interests.schemas import LABEL_SCHEMA, USER_INTERESTS_SCHEMA, descriptors_schema
+from deepinterestgr.prompts import load_template
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import label, mine, prepare
 
@@ -133,6 +135,11 @@ def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cl
         assert quality["i1"] == pytest.approx(0.8 / 1.1) and quality["i5"] == 0.0
         holdout = labelled.entry.report["holdout"]
         assert holdout["pairs"] >= 3 and holdout["agreement"] == 1.0
+        # Labels come from the answers' log-probabilities, thresholded against other items' descriptors.
+        assert server.requests[-1]["logprobs"] is True and server.requests[-1]["top_logprobs"] == cfg2.label.top_logprobs
+        judged = store.read_table("label", "judged").to_pylist()
+        assert {round(r["judge_p"], 2) for r in judged} == {0.9, 0.15}
+        assert 0.15 < labelled.entry.report["threshold"] <= 0.9 and labelled.entry.report["own_vs_other_items_balanced_accuracy"] > 0.5
 
 
 def test_local_backend_batches_smollm2_like_one_at_a_time_and_refuses_images(smollm2):
@@ -165,3 +172,33 @@ def test_local_backend_under_a_json_schema_answers_json_that_parses_where_free_t
     jsonschema.validate(json.loads(held[0]["text"]), descriptors_schema(1))
     assert parse_descriptors(held[0]["text"], max_descriptors=1)
     assert parse_label(held[1]["text"]) in (0, 1)
+
+
+def test_local_judge_reads_p_good_from_the_answer_log_probabilities_under_the_label_schema(smollm2):
+    generator = LocalGenerator("SmolLM2-135M-Instruct", max_new_tokens=8)
+    templates = load_template("label_v1")
+    good = judge_request(templates, "Cast iron skillet", "A heavy pan for searing steaks and baking cornbread.", "searing steaks", 768)
+    bad = judge_request(templates, "Cast iron skillet", "A heavy pan for searing steaks and baking cornbread.", "learning guitar", 768)
+    outputs = generator.generate([good.messages, bad.messages], [0.0, 0.0], [0, 0], [json.dumps(LABEL_SCHEMA)] * 2, [5, 5])
+    for out in outputs:
+        steps = json.loads(out["token_logprobs"])
+        assert len(steps) == out["completion_tokens"]
+        p = parse_label_probability(out["text"], steps)
+        assert 0.0 < p < 1.0, "a probability, not the answer's 0/1"
+        # Greedy decoding picked the likelier digit, so the probability and the answer agree.
+        assert (p >= 0.5) == (parse_label(out["text"]) == 1)
+    without = generator.generate([good.messages], [0.0], [0], [json.dumps(LABEL_SCHEMA)])[0]
+    assert without["token_logprobs"] == "" and without["text"] == outputs[0]["text"]
+
+
+def test_vllm_rows_turn_the_engines_token_logprobs_into_per_step_token_texts():
+    from actors.generators import _vllm_result
+
+    row = {"id": "a", "generated_text": '{"label": 1}', "num_input_tokens": 40, "num_generated_tokens": 2,
+           "logprobs": [{7: {"logprob": -0.01, "rank": 1, "decoded_token": '{"label":'}},
+                        {16: {"logprob": -0.2, "rank": 1, "decoded_token": "1"}, 15: {"logprob": -1.8, "rank": 2, "decoded_token": "0"}}]}
+    out = _vllm_result(row, ("id",))
+    steps = json.loads(out["token_logprobs"])
+    assert steps == [{'{"label":': -0.01}, {"1": -0.2, "0": -1.8}]
+    assert parse_label_probability(out["text"], steps) == pytest.approx(1 / (1 + np.exp(-1.6)))
+    assert _vllm_result({**row, "logprobs": None}, ("id",))["token_logprobs"] == ""

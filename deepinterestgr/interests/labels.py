@@ -58,6 +58,29 @@ def agreement(predicted: np.ndarray, judged: np.ndarray) -> dict:
     return out
 
 
+def choose_threshold(own: np.ndarray, mismatched: np.ndarray) -> tuple[float, float]:
+    """The p(good) threshold that best separates an item's own descriptors from other items' ones.
+
+    Returns (threshold, balanced accuracy): own pairs at or above it count as right, mismatched
+    pairs below it. Own descriptors are mostly good and another item's are almost always unsupported,
+    so this calibrates the judge without hand labels. 0.5 when either side is empty.
+    """
+    own, mismatched = np.asarray(own, dtype=float), np.asarray(mismatched, dtype=float)
+    if not len(own) or not len(mismatched):
+        return 0.5, float("nan")
+    values = np.unique(np.concatenate([own, mismatched]))
+    candidates = np.concatenate([(values[:-1] + values[1:]) / 2, values[-1:] + 1e-9, values[:1]])
+    scores = [((own >= t).mean() + (mismatched < t).mean()) / 2 for t in candidates]
+    best = int(np.argmax(scores))
+    return float(candidates[best]), float(scores[best])
+
+
+def truth_match(descriptor: str, interests: list[str]) -> bool:
+    """Whether a descriptor names one of an item's true interests (either text contains the other)."""
+    text = descriptor.lower().strip()
+    return any(i.lower() in text or (len(text) >= 4 and text in i.lower()) for i in interests)
+
+
 def item_quality(descriptors: list[dict]) -> float:
     """q_i = sum(c_k y_k) / sum(c_k) over an item's labelled descriptors (0 without any)."""
     total = sum(d["confidence"] for d in descriptors)

@@ -177,6 +177,21 @@ def parse_label(text: str) -> int:
     return int(label)
 
 
+def parse_label_probability(text: str, steps: list[dict[str, float]]) -> float:
+    """p(label 1) from the judge's answer: p("1") / (p("1") + p("0")) at the first answer step whose
+    likeliest tokens hold either digit; without log-probabilities, the parsed label (0.0 or 1.0)."""
+    for step in steps:
+        digits = {}
+        for token, logprob in step.items():
+            if token.strip() in ("0", "1"):
+                digits[token.strip()] = max(digits.get(token.strip(), -math.inf), logprob)
+        if digits:
+            floor = min(step.values()) - math.log(2)  # a digit outside the top k is less likely than all of them
+            one, zero = digits.get("1", floor), digits.get("0", floor)
+            return 1.0 / (1.0 + math.exp(zero - one))
+    return float(parse_label(text))
+
+
 def parse_caption(text: str) -> str:
     """Free text, whitespace collapsed and bounded; empty is a ParseError."""
     caption = _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
