@@ -40,8 +40,13 @@ CPU_ENGINE_DEFAULTS = {"gpu_memory_utilization": 0.2, "kv_cache_memory_bytes": 1
 
 def _with_outputs(batch: dict, outputs: list[dict]) -> dict:
     for column in OUTPUT_COLUMNS:
-        batch[column] = np.array([o.get(column, "") for o in outputs], dtype=object if column in TEXT_COLUMNS else np.int64)
+        batch[column] = np.array([o[column] for o in outputs], dtype=object if column in TEXT_COLUMNS else np.int64)
     return batch
+
+
+def _failed(error: str) -> dict:
+    """The outputs of a row the backend could not answer."""
+    return {"text": "", "error": error, "prompt_tokens": 0, "completion_tokens": 0, "token_logprobs": ""}
 
 
 def _has_image(messages: list[dict]) -> bool:
@@ -92,7 +97,7 @@ class LocalGenerator:
         prompts = {}
         for i, messages in enumerate(requests):
             if _has_image(messages):
-                outputs[i] = {"text": "", "error": f"model {self.name} takes no images", "prompt_tokens": 0, "completion_tokens": 0}
+                outputs[i] = _failed(f"model {self.name} takes no images")
             else:
                 prompts[i] = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         groups: dict[tuple[float, str, int], list[int]] = {}
@@ -202,7 +207,7 @@ class HttpGenerator:
         try:
             return self._post(payload)
         except HttpError as exc:
-            return {"text": "", "error": str(exc), "prompt_tokens": 0, "completion_tokens": 0}
+            return _failed(str(exc))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)

@@ -5,8 +5,9 @@ log-probabilities where the backend gives them; the threshold that best tells he
 the same items judged against other items' descriptors turns scores into labels. A logistic
 regression over MiniLM embeddings learns those labels on part of the sample, is scored on the
 held-out rest, and labels every pair. On a catalog with ground truth the report also says how
-often the judge's label agrees with "the descriptor is a true interest". Outputs: `label/items` (mined items, each descriptor with `label` and `p_good`),
-`label/item_quality` (item_id, quality), `label/judged` (the judged sample), `label/failures`.
+often the judge's label agrees with "the descriptor is a true interest". Outputs: `label/items`
+(mined items, each descriptor with `label` and `p_good`), `label/item_quality` (item_id, quality),
+`label/judged` (the judged sample), `label/failures`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ray
 
 from actors.embedders import TextEmbedder
 from deepinterestgr.config import RunConfig
-from deepinterestgr.errors import DataError, StorageError
+from deepinterestgr.errors import DataError
 from deepinterestgr.interests.labels import agreement, choose_threshold, fit_classifier, item_quality, pair_features, truth_match
 from deepinterestgr.interests.parsing import parse_label, parse_label_probability
 from deepinterestgr.interests.requests import judge_request
@@ -88,7 +89,7 @@ def truth_report(store: RunStore, pairs: list[dict], labels: dict[int, int]) -> 
     """On a catalog with ground truth (synthetic): how often the judge's label says whether a descriptor is a true interest."""
     try:
         truth = {r["item_id"]: r["interests"] for r in store.read_table("prepare", "item_truth").to_pylist()}
-    except (FileNotFoundError, StorageError):
+    except OSError:  # no ground truth: the prepare stage of a real catalog has no item_truth table
         return None
     true = {i: int(truth_match(pairs[i]["descriptor"], truth.get(pairs[i]["item_id"], []))) for i in labels}
     if not true:
@@ -126,7 +127,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         vectors = embed_texts(cfg, [p["descriptor"] for p in pairs] + [p["title"] for p in pairs])
         features = pair_features(np.stack([vectors[p["descriptor"]] for p in pairs]), np.stack([vectors[p["title"]] for p in pairs]))
         held = [i for i in holdout.tolist() if i in judged]
-        train = [i for i in order.tolist() if i in judged and i not in set(held)]
+        held_set = set(held)
+        train = [i for i in order.tolist() if i in judged and i not in held_set]
         labels = np.array([judged[i] for i in sorted(judged)])
         classifier = fit_classifier(features[train], np.array([judged[i] for i in train]), cfg.label.epochs, cfg.label.lr,
                                     cfg.label.weight_decay, cfg.seed)
@@ -142,7 +144,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
             "item_id": [pairs[i]["item_id"] for i in sorted(judged)], "descriptor": [pairs[i]["descriptor"] for i in sorted(judged)],
             "judge_p": [round(judged_scores[i], 4) for i in sorted(judged)],
             "judge_label": [judged[i] for i in sorted(judged)], "predicted": [int(predicted[i]) for i in sorted(judged)],
-            "holdout": [i in set(held) for i in sorted(judged)]})
+            "holdout": [i in held_set for i in sorted(judged)]})
         described = [q for q, r in zip(quality.column("quality").to_pylist(), records) if r["descriptors"]]
         report = {
             "pairs": len(pairs), "judge": judge_stats, "judged": len(judged),
