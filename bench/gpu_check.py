@@ -277,11 +277,9 @@ def main() -> int:
         f"storage.uri={out / 'run_llm'}", "sft.backbone=llm", f"sft.llm.model={models['llm']}", "sft.llm.bf16=true",
         "sft.llm.windows_per_user=2", "sft.batch_size=32", "sft.epochs=1", "sft.eval_every=1",
         f"sft.valid_users={size.llm_valid_users}"])
-    # The LLM run starts from the finished prepare and tokenize stages (manifests name attempts, not paths).
-    shutil.copytree(out / "run", out / "run_llm", ignore=shutil.ignore_patterns("sft", "grpo", "evaluate", "logs"))
-    for stage in ("sft", "grpo", "evaluate"):
-        (out / "run_llm" / "manifest" / f"{stage}.json").unlink(missing_ok=True)
+    # The LLM run starts from the finished prepare and tokenize stages.
     llm_store = RunStore(llm_cfg)
+    llm_store.adopt(store, ("prepare", "tokenize"))
     llm_store.save_config(llm_cfg)
 
     @step("llm_sft_bf16" if gpu else "llm_sft", memory, limit)

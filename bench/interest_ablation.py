@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -85,15 +84,6 @@ def commit_descriptors(cfg, store: RunStore, descriptors: dict[str, list[dict]],
         attempt.write_table("failures", pa.Table.from_pylist([], schema=mine.FAILURE_SCHEMA))
         attempt.commit({"items": table.num_rows, "user_interests": 0, "failures": 0},
                        {"items": table.num_rows, "items_mined": len(descriptors), "source": source})
-
-
-def start_from(base: Path, run: Path) -> None:
-    """A new arm's run folder holding the seed's committed prepare stage."""
-    if run.exists():
-        return
-    shutil.copytree(base / "prepare", run / "prepare")
-    (run / "manifest").mkdir(parents=True)
-    shutil.copy(base / "manifest" / "prepare.json", run / "manifest" / "prepare.json")
 
 
 def used_descriptors(store: RunStore) -> dict[str, list[str]]:
@@ -185,9 +175,10 @@ def main() -> int:
             start_ray(cfg)
             base = out / f"seed{seed}" / "base"
             base_cfg = load_config(args.config, overrides[:-1] + [f"storage.uri={base}"])
-            prepare.run(base_cfg, RunStore(base_cfg))
-            start_from(base, run)
+            base_store = RunStore(base_cfg)
+            prepare.run(base_cfg, base_store)
             store = RunStore(cfg)
+            store.adopt(base_store, ("prepare",))
             store.save_config(cfg)
             truth = {r["item_id"]: r["interests"] for r in store.read_table("prepare", "item_truth").to_pylist()}
             print(f"interest_ablation: seed {seed} arm {arm} ...", file=sys.stderr, flush=True)

@@ -43,20 +43,13 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
     return name, overrides
 
 
-def reuse_upstream(run_dir: Path, earlier: dict[str, Path], key: str, first: Path | None) -> None:
+def reuse_upstream(store: RunStore, source: RunStore | None, first: Path | None) -> None:
     """Start a new run from an earlier one: its prepare and tokenize stages when their settings are the
-    same, else at least the text-embedding cache of the first run (the texts do not depend on the seed)."""
-    if run_dir.exists():
-        return
-    source = earlier.get(key)
-    if source is None:
-        if first is not None and (first / "cache" / "tokenize").exists():
-            shutil.copytree(first / "cache" / "tokenize", run_dir / "cache" / "tokenize")
-        return
-    for stage in ("prepare", "tokenize"):
-        shutil.copytree(source / stage, run_dir / stage)
-        (run_dir / "manifest").mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / "manifest" / f"{stage}.json", run_dir / "manifest" / f"{stage}.json")
+    same (`source`), else at least the text-embedding cache of the first run (the texts do not depend on the seed)."""
+    if source is not None:
+        store.adopt(source, ("prepare", "tokenize"))
+    elif first is not None and (first / "cache" / "tokenize").exists():
+        shutil.copytree(first / "cache" / "tokenize", Path(store.root) / "cache" / "tokenize")
 
 
 def summarise(values: list[dict[str, float]]) -> dict[str, float]:
@@ -119,7 +112,7 @@ def main() -> int:
     curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name, _ in arms}
     started_ray, first_run = False, None
     for seed in seeds:
-        upstream: dict[str, Path] = {}
+        upstream: dict[str, RunStore] = {}
         for index, (name, overrides) in enumerate(arms):
             run_dir = out / f"seed{seed}" / name
             cfg = load_config(args.config, [*args.set, *overrides, f"seed={seed}", f"storage.uri={run_dir}",
@@ -130,14 +123,16 @@ def main() -> int:
                 ray.data.DataContext.get_current().enable_progress_bars = False
                 started_ray = True
             key = cfg.section_hash("data", "tokenize")
-            reuse_upstream(run_dir, upstream, key, first_run)
-            first_run = first_run or run_dir
+            new = not run_dir.exists()
             store = RunStore(cfg)
+            if new:
+                reuse_upstream(store, upstream.get(key), first_run)
+            first_run = first_run or run_dir
             store.save_config(cfg)
             began = time.perf_counter()
             pipeline.run(cfg, store)
             seconds[name].append(time.perf_counter() - began)
-            upstream.setdefault(key, run_dir)
+            upstream.setdefault(key, store)
             report = store.require("evaluate").report
             for model, metrics in report["results"].items():
                 target = name if model.startswith("GR") else model

@@ -124,3 +124,17 @@ def test_prepare_writes_parquet_readable_without_ray(ray_cluster, tmp_path):
     assert items.num_rows == entry.rows["items"] == 40
     assert set(pq.read_table(tmp_path / "prepare" / entry.attempt / "interactions").column("split").to_pylist()) == {
         "train", "valid", "test"}
+
+
+def test_a_run_adopts_another_runs_committed_prepare_and_skips_it(ray_cluster, tmp_path):
+    cfg = load_config(None, SMALL + [f"storage.uri={tmp_path / 'source'}"])
+    source = RunStore(cfg)
+    committed = prepare.run(cfg, source).entry
+    copy_cfg = load_config(None, SMALL + [f"storage.uri={tmp_path / 'copy'}"])
+    copy = RunStore(copy_cfg)
+    copy.adopt(source, ("prepare",))
+    assert copy.entry("prepare") == committed
+    assert copy.read_table("prepare", "interactions").equals(source.read_table("prepare", "interactions"))
+    assert prepare.run(copy_cfg, copy).entry.attempt == committed.attempt, "the adopted stage is fresh: skipped"
+    with pytest.raises(StorageError, match="no committed 'tokenize'"):
+        copy.adopt(source, ("tokenize",))

@@ -159,6 +159,20 @@ class RunStore:
         found.update({stage: entry.fingerprint for stage in optional if (entry := self.entry(stage)) is not None})
         return found
 
+    def adopt(self, source: "RunStore", stages: tuple[str, ...]) -> None:
+        """Start this run from another run's committed stages: their outputs and manifest entries.
+
+        For runs that share upstream work (benchmark arms on one prepare); a stage this run has
+        committed already is kept. The entries name attempts, not paths, so the copies are committed as they are.
+        """
+        for stage in stages:
+            entry = source.require(stage)
+            if self.entry(stage) is not None:
+                continue
+            pafs.copy_files(f"{source.root}/{stage}/{entry.attempt}", f"{self.root}/{stage}/{entry.attempt}",
+                            source_filesystem=source.fs, destination_filesystem=self.fs)
+            self.write_atomic(f"manifest/{stage}.json", source.read_text(f"manifest/{stage}.json").encode())
+
     def table_path(self, stage: str, name: str) -> str:
         """Folder of a committed table (for ray.data.read_parquet with this store's filesystem)."""
         return f"{self.root}/{stage}/{self.require(stage).attempt}/{name}"
