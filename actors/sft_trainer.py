@@ -45,7 +45,7 @@ def train_sft(config: dict) -> None:
     valid_targets = np.array(config["valid_targets"])[rank::world]
     trie = SIDTrie.from_bytes(config["trie"])
 
-    model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu)
+    model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = len(epoch_order(groups, cfg.targets_per_user, seed))
     total_steps = cfg.epochs * math.ceil(math.ceil(per_epoch / cfg.batch_size) / cfg.grad_accum)

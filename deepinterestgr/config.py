@@ -296,6 +296,10 @@ class SFTConfig(TrainerScaling):
     # windows of max_items + 1 items that together cover the whole sequence; encoder_decoder: one
     # example per training target.
     max_items: int = Field(20, ge=1)
+    # compact and encoder_decoder: every history item in a prompt is followed by a token of its own (an
+    # item-ID embedding learned from the training sequences, as SASRec's), so the model reads items
+    # exactly as well as by their shared SID codes; it still generates SIDs only.
+    item_tokens: bool = False
     # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
     # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
     targets_per_user: int = Field(0, ge=0)
@@ -323,6 +327,8 @@ class SFTConfig(TrainerScaling):
         shape = [k for k in ("hidden_size", "layers", "heads", "intermediate_size", "dropout") if getattr(self, k) != getattr(defaults, k)]
         if self.backbone != "llm" and self.llm != LLMBackboneConfig():
             raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
+        if self.backbone == "llm" and self.item_tokens:
+            raise ValueError("sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
         if self.backbone == "llm" and shape:
             raise ValueError(f"sft.{shape[0]} applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
         if self.backbone != "llm" and self.hidden_size % self.heads:

@@ -24,11 +24,11 @@ from ray_jobs.common import scaling_config, stage_main, train_run_config
 STAGE = "sft"
 
 
-def recommender_meta(cfg: RunConfig, sizes: list[int]):
+def recommender_meta(cfg: RunConfig, sizes: list[int], items: int):
     """The metadata and tokenizer of the configured backbone, without loading its weights."""
     s = cfg.sft
     if s.backbone != "llm":
-        return RecommenderMeta(s.backbone, list(sizes), SPECIAL_TOKENS, s.max_items), None
+        return RecommenderMeta(s.backbone, list(sizes), SPECIAL_TOKENS, s.max_items, item_tokens=items if s.item_tokens else 0), None
     from transformers import AutoConfig, AutoTokenizer
 
     path = resolve_llm(s.llm.model)
@@ -46,7 +46,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     s = cfg.sft
     catalog = load_catalog(store)
     seqs = catalog.sequences
-    meta, tokenizer = recommender_meta(cfg, catalog.trie.sizes)
+    meta, tokenizer = recommender_meta(cfg, catalog.trie.sizes, len(catalog.codes))
     fmt = make_format(meta, catalog.codes, tokenizer)
     interests = user_interests(store)
     # Each example's group is its user (item-alignment examples get a group each), for targets_per_user.
@@ -63,7 +63,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         trainer = TorchTrainer(
             train_sft,
             train_loop_config={
-                "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes, "trie": catalog.trie_bytes,
+                "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes, "items": len(catalog.codes), "trie": catalog.trie_bytes,
                 "pad_id": fmt.pad_id,
                 "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
                 "valid_targets": [int(seqs.valid[u]) for u in valid],
@@ -77,7 +77,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
         state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
-        model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed)
+        model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed, items=len(catalog.codes))
         model.load_state_dict(state["model"], strict=False)
         save_model(attempt, export_model(model), meta, tokenizer)
         report = {

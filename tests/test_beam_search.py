@@ -6,6 +6,7 @@ import pytest
 
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
 from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model, encoder_decoder_model
+from deepinterestgr.recommender.sequences import tokens
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 
@@ -53,6 +54,21 @@ def test_full_width_beam_equals_exhaustive_ranking(tiny_random_model):
         order = np.argsort(-reference, kind="stable")
         assert result.items[row].tolist() == order.tolist()
         np.testing.assert_allclose(result.scores[row], reference[order], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("factory", [compact_model, encoder_decoder_model], ids=["decoder_only", "encoder_decoder"])
+def test_full_width_beam_equals_exhaustive_ranking_with_item_tokens_in_the_prompt(factory):
+    codes = _catalog(n=30)
+    cfg = CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, item_tokens=len(codes))
+    model, vocab = factory([4, 5, 6], cfg, seed=0)
+    assert model.config.vocab_size == vocab.size + len(codes)
+    rng = np.random.default_rng(3)
+    prompts = [tokens(rng.choice(len(codes), size=3).tolist(), codes, vocab, 0, item_tokens=True) for _ in range(4)]
+    assert all(max(p) >= vocab.size for p in prompts), "the prompts read item tokens"
+    result = beam_search(model, prompts, SIDTrie.build(codes), vocab, beam_width=len(codes), top_k=len(codes))
+    for row, prompt in enumerate(prompts):
+        reference = exhaustive_scores(model, prompt, codes, vocab)
+        assert result.items[row].tolist() == np.argsort(-reference, kind="stable").tolist()
 
 
 def test_narrow_beam_returns_distinct_valid_items_in_score_order(tiny_random_model):

@@ -25,6 +25,23 @@ def test_compact_format_covers_every_target_once_in_windows_the_model_has_positi
     assert fmt.item_examples([ItemText(0, "title", [])]) == []
 
 
+def test_item_tokens_follow_each_items_sid_after_the_sid_vocabulary_in_prompts_and_examples():
+    vocab = SIDVocab((4, 4), SPECIAL_TOKENS)
+    codes = np.array([[i % 4, i // 4] for i in range(8)])
+    def item(row):
+        return [*vocab.encode(codes[row]).tolist(), vocab.size + row]
+
+    compact = make_format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
+    assert compact.prompt([5, 6, 7]) == [BOS, *item(6), *item(7)]
+    assert [e.ids for e in compact.user_examples([5, 6, 7, 1])] == [[BOS, *item(5), *item(6)], [BOS, *item(6), *item(7), *item(1)]]
+    encdec = make_format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
+    last = encdec.user_examples([5, 6, 7, 1])[-1]
+    assert last.ids[: last.loss_start] == [BOS, *item(6), *item(7)]
+    assert last.ids[last.loss_start:] == vocab.encode(codes[1]).tolist(), "the decoder generates the SID alone"
+    plain = make_format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2), codes)
+    assert plain.prompt([6, 7]) == [BOS, *item(6)[:-1], *item(7)[:-1]]
+
+
 def test_encoder_decoder_format_has_one_example_per_target_with_the_history_as_context():
     vocab = SIDVocab((4, 4), SPECIAL_TOKENS)
     codes = np.array([[i % 4, i // 4] for i in range(8)])

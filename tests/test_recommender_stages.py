@@ -6,7 +6,7 @@ import pytest
 
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
-from deepinterestgr.recommender.artifacts import load_catalog, load_model
+from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_model
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, prepare, sft, tokenize
 
@@ -69,14 +69,20 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md
 
-    # the config now asks for the encoder-decoder: the compact model is refused, then trained anew and evaluated
-    encdec = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.backbone=encoder_decoder"])
+    # the config now asks for the encoder-decoder (reading item tokens): the compact model is refused, then
+    # the encoder-decoder is trained anew and evaluated
+    encdec = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.backbone=encoder_decoder", "sft.item_tokens=true"])
     with pytest.raises(DataError, match="backbone compact but sft.backbone is encoder_decoder: rerun `dig sft`"):
         evaluate.run(encdec, RunStore(encdec))
     report = sft.run(encdec, RunStore(encdec)).report
     assert report["backbone"] == "encoder_decoder" and report["history"][-1]["loss"] < report["history"][0]["loss"]
     assert report["user_examples"] == sum(max(len(t) - 1, 0) for t in load_catalog(store).sequences.train), "one per target"
     assert load_model(store, "sft").config.is_encoder_decoder
+    catalog = load_catalog(store)
+    assert load_model(store, "sft").config.vocab_size == 3 + sum(catalog.trie.sizes) + len(catalog.codes), "one token per item"
+    catalog.codes = catalog.codes[:-1]
+    with pytest.raises(DataError, match="item tokens for 60 items but the SID table has 59: .* rerun `dig sft`"):
+        check_vocabulary(store, "sft", catalog)
     assert "GR (sft)" in evaluate.run(encdec, RunStore(encdec)).report["results"]
     tuned = grpo.run(encdec, RunStore(encdec)).report
     assert [h["epoch"] for h in tuned["history"]] == [-1, 0] and tuned["history"][1]["reward_valid"] == 1.0
@@ -84,7 +90,8 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     _check_run_report(RunStore(encdec))
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
-    changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder"])
+    changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder",
+                                        "sft.item_tokens=true"])
     tokenize.run(changed, RunStore(changed))
     with pytest.raises(DataError, match="trained on SID levels .* tokenize changed after training; rerun `dig sft` and `dig grpo`"):
         evaluate.run(changed, RunStore(changed))

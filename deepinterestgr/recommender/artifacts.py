@@ -118,6 +118,9 @@ def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: st
             f"the {stage} model was trained on SID levels {meta.sizes} but the SID table has {catalog.trie.sizes}: "
             f"tokenize changed after training; rerun `dig sft`{' and `dig grpo`' if stage == 'grpo' else ''}"
         )
+    if meta.item_tokens and meta.item_tokens != len(catalog.codes):
+        raise DataError(f"the {stage} model was trained with item tokens for {meta.item_tokens} items but the SID table has "
+                        f"{len(catalog.codes)}: tokenize changed after training; rerun `dig sft`{' and `dig grpo`' if stage == 'grpo' else ''}")
     if backbone is not None and meta.backbone != backbone:
         raise DataError(f"the {stage} model in {store.uri} was trained with backbone {meta.backbone} but sft.backbone is "
                         f"{backbone}: rerun `dig sft` (then `dig grpo`) with this config")

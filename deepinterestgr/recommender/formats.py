@@ -33,6 +33,8 @@ class RecommenderMeta:
     max_items: int
     template: str | None = None
     windows_per_user: int = 0
+    # Catalog rows with an item token of their own (sft.item_tokens; 0 = none): token `vocab.size + row`.
+    item_tokens: int = 0
 
     @property
     def vocab(self) -> SIDVocab:
@@ -49,9 +51,9 @@ class RecommenderMeta:
 def make_format(meta: RecommenderMeta, codes: np.ndarray, tokenizer=None):
     """The format a model was (or will be) trained with: compact, or text with the model's tokenizer."""
     if meta.backbone == "compact":
-        return CompactFormat(meta.vocab, codes, meta.max_items)
+        return CompactFormat(meta.vocab, codes, meta.max_items, bool(meta.item_tokens))
     if meta.backbone == "encoder_decoder":
-        return EncoderDecoderFormat(meta.vocab, codes, meta.max_items)
+        return EncoderDecoderFormat(meta.vocab, codes, meta.max_items, bool(meta.item_tokens))
     if tokenizer is None:
         raise ValueError("the llm backbone needs its tokenizer to build prompts")
     return TextFormat(tokenizer, meta.vocab, codes, meta.max_items, load_template(meta.template), meta.windows_per_user)
@@ -75,25 +77,25 @@ class ItemText:
 
 
 class CompactFormat:
-    """BOS + SID tokens; one example covers every next-item target of a window of the sequence at once.
+    """BOS + SID tokens (+ an item token per item); one example covers every next-item target of a window at once.
 
     A user's training sequence is cut into windows of `max_items + 1` items (the last window ends at
     the last item; consecutive windows share one item, the context of the next window's first target),
     so every target is trained on and no prompt is longer than the model has positions for.
     """
 
-    def __init__(self, vocab: SIDVocab, codes: np.ndarray, max_items: int):
-        self.vocab, self.codes, self.max_items = vocab, codes, max_items
+    def __init__(self, vocab: SIDVocab, codes: np.ndarray, max_items: int, item_tokens: bool = False):
+        self.vocab, self.codes, self.max_items, self.item_tokens = vocab, codes, max_items, item_tokens
         self.pad_id = PAD
 
     def prompt(self, rows: list[int], interests: str | None = None) -> list[int]:
-        return tokens(rows, self.codes, self.vocab, self.max_items)
+        return tokens(rows, self.codes, self.vocab, self.max_items, self.item_tokens)
 
     def user_examples(self, rows: list[int], interests: str | None = None) -> list[Example]:
         examples = []
         for end in range(len(rows), 1, -self.max_items):
             window = rows[max(0, end - self.max_items - 1): end]
-            examples.append(Example(tokens(window, self.codes, self.vocab, 0), 1))
+            examples.append(Example(tokens(window, self.codes, self.vocab, 0, self.item_tokens), 1))
         return examples[::-1]
 
     def item_examples(self, items: list[ItemText]) -> list[Example]:

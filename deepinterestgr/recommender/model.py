@@ -22,6 +22,8 @@ class CompactModelConfig:
     intermediate_size: int = 256
     dropout: float = 0.0
     max_items: int = 50
+    # Tokens after the SID vocabulary that are read, never generated (one per catalog item).
+    item_tokens: int = 0
 
 
 def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[LlamaForCausalLM, SIDVocab]:
@@ -29,13 +31,13 @@ def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple
     vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab.size,
+        vocab_size=vocab.size + cfg.item_tokens,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         num_key_value_heads=cfg.heads,
-        max_position_embeddings=2 + cfg.max_items * len(sizes),
+        max_position_embeddings=2 + cfg.max_items * (len(sizes) + bool(cfg.item_tokens)),
         pad_token_id=PAD,
         bos_token_id=BOS,
         eos_token_id=SEP,
@@ -54,7 +56,7 @@ def encoder_decoder_model(sizes: list[int], cfg: CompactModelConfig, seed: int) 
     vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=vocab.size,
+        vocab_size=vocab.size + cfg.item_tokens,
         d_model=cfg.hidden_size,
         d_kv=cfg.hidden_size // cfg.heads,
         d_ff=cfg.intermediate_size,
@@ -63,7 +65,7 @@ def encoder_decoder_model(sizes: list[int], cfg: CompactModelConfig, seed: int) 
         num_heads=cfg.heads,
         dropout_rate=cfg.dropout,
         feed_forward_proj="relu",
-        relative_attention_max_distance=max(128, cfg.max_items * len(sizes)),
+        relative_attention_max_distance=max(128, cfg.max_items * (len(sizes) + bool(cfg.item_tokens))),
         pad_token_id=PAD,
         decoder_start_token_id=PAD,
         eos_token_id=SEP,
@@ -115,10 +117,11 @@ def export_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False):
-    """The configured backbone, untrained: (model, vocab, tokenizer or None)."""
+def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, items: int = 0):
+    """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for item tokens)."""
     if cfg.backbone != "llm":
-        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1)
+        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
+                                   items if cfg.item_tokens else 0)
         factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
         model, vocab = factory(sizes, shape, seed)
         return model, vocab, None

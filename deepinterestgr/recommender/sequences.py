@@ -49,12 +49,16 @@ def build_sequences(interactions: pa.Table, item_rows: dict[str, int]) -> UserSe
     return UserSequences(list(order), train, np.array(valid), np.array(test), unknown)
 
 
-def tokens(rows: list[int], codes: np.ndarray, vocab: SIDVocab, max_items: int) -> list[int]:
-    """BOS followed by the SID tokens of the last `max_items` items."""
+def tokens(rows: list[int], codes: np.ndarray, vocab: SIDVocab, max_items: int, item_tokens: bool = False) -> list[int]:
+    """BOS followed by the SID tokens of the last `max_items` items (each then followed by its item token
+    `vocab.size + row` with `item_tokens`)."""
     recent = rows[-max_items:] if max_items else rows
     if not recent:
         return [BOS]
-    return [BOS] + vocab.encode(codes[recent]).reshape(-1).tolist()
+    sids = vocab.encode(codes[recent])
+    if item_tokens:
+        sids = np.concatenate([sids, vocab.size + np.asarray(recent, dtype=np.int64)[:, None]], axis=1)
+    return [BOS] + sids.reshape(-1).tolist()
 
 
 def most_popular(sequences: UserSequences, num_items: int) -> np.ndarray:
