@@ -4,6 +4,7 @@ prefix_allowed_tokens_fn=trie walk)` on the same model, catalog, users and beam 
 Prints one JSON line (users/s, latency per user, top-K agreement, KV cache bytes and peak memory).
 
     python bench/beam_search_bench.py [--items 3459] [--users 64] [--beam 20] [--k 10] [--history 10] [--device cuda]
+                                      [--backbone compact|encoder_decoder]
 
 Memory: `prompt_cache_mb` is the prefill's KV cache (every prompt once), `per_beam_copy_mb` what a
 cache copied to every beam holds (prompt cache x beam width: what `reorder_cache` made before the
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.decoding import left_pad, prefill, step
-from deepinterestgr.recommender.model import BOS, PAD, SEP, CompactModelConfig, compact_model
+from deepinterestgr.recommender.decoding import is_encoder_decoder, left_pad, prefill, step
+from deepinterestgr.recommender.model import BOS, PAD, SEP, CompactModelConfig, compact_model, encoder_decoder_model
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 
@@ -30,7 +31,8 @@ def hf_generate(model, prompts, trie, vocab, beam, k):
     """The public implementations' way: generate() with a Python trie walk per beam per step."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, PAD))
-    width = ids.shape[1]
+    # generate() returns the prompt and the SID (decoder-only), or the decoder start token and the SID.
+    width = 1 if is_encoder_decoder(model) else ids.shape[1]
     starts = vocab.starts
 
     def allowed(_batch_id: int, sequence: torch.Tensor) -> list[int]:
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
+    parser.add_argument("--backbone", default="compact", choices=["compact", "encoder_decoder"])
     args = parser.parse_args()
     torch.set_num_threads(2)
     device = torch.device(args.device)
@@ -70,7 +73,8 @@ def main() -> None:
     codes = np.unique(rng.integers(0, 256, size=(args.items * 2, 3)), axis=0)
     codes = codes[rng.permutation(len(codes))[: args.items]]
     trie = SIDTrie.build(codes, sizes)
-    model, vocab = compact_model(sizes, CompactModelConfig(), seed=args.seed)
+    factory = compact_model if args.backbone == "compact" else encoder_decoder_model
+    model, vocab = factory(sizes, CompactModelConfig(), seed=args.seed)
     model.to(device)
     prompts = [[BOS] + vocab.encode(codes[rng.choice(len(codes), args.history)]).reshape(-1).tolist() for _ in range(args.users)]
 
@@ -89,7 +93,7 @@ def main() -> None:
     hf_s = elapsed(start, device)
     hf_peak, hf_gpu = peak_rss_mb() - before, gpu_peak_mb(device)
     print(json.dumps({
-        "bench": "beam_search", "device": args.device, "items": args.items, "users": args.users, "beam": args.beam, "k": args.k,
+        "bench": "beam_search", "device": args.device, "backbone": args.backbone, "items": args.items, "users": args.users, "beam": args.beam, "k": args.k,
         "ours_users_per_s": round(args.users / ours_s, 1), "hf_generate_users_per_s": round(args.users / hf_s, 1),
         "ours_ms_per_user": round(1000 * ours_s / args.users, 2), "hf_ms_per_user": round(1000 * hf_s / args.users, 2),
         "speedup": round(hf_s / ours_s, 2),

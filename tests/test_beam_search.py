@@ -5,6 +5,7 @@ import torch
 import pytest
 
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
+from deepinterestgr.recommender.decoding import left_pad, prefill, step
 from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model, encoder_decoder_model
 from deepinterestgr.recommender.sequences import tokens
 from deepinterestgr.tokenizer.sids import SIDTrie
@@ -122,3 +123,16 @@ def test_excluded_items_are_never_returned_and_the_rest_keep_their_exact_order(t
         assert wide.items[b][: len(left)].tolist() == left and (wide.items[b][len(left):] == -1).all()
         assert (narrow.items[b] >= 0).all() and not set(narrow.items[b].tolist()) & set(exclude[b])
         assert narrow.scores[b, 0] <= wide.scores[b, 0] + 1e-5
+
+
+def test_each_prompt_cache_is_held_once_whatever_the_beam_width(tiny_random_model):
+    model, vocab, codes, _ = tiny_random_model
+    prompts = [[BOS] + vocab.encode(codes[:12]).reshape(-1).tolist()] * 3  # 37-token prompts
+    ids, mask = left_pad(prompts, 0)
+    state, _ = prefill(model, ids, mask)
+    prompt_bytes = state.cache.nbytes()
+    width = 16
+    state, logprobs = step(model, state, torch.arange(3).repeat_interleave(width), torch.full((3 * width, 1), int(vocab.starts[0])))
+    assert logprobs.shape == (3 * width, model.config.vocab_size)
+    assert state.cache.keys[0].shape[0] == 3, "one prompt row per prompt, not per beam"
+    assert state.cache.nbytes() < prompt_bytes * width / 4

@@ -2,7 +2,7 @@
 
 Decoder-only models read prompt and SID as one left-padded sequence; encoder-decoder models read the
 prompt once with a bidirectional encoder and generate the SID with the decoder (started from the pad
-token, T5's convention), reusing the encoder states for every beam. Beam search, GRPO, the SFT loop
+token, T5's convention). Either way a prompt's cache is computed once and shared by its beams. Beam search, GRPO, the SFT loop
 and the exact reference scorer call these functions, never the model directly, so each works with
 both.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.prefix_attention import PrefixCache, prefix_step
+from deepinterestgr.recommender.prefix_attention import CrossCache, PrefixCache, cross_step, prefix_step
 
 IGNORE = -100
 
@@ -51,44 +51,37 @@ def _start_tokens(model: torch.nn.Module, rows: int, device) -> torch.Tensor:
 
 @dataclass
 class DecodeState:
-    """What a decoding step needs from the steps before: the KV cache, the prompt mask, encoder states."""
+    """What a decoding step needs from the steps before: the shared cache and the prompt mask."""
 
-    cache: object
+    cache: PrefixCache | CrossCache
     mask: torch.Tensor
-    encoder_states: torch.Tensor | None = None
 
 
 def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
     """Run the prompts once; returns the state and the log-probabilities of the first SID token [B, V]."""
     if is_encoder_decoder(model):
-        encoder_states = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        out = model(encoder_outputs=(encoder_states,), attention_mask=mask,
-                    decoder_input_ids=_start_tokens(model, len(ids), ids.device), use_cache=True)
-        state = DecodeState(out.past_key_values, mask, encoder_states)
-    else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
-        state = DecodeState(PrefixCache.from_prefill(out.past_key_values, mask), mask)
+        encoder_states = getattr(model, "module", model).get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        cache = CrossCache.from_encoder(model, encoder_states, mask)
+        parents = torch.zeros((len(ids), 1), dtype=torch.long, device=ids.device)
+        cache, logits = cross_step(model, cache, parents, _start_tokens(model, len(ids), ids.device))
+        return DecodeState(cache, mask), torch.log_softmax(logits.float(), dim=-1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
+    state = DecodeState(PrefixCache.from_prefill(out.past_key_values, mask), mask)
     return state, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
 def step(model: torch.nn.Module, state: DecodeState, beam_index: torch.Tensor, tokens: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
     """Feed one token per beam; beam `beam_index[i]` is new beam i's parent. Returns the new state and [N, V] log-probs.
 
-    Beams are grouped by prompt, the same number per prompt (row b * W + p is prompt b's beam p).
-    Decoder-only: the prompt cache is shared by all of a prompt's beams (`prefix_attention`).
+    Beams are grouped by prompt, the same number per prompt (row b * W + p is prompt b's beam p); the
+    prompt's cache is shared by all of its beams (`prefix_attention`).
     """
-    if isinstance(state.cache, PrefixCache):
-        batch, before = len(state.mask), state.cache.beam_keys[0].shape[1]
-        after = len(beam_index) // batch
-        parents = beam_index.view(batch, after) - torch.arange(batch, device=beam_index.device)[:, None] * before
-        cache, logits = prefix_step(model, state.cache, parents, tokens.view(batch, after))
-        return DecodeState(cache, state.mask), torch.log_softmax(logits.float(), dim=-1)
-    # Encoder-decoder: each beam takes a copy of its prompt's encoder states and cross-attention cache.
-    state.cache.reorder_cache(beam_index)
-    mask, encoder_states = state.mask[beam_index], state.encoder_states[beam_index]
-    out = model(encoder_outputs=(encoder_states,), attention_mask=mask, decoder_input_ids=tokens,
-                past_key_values=state.cache, use_cache=True)
-    return DecodeState(out.past_key_values, mask, encoder_states), torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    batch, before = len(state.mask), state.cache.beam_keys[0].shape[1]
+    after = len(beam_index) // batch
+    parents = beam_index.view(batch, after) - torch.arange(batch, device=beam_index.device)[:, None] * before
+    advance = cross_step if isinstance(state.cache, CrossCache) else prefix_step
+    cache, logits = advance(model, state.cache, parents, tokens.view(batch, after))
+    return DecodeState(cache, state.mask), torch.log_softmax(logits.float(), dim=-1)
 
 
 def completion_logits(model: torch.nn.Module, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:

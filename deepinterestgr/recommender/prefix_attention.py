@@ -1,12 +1,19 @@
-"""Decoding steps that read each prompt's KV cache once for all of its beams (decoder-only backbones).
+"""Decoding steps that read each prompt's cache once for all of its beams.
 
 Copying the prompt cache to every beam (what `reorder_cache` does) holds it beam-width times: for long
-prompts that is almost all of a beam search's memory. Here the prompt's keys and values stay as the
-prefill left them, one row per prompt; only the few generated SID tokens are kept per beam. Attention
-for a beam's new token is computed over both parts at once (one softmax), which is the same arithmetic
+prompts that is almost all of a beam search's memory. Here the prompt's keys and values stay one row
+per prompt; only the few generated SID tokens are kept per beam.
+
+Decoder-only (`PrefixCache`, `prefix_step`): the prefill's keys and values are the shared part, and a
+beam's new token attends over them and over its own tokens at once (one softmax), the same arithmetic
 as attending over the concatenated cache. The step walks the Llama-family module tree (embed_tokens,
 layers with input_layernorm / self_attn q,k,v,o_proj / post_attention_layernorm / mlp, norm, lm_head,
 rotary_emb), which the compact backbone, SmolLM2 and Qwen2 share.
+
+Encoder-decoder (`CrossCache`, `cross_step`): the encoder runs once per prompt and every decoder
+layer's cross-attention keys/values are projected from its states once; beams keep only their decoder
+self-attention keys/values. The step walks T5's module tree (decoder blocks of self-attention with
+relative position bias, cross-attention, feed-forward; final_layer_norm; lm_head).
 """
 
 from __future__ import annotations
@@ -86,3 +93,70 @@ def prefix_step(model: torch.nn.Module, cache: PrefixCache, parents: torch.Tenso
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     logits = model.lm_head(inner.norm(hidden))[:, -1]
     return cache, logits
+
+
+@dataclass
+class CrossCache:
+    """Per prompt, cross-attention keys/values per decoder layer [B, H, S, D] and the encoder mask [B, S];
+    per beam, decoder self-attention keys/values per layer [B, W, H, L, D] (L decoder tokens so far)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    beam_keys: list[torch.Tensor]
+    beam_values: list[torch.Tensor]
+
+    @classmethod
+    def from_encoder(cls, model: torch.nn.Module, encoder_states: torch.Tensor, mask: torch.Tensor) -> CrossCache:
+        """Project the encoder states once for every decoder layer; no beams yet (W = 1, L = 0)."""
+        batch, length, _ = encoder_states.shape
+        keys, values = [], []
+        for block in getattr(model, "module", model).get_decoder().block:
+            attention = block.layer[1].EncDecAttention
+            shape = (batch, length, attention.n_heads, attention.key_value_proj_dim)
+            keys.append(attention.k(encoder_states).view(shape).transpose(1, 2))
+            values.append(attention.v(encoder_states).view(shape).transpose(1, 2))
+        empty = [k.new_zeros((batch, 1, k.shape[1], 0, k.shape[3])) for k in keys]
+        return cls(keys, values, mask, empty, [e.clone() for e in empty])
+
+    def nbytes(self) -> int:
+        """Bytes of keys and values held (cross-attention once per prompt, plus every beam's own tokens)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, *self.beam_keys, *self.beam_values))
+
+
+def cross_step(model: torch.nn.Module, cache: CrossCache, parents: torch.Tensor, tokens: torch.Tensor) -> tuple[CrossCache, torch.Tensor]:
+    """Feed one decoder token per new beam (`parents` [B, W'] within the prompt, `tokens` [B, W']);
+    returns the cache and logits [B * W', V]. T5 attention is unscaled (folded into its initialisation)."""
+    model = getattr(model, "module", model)
+    decoder = model.get_decoder()
+    batch, width = tokens.shape
+    beam_keys = [k.gather(1, parents[:, :, None, None, None].expand(-1, -1, *k.shape[2:])) for k in cache.beam_keys]
+    beam_values = [v.gather(1, parents[:, :, None, None, None].expand(-1, -1, *v.shape[2:])) for v in cache.beam_values]
+    steps = beam_keys[0].shape[3]
+    hidden = decoder.embed_tokens(tokens.reshape(-1, 1))  # [N, 1, d_model]
+    first = decoder.block[0].layer[0].SelfAttention
+    # The relative position bias of the new token (position `steps`) against positions 0..steps, shared by all layers.
+    bias = first.compute_bias(1, steps + 1, device=hidden.device, past_seen_tokens=steps)[0, :, 0]  # [H, L + 1]
+    cross_masked = ~cache.mask.bool()[:, None, None, :]
+    cache = CrossCache(cache.keys, cache.values, cache.mask, beam_keys, beam_values)
+    for index, block in enumerate(decoder.block):
+        attention = block.layer[0].SelfAttention
+        heads, head_dim = attention.n_heads, attention.key_value_proj_dim
+        x = block.layer[0].layer_norm(hidden)
+        query, key, value = (proj(x).view(batch, width, heads, 1, head_dim) for proj in (attention.q, attention.k, attention.v))
+        cache.beam_keys[index] = torch.cat([beam_keys[index], key], dim=3)
+        cache.beam_values[index] = torch.cat([beam_values[index], value], dim=3)
+        scores = torch.einsum("bwhqd,bwhld->bwhl", query, cache.beam_keys[index]) + bias
+        probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+        out = torch.einsum("bwhl,bwhld->bwhd", probs, cache.beam_values[index]).reshape(batch * width, 1, -1)
+        hidden = hidden + attention.o(out)
+        attention = block.layer[1].EncDecAttention
+        query = attention.q(block.layer[1].layer_norm(hidden)).view(batch, width, heads, head_dim)
+        scores = torch.einsum("bwhd,bhsd->bwhs", query, cache.keys[index]).masked_fill(cross_masked, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+        out = torch.einsum("bwhs,bhsd->bwhd", probs, cache.values[index]).reshape(batch * width, 1, -1)
+        hidden = block.layer[2](hidden + attention.o(out))
+    hidden = decoder.final_layer_norm(hidden)
+    if model.config.scale_decoder_outputs:
+        hidden = hidden * model.model_dim**-0.5
+    return cache, model.lm_head(hidden)[:, -1]
