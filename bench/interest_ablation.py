@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from deepinterestgr.config import load_config
@@ -72,20 +71,6 @@ def truth_descriptors(truth: dict[str, list[str]], noise: float, seed: int) -> d
     return out
 
 
-def commit_descriptors(cfg, store: RunStore, descriptors: dict[str, list[dict]], source: str) -> None:
-    """A mine stage holding the given descriptors (no LLM), so label and tokenize read them as mined ones."""
-    if store.entry("mine") is not None:
-        return
-    catalog = store.read_table("prepare", "items").sort_by("item_id")
-    with store.stage("mine", cfg.section_hash("mine"), store.inputs(("prepare",))) as attempt:
-        table = mine.mined_table(catalog, {}, descriptors)
-        attempt.write_table("items", table)
-        attempt.write_table("user_interests", pa.table({"user_id": pa.array([], pa.string()), "interests": pa.array([], pa.string())}))
-        attempt.write_table("failures", pa.Table.from_pylist([], schema=mine.FAILURE_SCHEMA))
-        attempt.commit({"items": table.num_rows, "user_interests": 0, "failures": 0},
-                       {"items": table.num_rows, "items_mined": len(descriptors), "source": source})
-
-
 def used_descriptors(store: RunStore) -> dict[str, list[str]]:
     """What reaches the SIDs per item: labelled-good descriptors after a label stage, else every mined one."""
     source = "label" if store.entry("label") is not None else "mine" if store.entry("mine") is not None else None
@@ -99,7 +84,7 @@ def run_arm(arm: str, cfg, store: RunStore, truth: dict[str, list[str]], noise: 
     if arm == "mined":
         mine.run(cfg, store)
     elif arm != "plain":
-        commit_descriptors(cfg, store, truth_descriptors(truth, 0.0 if arm == "oracle" else noise, cfg.seed), arm)
+        mine.commit_descriptors(cfg, store, truth_descriptors(truth, 0.0 if arm == "oracle" else noise, cfg.seed), arm)
     if arm == "noisy_rldi":
         label.run(cfg, store)
     tokenize.run(cfg, store)

@@ -1,8 +1,9 @@
 """`dig label`: reward labels (RLDI) for every mined descriptor, and item quality for GRPO's reward.
 
-An LLM judge scores a seeded sample of (descriptor, item) pairs with p(good), read from its answer's
-log-probabilities where the backend gives them; the threshold that best tells held-out pairs from
-the same items judged against other items' descriptors turns scores into labels. A logistic
+A judge scores a seeded sample of (descriptor, item) pairs: an LLM with p(good), read from its
+answer's log-probabilities where the backend gives them, or (`label.judge_by: similarity`) the
+cosine of the item text's and the descriptor's embeddings. The threshold that best tells held-out
+pairs from the same items judged against other items' descriptors turns scores into labels. A logistic
 regression over MiniLM embeddings learns those labels on part of the sample, is scored on the
 held-out rest, and labels every pair. On a catalog with ground truth the report also says how
 often the judge's label agrees with "the descriptor is a true interest". Outputs: `label/items`
@@ -23,7 +24,8 @@ import ray
 from actors.embedders import TextEmbedder
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
-from deepinterestgr.interests.labels import agreement, choose_threshold, fit_classifier, item_quality, pair_features, truth_match
+from deepinterestgr.interests.labels import (agreement, choose_threshold, cosine, fit_classifier, item_quality, item_text,
+                                             pair_features, truth_match)
 from deepinterestgr.interests.parsing import parse_label, parse_label_probability
 from deepinterestgr.interests.requests import judge_request
 from deepinterestgr.interests.schemas import LABEL_SCHEMA
@@ -56,10 +58,25 @@ def embed_texts(cfg: RunConfig, texts: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(table.column("text").to_pylist(), np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))))
 
 
+def _jobs(sample: list[int], mismatched: dict[int, int]) -> list[tuple[str, int, int]]:
+    """(id, item's pair, descriptor's pair): each sampled pair as is, and "x<i>" for pair i's item with pair mismatched[i]'s descriptor."""
+    return [(str(i), i, i) for i in sample] + [(f"x{i}", i, j) for i, j in mismatched.items()]
+
+
+def judge_by_similarity(vectors: dict[str, np.ndarray], pairs: list[dict], sample: list[int],
+                        mismatched: dict[int, int]) -> tuple[dict[str, float], list[dict], dict]:
+    """The cosine of each judged pair's item text and descriptor vectors, keyed as `judge`'s scores."""
+    jobs = _jobs(sample, mismatched)
+    items = np.stack([vectors[pairs[i]["text"]] for _, i, _ in jobs])
+    descriptors = np.stack([vectors[pairs[j]["descriptor"]] for _, _, j in jobs])
+    scores = cosine(items, descriptors)
+    return {key: float(s) for (key, _, _), s in zip(jobs, scores)}, [], {"pairs": len(jobs), "method": "similarity"}
+
+
 def judge(cfg: RunConfig, store: RunStore, pairs: list[dict], sample: list[int], mismatched: dict[int, int]) -> tuple[dict[str, float], list[dict], dict]:
-    """p(good) per judged pair: ids are pair indices, and "x<i>" for pair i's item with pair mismatched[i]'s descriptor."""
+    """p(good) per judged pair from the LLM judge, keyed by pair index and "x<i>" (see `_jobs`)."""
     templates = load_template(cfg.label.prompts)
-    jobs = [(str(i), i, i) for i in sample] + [(f"x{i}", i, j) for i, j in mismatched.items()]
+    jobs = _jobs(sample, mismatched)
     requests = []
     for request_id, item, descriptor in jobs:
         p = pairs[item]
@@ -108,24 +125,30 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     mined = to_table(items) if items is not None else store.read_table("mine", "items")
     records = mined.to_pylist()
     pairs = [{"row": r, "k": k, "item_id": item["item_id"], "title": item.get("title") or "", "description": item.get("description"),
-              "descriptor": d["descriptor"]} for r, item in enumerate(records) for k, d in enumerate(item["descriptors"] or [])]
+              "text": item_text(item.get("title") or "", item.get("description")), "descriptor": d["descriptor"]}
+             for r, item in enumerate(records) for k, d in enumerate(item["descriptors"] or [])]
     if not pairs:
         raise DataError(f"label: the mine stage in {store.uri} produced no descriptors to label (see mine/failures)")
 
     rng = np.random.default_rng(cfg.seed)
-    sample = np.array(sorted(rng.choice(len(pairs), size=min(cfg.label.judge_sample, len(pairs)), replace=False).tolist()))
+    size = len(pairs) if cfg.label.judge_by == "similarity" else min(cfg.label.judge_sample, len(pairs))
+    sample = np.array(sorted(rng.choice(len(pairs), size=size, replace=False).tolist()))
     order = np.random.default_rng(cfg.seed + 1).permutation(sample)
     holdout = np.sort(order[: max(1, int(len(order) * cfg.label.holdout))])
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        scores, failures, judge_stats = judge(cfg, store, pairs, sample.tolist(), other_descriptors(pairs, holdout, cfg.seed + 2))
+        vectors = embed_texts(cfg, [p["descriptor"] for p in pairs] + [p["text"] for p in pairs])
+        mismatched = other_descriptors(pairs, holdout, cfg.seed + 2)
+        if cfg.label.judge_by == "similarity":
+            scores, failures, judge_stats = judge_by_similarity(vectors, pairs, sample.tolist(), mismatched)
+        else:
+            scores, failures, judge_stats = judge(cfg, store, pairs, sample.tolist(), mismatched)
         judged_scores = {int(k): v for k, v in scores.items() if not k.startswith("x")}
         if len(judged_scores) < 2:
             raise DataError(f"label: the judge answered {len(judged_scores)} of {len(sample)} pairs; see the failures in the log")
         threshold, separation = choose_threshold([judged_scores[i] for i in holdout.tolist() if i in judged_scores],
                                                  [v for k, v in scores.items() if k.startswith("x")])
         judged = {i: int(p >= threshold) for i, p in judged_scores.items()}
-        vectors = embed_texts(cfg, [p["descriptor"] for p in pairs] + [p["title"] for p in pairs])
-        features = pair_features(np.stack([vectors[p["descriptor"]] for p in pairs]), np.stack([vectors[p["title"]] for p in pairs]))
+        features = pair_features(np.stack([vectors[p["descriptor"]] for p in pairs]), np.stack([vectors[p["text"]] for p in pairs]))
         held = [i for i in holdout.tolist() if i in judged]
         held_set = set(held)
         train = [i for i in order.tolist() if i in judged and i not in held_set]
@@ -148,7 +171,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         described = [q for q, r in zip(quality.column("quality").to_pylist(), records) if r["descriptors"]]
         report = {
             "pairs": len(pairs), "judge": judge_stats, "judged": len(judged),
-            "judge_mode": "answer log-probabilities" if cfg.label.judge_logprobs else "answer text",
+            "judge_mode": (f"embedding similarity ({cfg.label.text_encoder})" if cfg.label.judge_by == "similarity"
+                           else "answer log-probabilities" if cfg.label.judge_logprobs else "answer text"),
             "threshold": round(threshold, 4),
             "own_vs_other_items_balanced_accuracy": None if np.isnan(separation) else round(separation, 4),
             "judge_positive_rate": round(float(labels.mean()), 4),

@@ -119,6 +119,21 @@ def mined_table(items: pa.Table, captions: dict, descriptors: dict) -> pa.Table:
     return table.append_column("descriptors", pa.array([descriptors.get(i, []) for i in ids], DESCRIPTOR_TYPE))
 
 
+def commit_descriptors(cfg: RunConfig, store: RunStore, descriptors: dict[str, list[dict]], source: str) -> None:
+    """A mine stage holding the given descriptors (no LLM), so label and tokenize read them as mined ones:
+    a stand-in miner of known quality (the interest ablation, tests). Kept when a mine stage is committed."""
+    if store.entry("mine") is not None:
+        return
+    catalog = store.read_table("prepare", "items").sort_by("item_id")
+    with store.stage("mine", cfg.section_hash("mine"), store.inputs(("prepare",))) as attempt:
+        table = mined_table(catalog, {}, descriptors)
+        attempt.write_table("items", table)
+        attempt.write_table("user_interests", pa.table({"user_id": pa.array([], pa.string()), "interests": pa.array([], pa.string())}))
+        attempt.write_table("failures", pa.Table.from_pylist([], schema=FAILURE_SCHEMA))
+        attempt.commit({"items": table.num_rows, "user_interests": 0, "failures": 0},
+                       {"items": table.num_rows, "items_mined": len(descriptors), "source": source})
+
+
 def _load(store: RunStore, entry: ManifestEntry) -> Mined:
     return Mined(entry, store.read_table(STAGE, "items"))
 

@@ -8,9 +8,22 @@ import numpy as np
 import torch
 
 
+def item_text(title: str, description: str | None) -> str:
+    """What the judge and the classifier read of an item: its title, then its description."""
+    return f"{title}. {description}" if description else title
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [N, D] arrays."""
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a * b).sum(axis=1)
+
+
 def pair_features(descriptor: np.ndarray, item: np.ndarray) -> np.ndarray:
-    """[d ; i ; d*i] per (descriptor, item) pair: what it says, about what, and how well they match."""
-    return np.concatenate([descriptor, item, descriptor * item], axis=1).astype(np.float32)
+    """[d ; i ; d*i ; cos(d, i)] per (descriptor, item) pair: what it says, about what, and how well they
+    match (the cosine once more as one feature: a few hundred judged pairs cannot teach it through d*i)."""
+    return np.concatenate([descriptor, item, descriptor * item, cosine(descriptor, item)[:, None]], axis=1).astype(np.float32)
 
 
 @dataclass
