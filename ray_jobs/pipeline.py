@@ -67,8 +67,9 @@ def summary(store: RunStore) -> dict:
                          "items_per_s": {name: m.get("rows_per_s") for name, m in miners.items()}}
     if (entry := store.entry("label")) is not None:
         rate, degenerate = label_balance(entry.report)
-        out["labels"] = {"judge_positive_rate": rate, "degenerate": degenerate,
+        out["labels"] = {"judge": entry.report.get("judge_mode"), "judge_positive_rate": rate, "degenerate": degenerate,
                          "holdout_agreement": None if degenerate else entry.report["holdout"].get("agreement"),
+                         "truth_agreement": None if degenerate else (entry.report.get("truth") or {}).get("agreement"),
                          "mean_item_quality": entry.report.get("mean_item_quality")}
     if (entry := store.entry("tokenize")) is not None:
         out["sids"] = {"collision_rate_before": entry.report.get("collision_rate_before"),
@@ -93,8 +94,10 @@ def table(result: dict) -> str:
         if labels["degenerate"]:
             lines.append(f"labels: the judge is degenerate (label 1 on {labels['judge_positive_rate']:.0%} of pairs): no agreement claimed")
         else:
-            lines.append(f"labels: classifier agrees with the judge on {labels['holdout_agreement']} of held-out pairs; "
-                         f"mean item quality {labels['mean_item_quality']}")
+            truth = f"; the judge agrees with the true interests on {labels['truth_agreement']:.0%} of pairs" \
+                if labels.get("truth_agreement") is not None else ""
+            lines.append(f"labels by {labels['judge']}: {labels['judge_positive_rate']:.0%} of judged pairs good{truth}; classifier agrees "
+                         f"with the judge on {labels['holdout_agreement']} of held-out pairs; mean item quality {labels['mean_item_quality']}")
     if "sids" in result:
         s = result["sids"]
         lines.append(f"SIDs: collisions {s['collision_rate_before']:.2%} before disambiguation, {s['collision_rate_after']:.2%} after")
