@@ -65,9 +65,13 @@ class SyntheticConfig(Section):
 class DataConfig(Section):
     """Which loader reads the raw data and how it is filtered and split."""
 
-    loader: Literal["synthetic", "recbole", "jsonl", "amazon"] = "synthetic"
+    loader: Literal["synthetic", "recbole", "jsonl", "amazon", "parquet"] = "synthetic"
     # recbole: folder holding <name>.inter and <name>.item; jsonl: folder holding items.jsonl and
-    # sequences.jsonl; amazon: the reviews file (*_5.json or .json.gz, 2014 or 2018 format).
+    # sequences.jsonl; amazon: the reviews file (*_5.json or .json.gz, 2014 or 2018 format);
+    # parquet: folder (local or s3://, through storage.s3_*) holding items and interactions, each a
+    # .parquet file or a folder of them. parquet is the loader for large data: Ray Data reads the
+    # interactions in blocks and runs the k-core and the split, so they are never collected in the
+    # driver (the catalog is); the other loaders parse their files in the driver, line by line.
     path: str | None = None
     # amazon only: the meta_*.json(.gz) file.
     meta_path: str | None = None

@@ -1,4 +1,8 @@
-"""`dig prepare`: raw data -> items and split interactions, as Ray Datasets and committed Parquet."""
+"""`dig prepare`: raw data -> items and split interactions, as Ray Datasets and committed Parquet.
+
+The file loaders (synthetic, recbole, jsonl, amazon) parse in the driver and hand the interactions to
+Ray Data for the split; the parquet loader keeps them in Ray Data from the read on (`parquet_input`).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import pyarrow.compute as pc
 import ray
 
 from deepinterestgr.config import RunConfig
-from deepinterestgr.data.filtering import ORDER_COLUMN, kcore, leave_last_out, partition_by_user, split_counts
+from deepinterestgr.data.filtering import ORDER_COLUMN, kcore, leave_last_out, partition_by_user
 from deepinterestgr.data.registry import load_raw
 from deepinterestgr.errors import DataError
-from deepinterestgr.storage.fingerprint import fingerprint_paths
-from deepinterestgr.storage.runstore import ManifestEntry, RunStore
+from deepinterestgr.storage.fingerprint import fingerprint_listing, fingerprint_paths
+from deepinterestgr.storage.runstore import ManifestEntry, RunStore, StageAttempt
+from ray_jobs import parquet_input
 from ray_jobs.common import stage_main, to_table
 
 STAGE = "prepare"
@@ -30,12 +35,73 @@ class Prepared:
     interactions: ray.data.Dataset
 
 
+@dataclass
+class Loaded:
+    """What a loader path hands to the commit: the catalog, the split interactions and the report's facts."""
+
+    items: pa.Table
+    split: ray.data.Dataset
+    facts: dict
+    extras: dict[str, pa.Table]
+
+
 def _counts(interactions: pa.Table, items: pa.Table) -> dict[str, int]:
     return {
         "users": pc.count_distinct(interactions.column("user_id")).as_py(),
         "items": items.num_rows,
         "interactions": interactions.num_rows,
     }
+
+
+def _in_driver(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
+    """A file loader's tables, k-core in the driver, the split on Ray Data blocks of whole users."""
+    raw = load_raw(cfg.data, cfg.seed)
+    before = _counts(raw.interactions, raw.items)
+    items = raw.items
+    if raw.images:
+        uris = []
+        for item_id in items.column("item_id").to_pylist():
+            image = raw.images.get(item_id)
+            if image is not None:
+                attempt.write_bytes(f"images/{item_id}.png", image)
+            uris.append(attempt.uri(f"images/{item_id}.png") if image is not None else None)
+        items = items.set_column(items.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))
+
+    interactions, passes = kcore(raw.interactions, cfg.data.kcore)
+    if interactions.num_rows == 0:
+        raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it")
+    if cfg.data.kcore > 1:
+        items = items.filter(pc.is_in(items.column("item_id"), value_set=pc.unique(interactions.column("item_id"))))
+    ordered = interactions.append_column(ORDER_COLUMN, pa.array(np.arange(interactions.num_rows)))
+    split = (
+        ray.data.from_arrow(partition_by_user(ordered, cfg.data.block_rows))
+        .map_batches(leave_last_out, batch_size=None, batch_format="pyarrow")
+        .drop_columns([ORDER_COLUMN])
+    )
+    facts = {"order": raw.order_source, "before_filter": before, "passes": passes, "after_filter": _counts(interactions, items),
+             "dropped_rows": raw.dropped}
+    return Loaded(items, split, facts, raw.extras)
+
+
+def _through_ray_data(cfg: RunConfig) -> Loaded:
+    """The parquet loader: interactions stay in Ray Data blocks through the k-core and the split."""
+    partitions = max(1, int(ray.available_resources().get("CPU", 1)))
+    items = parquet_input.read_items(cfg)
+    data = parquet_input.read_interactions(cfg).materialize()
+    before = {"users": parquet_input.distinct_count(data, "user_id", partitions), "items": items.num_rows, "interactions": data.count()}
+    dropped: dict[str, int] = {}
+    data = parquet_input.known_items(data, items, cfg.data.drop_bad_rows, dropped, f"{cfg.data.path} interactions")
+    data, passes = parquet_input.kcore(data, cfg.data.kcore, partitions)
+    rows = data.count()
+    if rows == 0:
+        raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it" if cfg.data.kcore > 1
+                        else f"{cfg.data.path}: no interactions")
+    if cfg.data.kcore > 1:
+        kept = to_table(data.groupby("item_id", num_partitions=partitions).count()).column("item_id")
+        items = items.filter(pc.is_in(items.column("item_id"), value_set=kept))
+    after = {"users": parquet_input.distinct_count(data, "user_id", partitions), "items": items.num_rows, "interactions": rows}
+    facts = {"order": "timestamp, then item id", "before_filter": before, "passes": passes, "after_filter": after, "dropped_rows": dropped}
+    return Loaded(items, parquet_input.split(data, rows, cfg.data.block_rows), facts, {})
 
 
 def _load(store: RunStore, entry: ManifestEntry) -> Prepared:
@@ -46,7 +112,12 @@ def _load(store: RunStore, entry: ManifestEntry) -> Prepared:
 
 def run(cfg: RunConfig, store: RunStore) -> Prepared:
     """Load, filter, split and commit; skipped when the same data and config were already committed."""
-    inputs = {"raw": "synthetic" if cfg.data.loader == "synthetic" else fingerprint_paths(cfg.data.path, cfg.data.meta_path)}
+    if cfg.data.loader == "synthetic":
+        inputs = {"raw": "synthetic"}
+    elif cfg.data.loader == "parquet":
+        inputs = {"raw": fingerprint_listing(*parquet_input.locate(cfg, "items"), *parquet_input.locate(cfg, "interactions"))}
+    else:
+        inputs = {"raw": fingerprint_paths(cfg.data.path, cfg.data.meta_path)}
     config_hash = cfg.section_hash("data")
     if store.is_fresh(STAGE, config_hash, inputs):
         entry = store.require(STAGE)
@@ -54,51 +125,28 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
         return _load(store, entry)
 
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        raw = load_raw(cfg.data, cfg.seed)
-        before = _counts(raw.interactions, raw.items)
-        items = raw.items
-        if raw.images:
-            uris = []
-            for item_id in items.column("item_id").to_pylist():
-                image = raw.images.get(item_id)
-                if image is not None:
-                    attempt.write_bytes(f"images/{item_id}.png", image)
-                uris.append(attempt.uri(f"images/{item_id}.png") if image is not None else None)
-            items = items.set_column(items.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))
-
-        interactions, passes = kcore(raw.interactions, cfg.data.kcore)
-        if interactions.num_rows == 0:
-            raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it")
-        if cfg.data.kcore > 1:
-            items = items.filter(pc.is_in(items.column("item_id"), value_set=pc.unique(interactions.column("item_id"))))
-
-        ordered = interactions.append_column(ORDER_COLUMN, pa.array(np.arange(interactions.num_rows)))
-        split = (
-            ray.data.from_arrow(partition_by_user(ordered, cfg.data.block_rows))
-            .map_batches(leave_last_out, batch_size=None, batch_format="pyarrow")
-            .drop_columns([ORDER_COLUMN])
-            .materialize()
-        )
+        loaded = _through_ray_data(cfg) if cfg.data.loader == "parquet" else _in_driver(cfg, attempt)
+        split = loaded.split.materialize()
         split.write_parquet(attempt.path("interactions"), filesystem=store.fs)
-        attempt.write_table("items", items)
-        for name, table in raw.extras.items():
+        attempt.write_table("items", loaded.items)
+        for name, table in loaded.extras.items():
             attempt.write_table(name, table)
 
-        split_table = to_table(split)
-        sizes = split_counts(split_table)
+        sizes = {row["split"]: row["count()"] for row in to_table(split.groupby("split", num_partitions=1).count()).to_pylist()}
+        facts = loaded.facts
         report = {
             "run": store.uri,
             "loader": cfg.data.loader,
-            "order": raw.order_source,
-            "before_filter": before,
-            "kcore": {"k": cfg.data.kcore, "passes": passes},
-            "after_filter": _counts(interactions, items),
-            "dropped_rows": raw.dropped,
+            "order": facts["order"],
+            "before_filter": facts["before_filter"],
+            "kcore": {"k": cfg.data.kcore, "passes": facts["passes"]},
+            "after_filter": facts["after_filter"],
+            "dropped_rows": facts["dropped_rows"],
             "split": {name: sizes.get(name, 0) for name in ("train", "valid", "test")},
             "evaluated_users": sizes.get("test", 0),
         }
-        rows = {"items": items.num_rows, "interactions": split_table.num_rows}
-        rows.update({name: table.num_rows for name, table in raw.extras.items()})
+        rows = {"items": loaded.items.num_rows, "interactions": sum(sizes.values())}
+        rows.update({name: table.num_rows for name, table in loaded.extras.items()})
         entry = attempt.commit(rows, report)
     return _load(store, entry)
 

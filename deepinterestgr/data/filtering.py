@@ -33,16 +33,25 @@ def kcore(interactions: pa.Table, k: int) -> tuple[pa.Table, int]:
         interactions = kept
 
 
-def leave_last_out(interactions: pa.Table) -> pa.Table:
+def keep_members(interactions: pa.Table, keep: dict[str, pa.Array]) -> pa.Table:
+    """Rows whose value of every column in `keep` is among that column's kept values."""
+    mask = None
+    for column, values in keep.items():
+        member = pc.is_in(interactions.column(column), value_set=values)
+        mask = member if mask is None else pc.and_(mask, member)
+    return interactions if mask is None else interactions.filter(mask)
+
+
+def leave_last_out(interactions: pa.Table, tiebreak: str = ORDER_COLUMN) -> pa.Table:
     """Add a `split` column: per user, last -> test, penultimate -> valid, the rest -> train.
 
-    Order is (timestamp, then the ORDER_COLUMN tiebreaker if present). Users with fewer than three
+    Order is (timestamp, then the `tiebreak` column if present). Users with fewer than three
     interactions keep everything in train: they still teach the model but have no held-out target.
     Works on any subset of whole users, so Ray Data can run it per group.
     """
     keys = [("user_id", "ascending"), ("timestamp", "ascending")]
-    if ORDER_COLUMN in interactions.column_names:
-        keys.append((ORDER_COLUMN, "ascending"))
+    if tiebreak in interactions.column_names:
+        keys.append((tiebreak, "ascending"))
     table = interactions.sort_by(keys)
     users = table.column("user_id").to_numpy(zero_copy_only=False)
     n = len(users)
@@ -73,9 +82,3 @@ def partition_by_user(interactions: pa.Table, max_rows: int) -> list[pa.Table]:
             blocks.append(table.slice(start, boundary - start))
             start = boundary
     return blocks
-
-
-def split_counts(interactions: pa.Table) -> dict[str, int]:
-    """Rows per split value."""
-    counts = interactions.group_by("split").aggregate([("split", "count")])
-    return {row["split"]: row["split_count"] for row in counts.to_pylist()}

@@ -27,6 +27,12 @@ def items_table(rows: Sequence[dict], source: str) -> pa.Table:
         ],
         schema=ITEMS_SCHEMA,
     )
+    check_item_ids(table, source)
+    return table
+
+
+def check_item_ids(table: pa.Table, source: str) -> None:
+    """Item ids must be non-empty and unique: errors name the source and examples."""
     ids = table.column("item_id")
     empty = pc.sum(pc.equal(pc.utf8_length(ids), 0)).as_py() or 0
     if empty:
@@ -35,7 +41,6 @@ def items_table(rows: Sequence[dict], source: str) -> pa.Table:
         counts = pc.value_counts(ids)
         dupes = [v["values"].as_py() for v in counts if v["counts"].as_py() > 1][:5]
         raise DataError(f"{source}: duplicate item_id(s), e.g. {dupes}")
-    return table
 
 
 def interactions_table(users: list[str], items: list[str], timestamps: list[int]) -> pa.Table:

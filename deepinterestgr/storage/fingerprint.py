@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pyarrow import fs as pafs
+
 from deepinterestgr.errors import DataError
 
 
@@ -26,4 +28,16 @@ def fingerprint_paths(*paths: str | Path | None) -> str:
                         digest.update(block)
             except OSError as exc:
                 raise DataError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_listing(*places: pafs.FileSystem | str) -> str:
+    """sha256 over the paths, sizes and modification times of files (filesystem, path pairs; folders:
+    every file inside): for inputs too large, or too remote, to read through the driver."""
+    digest = hashlib.sha256()
+    for filesystem, path in zip(places[::2], places[1::2]):
+        info = filesystem.get_file_info(path)
+        files = filesystem.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.Directory else [info]
+        for file in sorted((f for f in files if f.type == pafs.FileType.File), key=lambda f: f.path):
+            digest.update(f"{file.path}\0{file.size}\0{file.mtime_ns}\0".encode())
     return digest.hexdigest()[:16]
