@@ -4,10 +4,11 @@
                           [--sft-users 2000] [--out /tmp/scale]
 
 For each catalog size N, a synthetic catalog of N items and N x `--per-item` interactions (users of
-5 to 15 items drawn uniformly, so that a 5-core keeps almost everything) is written in the jsonl
-layout, then each step runs on it and reports its seconds and how far the RSS of this process rose
+5 to 15 items drawn uniformly, so that a 5-core keeps almost everything) is written as Parquet (the
+interactions in 8 files), then each step runs on it and reports its seconds and how far the RSS of this process rose
 above its level at the step's start (sampled every 50 ms; Ray workers are not counted):
-- prepare: the real `prepare` stage (load, 5-core, leave-last-out split on Ray Data, Parquet commit);
+- prepare: the real `prepare` stage with `data.loader: parquet` (Ray Data reads the interactions in
+  blocks and runs the 5-core and the leave-last-out split; Parquet commit);
 - sequences: the users' SID sequences as sft, grpo and evaluate build them from the split;
 - tokenize: residual k-means (faiss k-means fits each level on a sample of 256 points per centroid,
   then every item is assigned) on random 64-dimensional item vectors, and the disambiguation level;
@@ -35,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -76,17 +80,18 @@ def measured(out: dict, step: str):
 
 
 def write_catalog(folder: Path, n: int, per_item: int, rng: np.random.Generator) -> int:
-    """items.jsonl and sequences.jsonl for n items and about n x per_item interactions; returns the count."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "items.jsonl", "w") as handle:
-        handle.writelines(f'{{"item_id": "i{i}", "title": "item {i}"}}\n' for i in range(n))
+    """items.parquet and interactions/ (8 files) for n items and about n x per_item interactions; returns the count."""
+    (folder / "interactions").mkdir(parents=True, exist_ok=True)
+    ids = pc.binary_join_element_wise("i", pa.array(np.arange(n)).cast(pa.string()), "")
+    pq.write_table(pa.table({"item_id": ids, "title": pc.binary_join_element_wise("item ", ids, "")}), folder / "items.parquet")
     lengths = rng.integers(5, 16, size=n * per_item // 10)
-    items = rng.integers(0, n, size=int(lengths.sum()))
-    ends = np.cumsum(lengths)
-    with open(folder / "sequences.jsonl", "w") as handle:
-        for user, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
-            handle.write(json.dumps({"user_id": f"u{user}", "item_ids": [f"i{i}" for i in items[start:end]]}) + "\n")
-    return int(lengths.sum())
+    total = int(lengths.sum())
+    users = pc.binary_join_element_wise("u", pa.array(np.repeat(np.arange(len(lengths)), lengths)).cast(pa.string()), "")
+    table = pa.table({"user_id": users, "item_id": ids.take(pa.array(rng.integers(0, n, size=total))),
+                      "timestamp": pa.array(np.arange(total, dtype=np.int64))})
+    for part in range(8):
+        pq.write_table(table.slice(part * total // 8, (part + 1) * total // 8 - part * total // 8), folder / "interactions" / f"part{part}.parquet")
+    return total
 
 
 def dense_bytes(trie: SIDTrie) -> int:
@@ -98,7 +103,7 @@ def measure(n: int, args, root: Path) -> dict:
     rng = np.random.default_rng(args.seed)
     out: dict = {"bench": "scale", "items": n}
     out["interactions"] = write_catalog(root / f"data{n}", n, args.per_item, rng)
-    cfg = load_config(None, ["data.loader=jsonl", f"data.path={root / f'data{n}'}", "data.kcore=5",
+    cfg = load_config(None, ["data.loader=parquet", f"data.path={root / f'data{n}'}", "data.kcore=5",
                              f"storage.uri={root / f'run{n}'}", f"seed={args.seed}"])
     with measured(out, "prepare"):
         prepare.run(cfg, RunStore(cfg))

@@ -9,6 +9,7 @@ does not depend on how the files were cut into blocks.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -83,14 +84,10 @@ def read_items(cfg: RunConfig) -> pa.Table:
     return table
 
 
-def distinct_count(data: ray.data.Dataset, column: str, partitions: int) -> int:
-    """How many distinct values a column holds (hash-shuffled on the cluster)."""
-    return data.groupby(column, num_partitions=partitions).count().count()
-
-
-def _frequent(data: ray.data.Dataset, column: str, k: int, partitions: int) -> pa.Array:
-    counts = to_table(data.groupby(column, num_partitions=partitions).count())
-    return counts.filter(pc.greater_equal(counts["count()"], k)).column(column).combine_chunks()
+def counts(data: ray.data.Dataset, column: str, partitions: int) -> pa.Table:
+    """Interactions per distinct value of a column (hash-shuffled on the cluster; one row per value reaches the driver)."""
+    table = to_table(data.groupby(column, num_partitions=partitions).count())
+    return table if table.num_rows else pa.table({column: pa.array([], pa.string()), "count()": pa.array([], pa.int64())})
 
 
 def _keep(batch: pa.Table, keep: dict[str, pa.Array]) -> pa.Table:
@@ -116,19 +113,33 @@ def known_items(data: ray.data.Dataset, items: pa.Table, drop_bad: bool, dropped
     return kept
 
 
-def kcore(data: ray.data.Dataset, k: int, partitions: int) -> tuple[ray.data.Dataset, int]:
+@dataclass
+class KCore:
+    """The k-core's result: the kept interactions, the passes it took, the distinct users before it
+    and the users and items left after it (each counted by the passes themselves, no extra shuffle)."""
+
+    data: ray.data.Dataset
+    passes: int
+    users_before: int
+    users: pa.Array
+    items: pa.Array
+
+
+def kcore(data: ray.data.Dataset, k: int, partitions: int) -> KCore:
     """Keep users and items with at least k interactions, repeated until nothing changes (as
-    `deepinterestgr.data.filtering.kcore`, pass for pass). Returns the dataset and the passes."""
-    if k <= 1:
-        return data, 0
-    rows, passes = data.count(), 0
+    `deepinterestgr.data.filtering.kcore`, pass for pass); k <= 1 keeps everything."""
+    rows, passes, users_before = data.count(), 0, None
     while True:
         passes += 1
-        keep = {column: _frequent(data, column, k, partitions) for column in ("user_id", "item_id")}
+        tables = {column: counts(data, column, partitions) for column in ("user_id", "item_id")}
+        users_before = tables["user_id"].num_rows if users_before is None else users_before
+        keep = {column: t.filter(pc.greater_equal(t["count()"], max(k, 1))).column(column).combine_chunks() for column, t in tables.items()}
+        if k <= 1:
+            return KCore(data, 0, users_before, keep["user_id"], keep["item_id"])
         data = data.map_batches(_keep, fn_kwargs={"keep": keep}, batch_format="pyarrow").materialize()
         kept = data.count()
         if kept == rows:
-            return data, passes
+            return KCore(data, passes, users_before, keep["user_id"], keep["item_id"])
         rows = kept
 
 

@@ -53,6 +53,18 @@ def _counts(interactions: pa.Table, items: pa.Table) -> dict[str, int]:
     }
 
 
+def _split_sizes(batch: pa.Table) -> pa.Table:
+    return batch.group_by("split").aggregate([("split", "count")])
+
+
+def split_sizes(data: ray.data.Dataset) -> dict[str, int]:
+    """Rows per split value, counted block by block (no shuffle)."""
+    sizes: dict[str, int] = {}
+    for row in to_table(data.map_batches(_split_sizes, batch_format="pyarrow")).to_pylist():
+        sizes[row["split"]] = sizes.get(row["split"], 0) + row["split_count"]
+    return sizes
+
+
 def _in_driver(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
     """A file loader's tables, k-core in the driver, the split on Ray Data blocks of whole users."""
     raw = load_raw(cfg.data, cfg.seed)
@@ -88,20 +100,20 @@ def _through_ray_data(cfg: RunConfig) -> Loaded:
     partitions = max(1, int(ray.available_resources().get("CPU", 1)))
     items = parquet_input.read_items(cfg)
     data = parquet_input.read_interactions(cfg).materialize()
-    before = {"users": parquet_input.distinct_count(data, "user_id", partitions), "items": items.num_rows, "interactions": data.count()}
+    total = data.count()
     dropped: dict[str, int] = {}
     data = parquet_input.known_items(data, items, cfg.data.drop_bad_rows, dropped, f"{cfg.data.path} interactions")
-    data, passes = parquet_input.kcore(data, cfg.data.kcore, partitions)
-    rows = data.count()
+    core = parquet_input.kcore(data, cfg.data.kcore, partitions)
+    rows = core.data.count()
     if rows == 0:
         raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it" if cfg.data.kcore > 1
                         else f"{cfg.data.path}: no interactions")
+    before = {"users": core.users_before, "items": items.num_rows, "interactions": total}
     if cfg.data.kcore > 1:
-        kept = to_table(data.groupby("item_id", num_partitions=partitions).count()).column("item_id")
-        items = items.filter(pc.is_in(items.column("item_id"), value_set=kept))
-    after = {"users": parquet_input.distinct_count(data, "user_id", partitions), "items": items.num_rows, "interactions": rows}
-    facts = {"order": "timestamp, then item id", "before_filter": before, "passes": passes, "after_filter": after, "dropped_rows": dropped}
-    return Loaded(items, parquet_input.split(data, rows, cfg.data.block_rows), facts, {})
+        items = items.filter(pc.is_in(items.column("item_id"), value_set=core.items))
+    after = {"users": len(core.users), "items": items.num_rows, "interactions": rows}
+    facts = {"order": "timestamp, then item id", "before_filter": before, "passes": core.passes, "after_filter": after, "dropped_rows": dropped}
+    return Loaded(items, parquet_input.split(core.data, rows, cfg.data.block_rows), facts, {})
 
 
 def _load(store: RunStore, entry: ManifestEntry) -> Prepared:
@@ -132,7 +144,7 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
         for name, table in loaded.extras.items():
             attempt.write_table(name, table)
 
-        sizes = {row["split"]: row["count()"] for row in to_table(split.groupby("split", num_partitions=1).count()).to_pylist()}
+        sizes = split_sizes(split)
         facts = loaded.facts
         report = {
             "run": store.uri,
