@@ -39,7 +39,7 @@ def train_sft(config: dict) -> None:
     rows = [r for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=4096, batch_format="pandas")
             for r in b.to_dict("records")]
     rows = sorted(rows, key=lambda r: r["key"])[rank::world]
-    examples = [Example(list(r["ids"]), int(r["loss_start"])) for r in rows]
+    examples = [Example(list(r["ids"]), int(r["loss_start"]), int(r["read_only_from"])) for r in rows]
     groups = np.array([int(r["group"]) for r in rows])
     valid_prompts = config["valid_prompts"][rank::world]
     valid_targets = np.array(config["valid_targets"])[rank::world]

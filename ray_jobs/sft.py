@@ -57,7 +57,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     if not grouped:
         raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
     examples = [e for _, e in grouped]
-    rows = [{"key": k, "group": g, "ids": e.ids, "loss_start": e.loss_start} for k, (g, e) in enumerate(grouped)]
+    rows = [{"key": k, "group": g, "ids": e.ids, "loss_start": e.loss_start, "read_only_from": e.read_only_from}
+            for k, (g, e) in enumerate(grouped)]
     valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
     with store.stage(STAGE, config_hash, inputs) as attempt:
         trainer = TorchTrainer(

@@ -34,6 +34,7 @@ def test_item_tokens_follow_each_items_sid_after_the_sid_vocabulary_in_prompts_a
     compact = make_format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
     assert compact.prompt([5, 6, 7]) == [BOS, *item(6), *item(7)]
     assert [e.ids for e in compact.user_examples([5, 6, 7, 1])] == [[BOS, *item(5), *item(6)], [BOS, *item(6), *item(7), *item(1)]]
+    assert all(e.read_only_from == vocab.size for e in compact.user_examples([5, 6, 7, 1])), "item tokens are never targets"
     encdec = make_format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
     last = encdec.user_examples([5, 6, 7, 1])[-1]
     assert last.ids[: last.loss_start] == [BOS, *item(6), *item(7)]

@@ -34,6 +34,8 @@ def test_collate_masks_padding_and_context_out_of_the_loss():
     assert batch["input_ids"].tolist() == [[1, 5, 2, 6], [1, 7, 2, 2]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, IGNORE, 2, 6], [IGNORE, 7, IGNORE, IGNORE]]
+    read_only = training_batch([Example([1, 5, 20, 6, 21], 1, read_only_from=20)], pad_id=0, encoder_decoder=False)
+    assert read_only["labels"].tolist() == [[IGNORE, 5, IGNORE, 6, IGNORE]], "item tokens are read, never targets"
 
 
 def test_popularity_ranks_full_ranking_and_history_exclusion():

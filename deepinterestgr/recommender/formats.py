@@ -61,10 +61,12 @@ def make_format(meta: RecommenderMeta, codes: np.ndarray, tokenizer=None):
 
 @dataclass
 class Example:
-    """One SFT example: the loss covers tokens from `loss_start` on (earlier tokens are context)."""
+    """One SFT example: the loss covers tokens from `loss_start` on (earlier tokens are context), except
+    tokens at or above `read_only_from` (item tokens: read, never generated; 0 = none)."""
 
     ids: list[int]
     loss_start: int
+    read_only_from: int = 0
 
 
 @dataclass
@@ -95,7 +97,8 @@ class CompactFormat:
         examples = []
         for end in range(len(rows), 1, -self.max_items):
             window = rows[max(0, end - self.max_items - 1): end]
-            examples.append(Example(tokens(window, self.codes, self.vocab, 0, self.item_tokens), 1))
+            examples.append(Example(tokens(window, self.codes, self.vocab, 0, self.item_tokens), 1,
+                                    self.vocab.size if self.item_tokens else 0))
         return examples[::-1]
 
     def item_examples(self, items: list[ItemText]) -> list[Example]:
