@@ -1,4 +1,8 @@
-"""The one loader registry: `data.loader` in the config names an entry here."""
+"""The one loader registry: `data.loader` in the config names an entry here.
+
+These loaders return whole tables. `parquet` is not among them: its interactions never become one
+table; the prepare stage reads them through Ray Data (`ray_jobs/parquet_input.py`).
+"""
 
 from __future__ import annotations
 
