@@ -245,9 +245,10 @@ class LabelConfig(Section):
 
     # llm: the judge model (label.judge) reads the item's text and the descriptor and answers 0/1.
     # similarity: the cosine of label.text_encoder's vectors of the same item text and the descriptor,
-    # no LLM call, so every pair is judged (judge_sample does not apply). Either score becomes a label by the same calibrated threshold (below). A small local
-    # LLM cannot infer interests a description only implies: on the synthetic catalog SmolLM2-135M's
-    # p("1") ranks true against wrong interests at chance (AUC 0.45-0.55), MiniLM's cosine at 0.93-0.98.
+    # no LLM call, so every pair is judged (judge_sample does not apply). Either score becomes a label
+    # by the same calibrated threshold (below). A small local LLM cannot infer interests a description
+    # only implies: on the synthetic catalog SmolLM2-135M's p("1") ranks true against wrong interests
+    # at chance (AUC 0.45-0.55), MiniLM's cosine at 0.93-0.98.
     judge_by: Literal["llm", "similarity"] = "llm"
     judge: GeneratorConfig = GeneratorConfig(name="judge", max_new_tokens=48)
     prompts: str = "label_v1"

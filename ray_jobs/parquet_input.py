@@ -84,14 +84,13 @@ def read_items(cfg: RunConfig) -> pa.Table:
     return table
 
 
-def counts(data: ray.data.Dataset, column: str, partitions: int) -> pa.Table:
-    """Interactions per distinct value of a column (hash-shuffled on the cluster; one row per value reaches the driver)."""
+def _frequent(data: ray.data.Dataset, column: str, k: int, partitions: int) -> tuple[pa.Array, int]:
+    """The values of a column with at least k interactions, and how many distinct values it holds
+    (hash-shuffled on the cluster; one row per value reaches the driver)."""
     table = to_table(data.groupby(column, num_partitions=partitions).count())
-    return table if table.num_rows else pa.table({column: pa.array([], pa.string()), "count()": pa.array([], pa.int64())})
-
-
-def _keep(batch: pa.Table, keep: dict[str, pa.Array]) -> pa.Table:
-    return keep_members(batch, keep)
+    if not table.num_rows:
+        return pa.array([], pa.string()), 0
+    return table.filter(pc.greater_equal(table["count()"], k)).column(column).combine_chunks(), table.num_rows
 
 
 def _unknown(batch: pa.Table, known: pa.Array) -> pa.Table:
@@ -101,7 +100,7 @@ def _unknown(batch: pa.Table, known: pa.Array) -> pa.Table:
 def known_items(data: ray.data.Dataset, items: pa.Table, drop_bad: bool, dropped: dict[str, int], source: str) -> ray.data.Dataset:
     """Interactions must name catalog items: raise naming examples, or drop and count them."""
     total, known = data.count(), items.column("item_id").combine_chunks()
-    kept = data.map_batches(_keep, fn_kwargs={"keep": {"item_id": known}}, batch_format="pyarrow").materialize()
+    kept = data.map_batches(keep_members, fn_kwargs={"keep": {"item_id": known}}, batch_format="pyarrow").materialize()
     unknown = total - kept.count()
     if not unknown:
         return kept
@@ -121,33 +120,31 @@ class KCore:
     data: ray.data.Dataset
     passes: int
     users_before: int
-    users: pa.Array
-    items: pa.Array
+    users_after: int
+    # The items left (None when k <= 1: every item is kept).
+    items: pa.Array | None
 
 
 def kcore(data: ray.data.Dataset, k: int, partitions: int) -> KCore:
     """Keep users and items with at least k interactions, repeated until nothing changes (as
     `deepinterestgr.data.filtering.kcore`, pass for pass); k <= 1 keeps everything."""
+    if k <= 1:
+        users = _frequent(data, "user_id", 1, partitions)[1]
+        return KCore(data, 0, users, users, None)
     rows, passes, users_before = data.count(), 0, None
     while True:
         passes += 1
-        tables = {column: counts(data, column, partitions) for column in ("user_id", "item_id")}
-        users_before = tables["user_id"].num_rows if users_before is None else users_before
-        keep = {column: t.filter(pc.greater_equal(t["count()"], max(k, 1))).column(column).combine_chunks() for column, t in tables.items()}
-        if k <= 1:
-            return KCore(data, 0, users_before, keep["user_id"], keep["item_id"])
-        data = data.map_batches(_keep, fn_kwargs={"keep": keep}, batch_format="pyarrow").materialize()
+        (users, distinct_users), (items, _) = (_frequent(data, column, k, partitions) for column in ("user_id", "item_id"))
+        users_before = distinct_users if users_before is None else users_before
+        data = data.map_batches(keep_members, fn_kwargs={"keep": {"user_id": users, "item_id": items}}, batch_format="pyarrow").materialize()
         kept = data.count()
         if kept == rows:
-            return KCore(data, passes, users_before, keep["user_id"], keep["item_id"])
+            return KCore(data, passes, users_before, len(users), items)
         rows = kept
-
-
-def _split(batch: pa.Table) -> pa.Table:
-    return leave_last_out(batch, tiebreak="item_id")
 
 
 def split(data: ray.data.Dataset, rows: int, block_rows: int) -> ray.data.Dataset:
     """Leave-last-out per user: hash-partitioned by user (each block then holds whole users), split per block."""
     blocks = max(1, math.ceil(rows / block_rows))
-    return data.repartition(blocks, keys=["user_id"], sort=True).map_batches(_split, batch_size=None, batch_format="pyarrow")
+    return data.repartition(blocks, keys=["user_id"], sort=True).map_batches(
+        leave_last_out, fn_kwargs={"tiebreak": "item_id"}, batch_size=None, batch_format="pyarrow")

@@ -109,9 +109,9 @@ def _through_ray_data(cfg: RunConfig) -> Loaded:
         raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it" if cfg.data.kcore > 1
                         else f"{cfg.data.path}: no interactions")
     before = {"users": core.users_before, "items": items.num_rows, "interactions": total}
-    if cfg.data.kcore > 1:
+    if core.items is not None:
         items = items.filter(pc.is_in(items.column("item_id"), value_set=core.items))
-    after = {"users": len(core.users), "items": items.num_rows, "interactions": rows}
+    after = {"users": core.users_after, "items": items.num_rows, "interactions": rows}
     facts = {"order": "timestamp, then item id", "before_filter": before, "passes": core.passes, "after_filter": after, "dropped_rows": dropped}
     return Loaded(items, parquet_input.split(core.data, rows, cfg.data.block_rows), facts, {})
 

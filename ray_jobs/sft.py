@@ -64,8 +64,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         trainer = TorchTrainer(
             train_sft,
             train_loop_config={
-                "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes, "items": len(catalog.codes), "trie": catalog.trie_bytes,
-                "pad_id": fmt.pad_id,
+                "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes,
+                "items": len(catalog.codes), "trie": catalog.trie_bytes, "pad_id": fmt.pad_id,
                 "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
                 "valid_targets": [int(seqs.valid[u]) for u in valid],
             },

@@ -128,8 +128,8 @@ def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) 
     for row, example in enumerate(examples):
         n = len(example.ids)
         labels[row, example.loss_start: n] = ids[row, example.loss_start: n]
-        if example.read_only_from:
-            labels[row] = labels[row].masked_fill(labels[row] >= example.read_only_from, IGNORE)
+    read_only = torch.tensor([e.read_only_from or torch.iinfo(torch.long).max for e in examples])
+    labels = labels.masked_fill(labels >= read_only[:, None], IGNORE)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
