@@ -3,12 +3,12 @@
     python bench/scale.py [--items 10000 100000 1000000] [--per-item 10] [--users 64] [--beam 20]
                           [--sft-users 2000] [--out /tmp/scale]
 
-For each catalog size N, a synthetic catalog of N items and N x `--per-item` interactions (users of
-5 to 15 items drawn uniformly, so that a 5-core keeps almost everything) is written as Parquet (the
-interactions in 8 files), then each step runs on it and reports its seconds and how far the RSS of this process rose
-above its level at the step's start (sampled every 50 ms; Ray workers are not counted):
-- prepare: the real `prepare` stage with `data.loader: parquet` (Ray Data reads the interactions in
-  blocks and runs the 5-core and the leave-last-out split; Parquet commit);
+For each catalog size N, the synthetic generator's catalog of N items and N x `--per-item` / 10 users
+of 5 to 15 items (no images), then each step runs on it and reports its seconds and how far the RSS of
+this process rose above its level at the step's start (sampled every 50 ms; Ray workers are not counted):
+- prepare: the real `prepare` stage with `data.loader: synthetic`: the catalog drawn in the driver,
+  the users in Ray tasks of `--block-users` users each (one block in the driver below that), the 5-core and the leave-last-out split on Ray Data
+  blocks (the parquet loader's path), Parquet commit;
 - sequences: the users' SID sequences as sft, grpo and evaluate build them from the split;
 - tokenize: residual k-means (faiss k-means fits each level on a sample of 256 points per centroid,
   then every item is assigned) on random 64-dimensional item vectors, and the disambiguation level;
@@ -36,9 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -79,21 +76,6 @@ def measured(out: dict, step: str):
     out[f"{step}_rss_extra_mb"] = round((max(peak[0], process.memory_info().rss) - base) / 2**20, 1)
 
 
-def write_catalog(folder: Path, n: int, per_item: int, rng: np.random.Generator) -> int:
-    """items.parquet and interactions/ (8 files) for n items and about n x per_item interactions; returns the count."""
-    (folder / "interactions").mkdir(parents=True, exist_ok=True)
-    ids = pc.binary_join_element_wise("i", pa.array(np.arange(n)).cast(pa.string()), "")
-    pq.write_table(pa.table({"item_id": ids, "title": pc.binary_join_element_wise("item ", ids, "")}), folder / "items.parquet")
-    lengths = rng.integers(5, 16, size=n * per_item // 10)
-    total = int(lengths.sum())
-    users = pc.binary_join_element_wise("u", pa.array(np.repeat(np.arange(len(lengths)), lengths)).cast(pa.string()), "")
-    table = pa.table({"user_id": users, "item_id": ids.take(pa.array(rng.integers(0, n, size=total))),
-                      "timestamp": pa.array(np.arange(total, dtype=np.int64))})
-    for part in range(8):
-        pq.write_table(table.slice(part * total // 8, (part + 1) * total // 8 - part * total // 8), folder / "interactions" / f"part{part}.parquet")
-    return total
-
-
 def dense_bytes(trie: SIDTrie) -> int:
     """What the former dense tables (nodes x codebook int64 per level) would hold for the same SIDs."""
     return sum(trie.node_count(level) * size * 8 for level, size in enumerate(trie.sizes))
@@ -102,11 +84,14 @@ def dense_bytes(trie: SIDTrie) -> int:
 def measure(n: int, args, root: Path) -> dict:
     rng = np.random.default_rng(args.seed)
     out: dict = {"bench": "scale", "items": n}
-    out["interactions"] = write_catalog(root / f"data{n}", n, args.per_item, rng)
-    cfg = load_config(None, ["data.loader=parquet", f"data.path={root / f'data{n}'}", "data.kcore=5",
-                             f"storage.uri={root / f'run{n}'}", f"seed={args.seed}"])
+    cfg = load_config(None, ["data.loader=synthetic", f"data.synthetic.num_items={n}", "data.synthetic.num_categories=8",
+                             "data.synthetic.interests_per_category=6", f"data.synthetic.num_users={n * args.per_item // 10}",
+                             "data.synthetic.min_sequence=5", "data.synthetic.max_sequence=15", "data.synthetic.images=false",
+                             f"data.synthetic.block_users={args.block_users}",
+                             "data.kcore=5", f"storage.uri={root / f'run{n}'}", f"seed={args.seed}"])
     with measured(out, "prepare"):
-        prepare.run(cfg, RunStore(cfg))
+        prepared = prepare.run(cfg, RunStore(cfg))
+    out["interactions"] = prepared.entry.report["before_filter"]["interactions"]
     store = RunStore(cfg)
     items = store.read_table("prepare", "items").column("item_id").to_pylist()
     with measured(out, "sequences"):
@@ -154,6 +139,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=64, help="users in the beam search")
     parser.add_argument("--sft-users", type=int, default=2000, help="users in the SFT epoch (fixed, whatever N)")
     parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--block-users", type=int, default=25_000, help="users per generator block (Ray task)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="folder for the generated data and runs (default: a temporary folder)")
     args = parser.parse_args()

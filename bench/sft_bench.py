@@ -21,6 +21,7 @@ from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import load_catalog
 from deepinterestgr.recommender.formats import CompactFormat, Example
+from deepinterestgr.recommender.sequences import RaggedRows
 from deepinterestgr.recommender.model import PAD, build_model
 from deepinterestgr.recommender.decoding import training_batch
 from deepinterestgr.recommender.training import target_ranks
@@ -49,7 +50,8 @@ def main() -> None:
     catalog = load_catalog(RunStore(cfg))
     seqs, s = catalog.sequences, cfg.sft
     chosen = np.random.default_rng(args.seed).permutation(len(seqs.user_ids))[: args.users]
-    seqs.train = [seqs.train[u] if u in set(chosen.tolist()) else [] for u in range(len(seqs.user_ids))]
+    kept = set(chosen.tolist())
+    seqs.train = RaggedRows.from_lists(seqs.train[u] if u in kept else [] for u in range(len(seqs.user_ids)))
     valid = [u for u in chosen.tolist() if seqs.valid[u] >= 0 and seqs.train[u]]
     model, vocab, _ = build_model(s, catalog.trie.sizes, args.seed)
     fmt = CompactFormat(vocab, catalog.codes, s.max_items)

@@ -51,6 +51,11 @@ class SyntheticConfig(Section):
     # Probability that a step stays with the interest of the previous step (sequential signal).
     stickiness: float = Field(0.7, ge=0.0, le=1.0)
     image_size: int = Field(32, ge=8, le=512)
+    # A PNG per item (what image encoders read); off for catalogs too large for a file per item.
+    images: bool = True
+    # Users are drawn in blocks of this many, each from its own seeded stream: more than one block
+    # and the prepare stage draws them as Ray Data blocks on the cluster, never all in the driver.
+    block_users: int = Field(100_000, ge=1)
     # named: titles and descriptions name each item's interests; indirect: only the description
     # implies them, through situations, so a model must infer them (what mining is for).
     interest_text: Literal["named", "indirect"] = "named"

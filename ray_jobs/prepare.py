@@ -1,7 +1,9 @@
 """`dig prepare`: raw data -> items and split interactions, as Ray Datasets and committed Parquet.
 
-The file loaders (synthetic, recbole, jsonl, amazon) parse in the driver and hand the interactions to
-Ray Data for the split; the parquet loader keeps them in Ray Data from the read on (`parquet_input`).
+The file loaders (recbole, jsonl, amazon) and a synthetic catalog of one user block parse or draw
+in the driver and hand the interactions to Ray Data for the split; the parquet loader, and a synthetic
+catalog of several user blocks (drawn by one Ray task per block), keep them in Ray Data from the start
+(`parquet_input` for the k-core and the split).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from deepinterestgr.config import RunConfig
+from deepinterestgr.config import RunConfig, SyntheticConfig
 from deepinterestgr.data.filtering import ORDER_COLUMN, kcore, leave_last_out, partition_by_user
 from deepinterestgr.data.registry import load_raw
+from deepinterestgr.data.synthetic import SyntheticCatalog, synthetic_catalog, synthetic_users, user_blocks
+from deepinterestgr.data.tables import items_table
 from deepinterestgr.errors import DataError
 from deepinterestgr.storage.fingerprint import fingerprint_listing, fingerprint_paths
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore, StageAttempt
@@ -42,7 +46,7 @@ class Loaded:
     items: pa.Table
     split: ray.data.Dataset
     facts: dict
-    extras: dict[str, pa.Table]
+    extras: dict[str, pa.Table | ray.data.Dataset]
 
 
 def _counts(interactions: pa.Table, items: pa.Table) -> dict[str, int]:
@@ -65,20 +69,24 @@ def split_sizes(data: ray.data.Dataset) -> dict[str, int]:
     return sizes
 
 
+def _with_images(items: pa.Table, images: dict[str, bytes], attempt: StageAttempt) -> pa.Table:
+    """Write each item's image into the run and point its `image_uri` at it."""
+    if not images:
+        return items
+    uris = []
+    for item_id in items.column("item_id").to_pylist():
+        image = images.get(item_id)
+        if image is not None:
+            attempt.write_bytes(f"images/{item_id}.png", image)
+        uris.append(attempt.uri(f"images/{item_id}.png") if image is not None else None)
+    return items.set_column(items.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))
+
+
 def _in_driver(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
     """A file loader's tables, k-core in the driver, the split on Ray Data blocks of whole users."""
     raw = load_raw(cfg.data, cfg.seed)
     before = _counts(raw.interactions, raw.items)
-    items = raw.items
-    if raw.images:
-        uris = []
-        for item_id in items.column("item_id").to_pylist():
-            image = raw.images.get(item_id)
-            if image is not None:
-                attempt.write_bytes(f"images/{item_id}.png", image)
-            uris.append(attempt.uri(f"images/{item_id}.png") if image is not None else None)
-        items = items.set_column(items.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))
-
+    items = _with_images(raw.items, raw.images, attempt)
     interactions, passes = kcore(raw.interactions, cfg.data.kcore)
     if interactions.num_rows == 0:
         raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it")
@@ -95,11 +103,29 @@ def _in_driver(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
     return Loaded(items, split, facts, raw.extras)
 
 
-def _through_ray_data(cfg: RunConfig) -> Loaded:
-    """The parquet loader: interactions stay in Ray Data blocks through the k-core and the split."""
+@ray.remote(num_returns=2)
+def _draw_users(s: SyntheticConfig, seed: int, catalog: SyntheticCatalog, block: int) -> tuple[pa.Table, pa.Table]:
+    return synthetic_users(s, seed, catalog, block)
+
+
+def _synthetic_blocks(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
+    """A synthetic catalog of several user blocks: the catalog in the driver, one Ray task per user block."""
+    s = cfg.data.synthetic
+    catalog = synthetic_catalog(s, cfg.seed)
+    shared = ray.put(catalog)
+    drawn = [_draw_users.remote(s, cfg.seed, shared, block) for block in range(user_blocks(s))]
+    items = _with_images(items_table(catalog.items, "synthetic"), catalog.images, attempt)
+    extras = {"item_truth": pa.Table.from_pylist(catalog.item_truth),
+              "user_truth": ray.data.from_arrow_refs([truth for _, truth in drawn])}
+    data = ray.data.from_arrow_refs([interactions for interactions, _ in drawn])
+    return _through_ray_data(cfg, items, data, "timestamp", extras)
+
+
+def _through_ray_data(cfg: RunConfig, items: pa.Table, data: ray.data.Dataset, order: str,
+                      extras: dict[str, pa.Table | ray.data.Dataset]) -> Loaded:
+    """Interactions that stay in Ray Data blocks through the unknown-item check, the k-core and the split."""
     partitions = max(1, int(ray.available_resources().get("CPU", 1)))
-    items = parquet_input.read_items(cfg)
-    data = parquet_input.read_interactions(cfg).materialize()
+    data = data.materialize()
     total = data.count()
     dropped: dict[str, int] = {}
     data = parquet_input.known_items(data, items, cfg.data.drop_bad_rows, dropped, f"{cfg.data.path} interactions")
@@ -112,8 +138,8 @@ def _through_ray_data(cfg: RunConfig) -> Loaded:
     if core.items is not None:
         items = items.filter(pc.is_in(items.column("item_id"), value_set=core.items))
     after = {"users": core.users_after, "items": items.num_rows, "interactions": rows}
-    facts = {"order": "timestamp, then item id", "before_filter": before, "passes": core.passes, "after_filter": after, "dropped_rows": dropped}
-    return Loaded(items, parquet_input.split(core.data, rows, cfg.data.block_rows), facts, {})
+    facts = {"order": order, "before_filter": before, "passes": core.passes, "after_filter": after, "dropped_rows": dropped}
+    return Loaded(items, parquet_input.split(core.data, rows, cfg.data.block_rows), facts, extras)
 
 
 def _load(store: RunStore, entry: ManifestEntry) -> Prepared:
@@ -137,12 +163,21 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
         return _load(store, entry)
 
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        loaded = _through_ray_data(cfg) if cfg.data.loader == "parquet" else _in_driver(cfg, attempt)
+        if cfg.data.loader == "parquet":
+            loaded = _through_ray_data(cfg, parquet_input.read_items(cfg), parquet_input.read_interactions(cfg),
+                                       "timestamp, then item id", {})
+        elif cfg.data.loader == "synthetic" and user_blocks(cfg.data.synthetic) > 1:
+            loaded = _synthetic_blocks(cfg, attempt)
+        else:
+            loaded = _in_driver(cfg, attempt)
         split = loaded.split.materialize()
         split.write_parquet(attempt.path("interactions"), filesystem=store.fs)
         attempt.write_table("items", loaded.items)
         for name, table in loaded.extras.items():
-            attempt.write_table(name, table)
+            if isinstance(table, ray.data.Dataset):
+                table.write_parquet(attempt.path(name), filesystem=store.fs)
+            else:
+                attempt.write_table(name, table)
 
         sizes = split_sizes(split)
         facts = loaded.facts
@@ -158,7 +193,8 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
             "evaluated_users": sizes.get("test", 0),
         }
         rows = {"items": loaded.items.num_rows, "interactions": sum(sizes.values())}
-        rows.update({name: table.num_rows for name, table in loaded.extras.items()})
+        rows.update({name: table.count() if isinstance(table, ray.data.Dataset) else table.num_rows
+                     for name, table in loaded.extras.items()})
         entry = attempt.commit(rows, report)
     return _load(store, entry)
 

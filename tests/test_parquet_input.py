@@ -87,3 +87,21 @@ def test_parquet_loader_names_the_bad_column_file_and_unknown_items(ray_cluster,
         run()
     with pytest.raises(DataError, match=r"neither items.parquet nor a folder items/"):
         run(f"data.path={tmp_path / 'nowhere'}")
+
+
+def test_synthetic_catalog_of_several_user_blocks_is_drawn_on_ray_data(ray_cluster, tmp_path):
+    """Five user blocks drawn by Ray tasks: the same split as the in-driver generator's tables give, the
+    user truth written from the blocks, and the blocks' streams independent of where they run."""
+    sets = ["data.synthetic.num_users=230", "data.synthetic.num_items=120", "data.synthetic.block_users=50",
+            "data.synthetic.images=false", "data.kcore=3", f"storage.uri={tmp_path / 'run'}"]
+    cfg = load_config(None, sets)
+    store = RunStore(cfg)
+    report = prepare.run(cfg, store).entry.report
+    raw = load_raw(cfg.data, cfg.seed)
+    expected, passes = kcore(raw.interactions, 3)
+    expected = leave_last_out(expected, tiebreak="item_id")
+    assert _sorted(store.read_table("prepare", "interactions")).equals(_sorted(expected))
+    assert report["kcore"]["passes"] == passes and report["before_filter"]["users"] == 230
+    truth = store.read_table("prepare", "user_truth").sort_by("user_id")
+    assert truth.to_pylist() == raw.extras["user_truth"].to_pylist() and truth.num_rows == 230
+    assert store.read_table("prepare", "items").column("image_uri").null_count == report["after_filter"]["items"]

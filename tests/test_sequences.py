@@ -3,7 +3,7 @@ import pyarrow as pa
 
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
-from deepinterestgr.recommender.sequences import build_sequences, most_popular, tokens
+from deepinterestgr.recommender.sequences import RaggedRows, build_sequences, most_popular, tokens
 from deepinterestgr.recommender.decoding import IGNORE, training_batch
 from deepinterestgr.recommender.vocab import SIDVocab
 from ray_jobs.evaluate import popularity_ranks
@@ -16,7 +16,7 @@ def test_build_sequences_orders_by_time_and_counts_unknown_items():
     })
     seqs = build_sequences(table, {"a": 0, "b": 1, "c": 2})
     assert seqs.user_ids == ["u", "v"]
-    assert seqs.train == [[0, 1], [0]]
+    assert list(seqs.train) == [[0, 1], [0]] and seqs.train[-1] == [0]
     assert seqs.valid.tolist() == [-1, -1] and seqs.test.tolist() == [2, -1]
     assert seqs.unknown_items == 1
 
@@ -40,7 +40,7 @@ def test_collate_masks_padding_and_context_out_of_the_loss():
 
 def test_popularity_ranks_full_ranking_and_history_exclusion():
     class Seqs:
-        train = [[2, 2, 1], [2, 0]]
+        train = RaggedRows.from_lists([[2, 2, 1], [2, 0]])
     ranking = most_popular(Seqs, 4)
     assert ranking.tolist() == [2, 0, 1, 3]  # 2 (3x), then 0 and 1 (1x, tie by row), then 3
     assert popularity_ranks(ranking, np.array([1, 3]), None).tolist() == [2, 3]

@@ -1,15 +1,16 @@
 import io
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
 from deepinterestgr.config import DataConfig, SyntheticConfig
 from deepinterestgr.data.registry import load_raw
-from deepinterestgr.data.synthetic import CATALOG
+from deepinterestgr.data.synthetic import CATALOG, generate_synthetic
 
 
 def _small(**kw):
-    return DataConfig(loader="synthetic", synthetic=SyntheticConfig(num_items=60, num_users=80, **kw))
+    return DataConfig(loader="synthetic", synthetic=SyntheticConfig(**{"num_items": 60, "num_users": 80, **kw}))
 
 
 def test_same_seed_same_data_and_images():
@@ -60,3 +61,17 @@ def test_indirect_catalog_names_no_interest_and_implies_each_true_one_in_the_des
     # The users' behaviour is drawn from the same latent interests as in the named catalog.
     named = load_raw(_small(), seed=3)
     assert named.extras["user_truth"].num_rows == raw.extras["user_truth"].num_rows
+
+
+def test_user_blocks_are_independent_streams_and_one_block_is_the_whole_generator():
+    from deepinterestgr.data.synthetic import synthetic_catalog, synthetic_users
+
+    cfg = _small(num_users=90, block_users=40)
+    catalog = synthetic_catalog(cfg.synthetic, 0)
+    late_first = [synthetic_users(cfg.synthetic, 0, catalog, block)[0] for block in (2, 1, 0)]
+    whole = generate_synthetic(cfg, 0).interactions
+    assert pa.concat_tables(late_first[::-1]).equals(whole), "blocks drawn in any order give the same data"
+    assert set(late_first[0].column("user_id").to_pylist()) == {f"u{i:05d}" for i in range(80, 90)}
+    one_block = generate_synthetic(_small(num_users=90, block_users=90), 0)
+    assert one_block.interactions.slice(0, late_first[2].num_rows).equals(late_first[2]), "block 0 continues the catalog's stream"
+    assert not one_block.interactions.equals(whole), "later blocks draw from their own seeds"

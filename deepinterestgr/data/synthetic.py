@@ -11,6 +11,7 @@ mining recovers it.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,8 @@ from PIL import Image, ImageDraw
 from deepinterestgr.config import DataConfig, SyntheticConfig
 from deepinterestgr.data.schema import RawData
 from deepinterestgr.data.tables import interactions_table, items_table
+
+USER_TRUTH_SCHEMA = pa.schema([("user_id", pa.string()), ("interests", pa.list_(pa.string()))])
 
 # category -> (nouns, interests, RGB colour)
 CATALOG: dict[str, tuple[list[str], list[str], tuple[int, int, int]]] = {
@@ -149,13 +152,30 @@ def _image(size: int, colour: tuple[int, int, int], shapes: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
-    """Generate the catalog, users and ground truth for `seed`; same seed, same bytes."""
-    s: SyntheticConfig = cfg.synthetic
+@dataclass
+class SyntheticCatalog:
+    """The items, their true interests and images, and what user blocks draw from."""
+
+    items: list[dict]
+    item_truth: list[dict]
+    images: dict[str, bytes]
+    # interest -> catalog indices of the items that carry it (item i's id is `item_id(i)`)
+    pools: dict[str, np.ndarray]
+    # the random stream's state after the catalog: user block 0 continues it
+    state: dict
+
+
+def item_id(index: int) -> str:
+    """The synthetic id of catalog item `index`."""
+    return f"i{index:05d}"
+
+
+def synthetic_catalog(s: SyntheticConfig, seed: int) -> SyntheticCatalog:
+    """The catalog for `seed`, drawn item by item from one random stream."""
     rng = np.random.default_rng(seed)
     categories = list(CATALOG)[: s.num_categories]
     items, item_truth, images = [], [], {}
-    items_by_interest: dict[str, list[str]] = {}
+    pools: dict[str, list[int]] = {}
     for index in range(s.num_items):
         category = categories[int(rng.integers(len(categories)))]
         nouns, interests, colour = CATALOG[category]
@@ -165,7 +185,6 @@ def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
         noun = nouns[int(rng.integers(len(nouns)))]
         brand = BRANDS[int(rng.integers(len(BRANDS)))]
         adjective = ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]
-        item_id = f"i{index:05d}"
         model = int(rng.integers(100, 999))
         if s.interest_text == "named":
             title = f"{brand} {adjective} {noun} for {chosen[0]}"
@@ -174,16 +193,34 @@ def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
             cues = [CUES[interest][int(rng.integers(2))] for interest in chosen]
             title = f"{brand} {adjective} {noun}"
             description = f"A {adjective} {noun} from {brand}, made for {' and for '.join(cues)}. Model {model}, {category} line."
-        items.append({"item_id": item_id, "title": title, "description": description, "brand": brand, "categories": [category]})
-        item_truth.append({"item_id": item_id, "category": category, "interests": chosen})
-        images[item_id] = _image(s.image_size, colour, [SHAPES[p] for p in picks])
+        key = item_id(index)
+        items.append({"item_id": key, "title": title, "description": description, "brand": brand, "categories": [category]})
+        item_truth.append({"item_id": key, "category": category, "interests": chosen})
+        if s.images:
+            images[key] = _image(s.image_size, colour, [SHAPES[p] for p in picks])
         for interest in chosen:
-            items_by_interest.setdefault(interest, []).append(item_id)
+            pools.setdefault(interest, []).append(index)
+    return SyntheticCatalog(items, item_truth, images, {k: np.array(v, dtype=np.int64) for k, v in pools.items()},
+                            rng.bit_generator.state)
 
-    available = sorted(items_by_interest)
-    all_ids = [item["item_id"] for item in items]
+
+def user_blocks(s: SyntheticConfig) -> int:
+    """How many blocks of `block_users` users the generator draws."""
+    return -(-s.num_users // s.block_users)
+
+
+def synthetic_users(s: SyntheticConfig, seed: int, catalog: SyntheticCatalog, block: int) -> tuple[pa.Table, pa.Table]:
+    """Interactions and true interests of the users of `block`, from the block's own random stream
+    (block 0 continues the catalog's, so a one-block catalog is what earlier versions generated):
+    blocks can be drawn in any order, on any worker, with the same result."""
+    if block == 0:
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = catalog.state
+    else:
+        rng = np.random.default_rng([seed, block])
+    available = sorted(catalog.pools)
     users, item_ids, times, user_truth = [], [], [], []
-    for index in range(s.num_users):
+    for index in range(block * s.block_users, min(s.num_users, (block + 1) * s.block_users)):
         user_id = f"u{index:05d}"
         count = int(rng.integers(1, min(s.max_user_interests, len(available)) + 1))
         own = [available[k] for k in sorted(rng.choice(len(available), size=count, replace=False).tolist())]
@@ -191,22 +228,32 @@ def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
         current = own[int(rng.integers(len(own)))]
         for step in range(int(rng.integers(s.min_sequence, s.max_sequence + 1))):
             if rng.random() < s.noise:
-                item = all_ids[int(rng.integers(len(all_ids)))]
+                item = int(rng.integers(s.num_items))
             else:
                 if rng.random() >= s.stickiness:
                     current = own[int(rng.integers(len(own)))]
-                pool = items_by_interest[current]
-                item = pool[int(rng.integers(len(pool)))]
+                pool = catalog.pools[current]
+                item = int(pool[int(rng.integers(len(pool)))])
             users.append(user_id)
-            item_ids.append(item)
+            item_ids.append(item_id(item))
             times.append(1_600_000_000 + index * 10 + step * 3600)
+    truth = pa.Table.from_pylist(user_truth, schema=USER_TRUTH_SCHEMA)
+    return interactions_table(users, item_ids, times), truth
+
+
+def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
+    """Generate the catalog, users and ground truth for `seed` in this process; same seed, same bytes.
+    (The prepare stage draws catalogs of more than one user block on Ray Data instead.)"""
+    s: SyntheticConfig = cfg.synthetic
+    catalog = synthetic_catalog(s, seed)
+    blocks = [synthetic_users(s, seed, catalog, block) for block in range(user_blocks(s))]
     return RawData(
-        items=items_table(items, "synthetic"),
-        interactions=interactions_table(users, item_ids, times),
+        items=items_table(catalog.items, "synthetic"),
+        interactions=pa.concat_tables([b[0] for b in blocks]),
         extras={
-            "item_truth": pa.Table.from_pylist(item_truth),
-            "user_truth": pa.Table.from_pylist(user_truth),
+            "item_truth": pa.Table.from_pylist(catalog.item_truth),
+            "user_truth": pa.concat_tables([b[1] for b in blocks]),
         },
-        images=images,
+        images=catalog.images,
         order_source="timestamp",
     )

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from deepinterestgr.recommender.model import BOS
 from deepinterestgr.recommender.vocab import SIDVocab
+
+
+class RaggedRows(Sequence[list[int]]):
+    """Per-user item rows in one flat int32 array cut by offsets (CSR): 4 bytes per interaction, where
+    a list of lists of Python ints costs ~36. Indexing gives a list, so `rows + [target]` still appends."""
+
+    def __init__(self, offsets: np.ndarray, values: np.ndarray):
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.values = np.asarray(values, dtype=np.int32)
+
+    @classmethod
+    def from_lists(cls, rows: Iterable[Iterable[int]]) -> RaggedRows:
+        """The ragged form of a list of per-user row lists."""
+        rows = [list(r) for r in rows]
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows], dtype=np.int64)])
+        return cls(offsets, np.fromiter((x for r in rows for x in r), dtype=np.int32, count=int(offsets[-1])))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, user: int) -> list[int]:
+        if not -len(self) <= user < len(self):
+            raise IndexError(user)
+        user %= len(self)
+        return self.values[self.offsets[user]: self.offsets[user + 1]].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self[u] for u in range(len(self)))
 
 
 @dataclass
@@ -16,37 +46,38 @@ class UserSequences:
     """Per user (sorted by id): training item rows (oldest first) and the valid/test target rows (-1 = none)."""
 
     user_ids: list[str]
-    train: list[list[int]]
+    train: RaggedRows
     valid: np.ndarray
     test: np.ndarray
     unknown_items: int = 0
 
 
 def build_sequences(interactions: pa.Table, item_rows: dict[str, int]) -> UserSequences:
-    """Group split interactions by user in time order; items without a SID are skipped and counted."""
-    table = interactions.sort_by([("user_id", "ascending"), ("timestamp", "ascending")])
-    users, items, splits = (table.column(c).to_pylist() for c in ("user_id", "item_id", "split"))
-    order: dict[str, int] = {}
-    train: list[list[int]] = []
-    valid, test, unknown = [], [], 0
-    for user, item, split in zip(users, items, splits):
-        if user not in order:
-            order[user] = len(train)
-            train.append([])
-            valid.append(-1)
-            test.append(-1)
-        row = item_rows.get(item)
-        if row is None:
-            unknown += 1
-            continue
-        index = order[user]
-        if split == "train":
-            train[index].append(row)
-        elif split == "valid":
-            valid[index] = row
-        else:
-            test[index] = row
-    return UserSequences(list(order), train, np.array(valid), np.array(test), unknown)
+    """Group split interactions by user in time order; items without a SID are skipped and counted.
+
+    Column operations only (one sort, then numpy), so time and memory grow linearly with the
+    interactions; a user's valid/test target is their last valid/test interaction."""
+    table = interactions.select(["user_id", "item_id", "timestamp", "split"]).sort_by(
+        [("user_id", "ascending"), ("timestamp", "ascending")])
+    users = table.column("user_id").combine_chunks().dictionary_encode()
+    user_index = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    count = len(users.dictionary)
+    ids = np.fromiter(item_rows.values(), dtype=np.int64, count=len(item_rows))
+    found = pc.index_in(table.column("item_id"), value_set=pa.array(list(item_rows), type=pa.string()))
+    known = pc.is_valid(found).to_numpy(zero_copy_only=False)
+    rows = np.full(table.num_rows, -1, dtype=np.int64)
+    rows[known] = ids[pc.drop_null(found).to_numpy().astype(np.int64)]
+    split = table.column("split")
+    train = known & pc.equal(split, "train").to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(user_index[train], minlength=count))])
+    targets = []
+    for name in ("valid", "test"):
+        chosen = known & pc.equal(split, name).to_numpy(zero_copy_only=False)
+        last = np.full(count, -1, dtype=np.int64)
+        np.maximum.at(last, user_index[chosen], np.flatnonzero(chosen))
+        targets.append(np.where(last >= 0, rows[np.maximum(last, 0)], -1))
+    return UserSequences(users.dictionary.to_pylist(), RaggedRows(offsets, rows[train]), targets[0], targets[1],
+                         int((~known).sum()))
 
 
 def tokens(rows: list[int], codes: np.ndarray, vocab: SIDVocab, max_items: int, item_tokens: bool = False) -> list[int]:
@@ -63,7 +94,7 @@ def tokens(rows: list[int], codes: np.ndarray, vocab: SIDVocab, max_items: int, 
 
 def most_popular(sequences: UserSequences, num_items: int) -> np.ndarray:
     """Item rows ordered by training frequency (ties by row): the popularity baseline's ranking."""
-    counts = np.bincount([row for rows in sequences.train for row in rows], minlength=num_items)
+    counts = np.bincount(sequences.train.values, minlength=num_items)
     return np.lexsort((np.arange(num_items), -counts))
 
 
