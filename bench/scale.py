@@ -1,14 +1,14 @@
 """How each step scales with the catalog: one JSON line per catalog size, then the growth exponents.
 
     python bench/scale.py [--items 10000 100000 1000000] [--per-item 10] [--users 64] [--beam 20]
-                          [--sft-users 2000] [--out /tmp/scale]
+                          [--sft-users 2000] [--block-users 25000] [--out /tmp/scale]
 
 For each catalog size N, the synthetic generator's catalog of N items and N x `--per-item` / 10 users
 of 5 to 15 items (no images), then each step runs on it and reports its seconds and how far the RSS of
 this process rose above its level at the step's start (sampled every 50 ms; Ray workers are not counted):
 - prepare: the real `prepare` stage with `data.loader: synthetic`: the catalog drawn in the driver,
-  the users in Ray tasks of `--block-users` users each (one block in the driver below that), the 5-core and the leave-last-out split on Ray Data
-  blocks (the parquet loader's path), Parquet commit;
+  the users in Ray tasks of `--block-users` users each (one block: in the driver), the 5-core and
+  the leave-last-out split on Ray Data blocks (the parquet loader's path), Parquet commit;
 - sequences: the users' SID sequences as sft, grpo and evaluate build them from the split;
 - tokenize: residual k-means (faiss k-means fits each level on a sample of 256 points per centroid,
   then every item is assigned) on random 64-dimensional item vectors, and the disambiguation level;
