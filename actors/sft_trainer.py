@@ -72,11 +72,10 @@ def train_sft(config: dict) -> None:
         order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, seed * 7919 + epoch * 31 + rank))
         began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder,
-                                   len(sizes) if cfg.item_head else 0)
+            batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing, vocab.size)
+                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing)
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
                 torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)

@@ -316,11 +316,6 @@ class SFTConfig(TrainerScaling):
     # item-ID embedding learned from the training sequences, as SASRec's), so the model reads items
     # exactly as well as by their shared SID codes; it still generates SIDs only.
     item_tokens: bool = False
-    # compact with item_tokens: weight of an item head. Where the model predicts an item's first SID
-    # token it also predicts the item among all items (SASRec's full softmax over the item tokens'
-    # tied embeddings), trained with this weight beside the SID loss; the beam search re-ranks its
-    # items by SID log-probability + this weight x the item's log-probability (0 = off).
-    item_head: float = Field(0.0, ge=0.0)
     # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
     # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
     targets_per_user: int = Field(0, ge=0)
@@ -348,8 +343,6 @@ class SFTConfig(TrainerScaling):
         shape = [k for k in ("hidden_size", "layers", "heads", "intermediate_size", "dropout") if getattr(self, k) != getattr(defaults, k)]
         if self.backbone != "llm" and self.llm != LLMBackboneConfig():
             raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
-        if self.item_head and (self.backbone != "compact" or not self.item_tokens):
-            raise ValueError("sft.item_head needs sft.backbone=compact and sft.item_tokens=true")
         if self.backbone == "llm" and self.item_tokens:
             raise ValueError("sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
         if self.backbone == "llm" and shape:

@@ -72,28 +72,6 @@ def test_full_width_beam_equals_exhaustive_ranking_with_item_tokens_in_the_promp
         assert result.items[row].tolist() == np.argsort(-reference, kind="stable").tolist()
 
 
-def test_item_head_reranks_the_beam_and_a_full_width_beam_equals_exhaustive_scoring():
-    """A tiny random compact model with an item head: the item term changes the ranking, and the
-    searched ranking is still the exhaustive one (SID log-probability + weight x item log-probability)."""
-    codes = _catalog(n=30)
-    shape = dict(hidden_size=32, layers=2, heads=2, intermediate_size=64, item_tokens=len(codes))
-    model, vocab = compact_model([4, 5, 6], CompactModelConfig(**shape, item_head=2.0), seed=0)
-    plain, _ = compact_model([4, 5, 6], CompactModelConfig(**shape), seed=0)
-    rng = np.random.default_rng(5)
-    prompts = [tokens(rng.choice(len(codes), size=3).tolist(), codes, vocab, 0, item_tokens=True) for _ in range(4)]
-    trie = SIDTrie.build(codes)
-    result = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes))
-    without = beam_search(plain, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes))
-    assert (result.items != without.items).any(), "the item head changes the ranking"
-    for row, prompt in enumerate(prompts):
-        reference = exhaustive_scores(model, prompt, codes, vocab)
-        order = np.argsort(-reference, kind="stable")
-        assert result.items[row].tolist() == order.tolist()
-        np.testing.assert_allclose(result.scores[row], reference[order], rtol=1e-4, atol=1e-4)
-    narrow = beam_search(model, prompts, trie, vocab, beam_width=8, top_k=5)
-    assert all(np.all(np.diff(s) <= 1e-6) for s in narrow.scores), "re-ranked best first"
-
-
 def test_narrow_beam_returns_distinct_valid_items_in_score_order(tiny_random_model):
     model, vocab, codes, trie = tiny_random_model
     prompts = _prompts(vocab, codes, np.random.default_rng(2), users=8)

@@ -38,18 +38,6 @@ def test_collate_masks_padding_and_context_out_of_the_loss():
     assert read_only["labels"].tolist() == [[IGNORE, 5, IGNORE, 6, IGNORE]], "item tokens are read, never targets"
 
 
-def test_item_head_targets_sit_where_each_items_first_sid_token_is_predicted():
-    # BOS, then items of 2 SID tokens each followed by its item token (20 + row); the loss starts at the 2nd item
-    ids = [1, 5, 6, 23, 7, 8, 21, 5, 9, 20]
-    batch = training_batch([Example(ids, 4, read_only_from=20), Example(ids[:7], 1, read_only_from=20)], pad_id=0,
-                           encoder_decoder=False, sid_tokens=2)
-    assert batch["item_labels"].tolist() == [
-        [IGNORE] * 4 + [1, IGNORE, IGNORE, 0, IGNORE, IGNORE],
-        [IGNORE, 3, IGNORE, IGNORE, 1] + [IGNORE] * 5,
-    ], "the item's row at its first SID token's label position, inside the loss region only"
-    assert "item_labels" not in training_batch([Example(ids, 4, read_only_from=20)], pad_id=0, encoder_decoder=False)
-
-
 def test_popularity_ranks_full_ranking_and_history_exclusion():
     class Seqs:
         train = RaggedRows.from_lists([[2, 2, 1], [2, 0]])

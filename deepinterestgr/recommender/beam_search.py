@@ -1,10 +1,8 @@
 """Constrained beam search over the SID trie, batched over users, with the model's KV cache.
 
 The trie turns "which codes may follow these prefixes" into one gather for all beams of all users;
-invalid SIDs cannot be generated. Scores are sums of full-vocabulary log-probabilities (plus, for a
-model with an item head, its weighted log-probability of the item, by which the beam's items are
-re-ranked), so with a beam at least as wide as the catalog the result equals scoring every item
-exhaustively (`exhaustive_scores`).
+invalid SIDs cannot be generated. Scores are sums of full-vocabulary log-probabilities, so with a beam
+at least as wide as the catalog the result equals scoring every item exhaustively (`exhaustive_scores`).
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepinterestgr.recommender.decoding import completion_logits, completion_logprobs, item_head, item_logprobs, left_pad, prefill, step
+from deepinterestgr.recommender.decoding import completion_logprobs, left_pad, prefill, step
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -56,7 +54,6 @@ def beam_search(
     ids, mask = ids.to(device), mask.to(device)
     state, logprobs = prefill(model, ids, mask)  # [B, V]
     starts = vocab.starts
-    item_lp = item_logprobs(model, logprobs, vocab.size, trie.node_count(vocab.levels)) if item_head(model) else None
 
     nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)  # one beam per user: the root
     scores = torch.zeros((batch, 1), device=device)
@@ -79,10 +76,6 @@ def beam_search(
         # Cache row b*beams+p holds user b's beam p; the new beams pick (and duplicate) their parents' rows.
         beam_index = (rows * beams + parent).view(-1)
         state, logprobs = step(model, state, beam_index, (code + int(starts[level])).view(-1, 1))
-    if item_lp is not None:
-        scores = scores + item_lp.gather(1, nodes.clamp(min=0))
-        scores, order = scores.sort(dim=1, descending=True, stable=True)
-        nodes = nodes.gather(1, order)
     items = torch.where(torch.isfinite(scores), nodes, torch.full_like(nodes, -1))
     return BeamResult(items[:, :top_k].cpu().numpy(), scores[:, :top_k].cpu().numpy())
 
@@ -110,15 +103,11 @@ def _blocked_keys(trie: SIDTrie, exclude: list[list[int]], device) -> list[tuple
 def exhaustive_scores(
     model: torch.nn.Module, prompt: list[int], codes: np.ndarray, vocab: SIDVocab, batch_size: int = 256, pad_id: int = 0
 ) -> np.ndarray:
-    """Log-probability of every item's SID after `prompt` (plus the item head's term), by teacher
-    forcing: the reference ranking."""
+    """Log-probability of every item's SID after `prompt`, by teacher forcing: the reference ranking."""
     device = next(model.parameters()).device
     tokens = torch.from_numpy(vocab.encode(codes)).to(device)
     out = np.zeros(len(codes))
     for start in range(0, len(codes), batch_size):
         chunk = tokens[start: start + batch_size]
         out[start: start + len(chunk)] = completion_logprobs(model, [prompt] * len(chunk), chunk, pad_id).sum(1).cpu().numpy()
-    if item_head(model):
-        first = completion_logits(model, [prompt], tokens[:1], pad_id)[:, 0]
-        out += item_logprobs(model, first, vocab.size, len(codes))[0].cpu().numpy()
     return out

@@ -24,18 +24,6 @@ def _config(model: torch.nn.Module):
     return getattr(model, "module", model).config  # DDP wraps the model
 
 
-def item_head(model: torch.nn.Module) -> float:
-    """The weight of the model's item head (0 = none): log p(item) from the item-token logits where an
-    item's first SID token is predicted, added to the SID's log-probability."""
-    return float(getattr(_config(model), "item_head", 0.0) or 0.0)
-
-
-def item_logprobs(model: torch.nn.Module, logprobs: torch.Tensor, offset: int, items: int) -> torch.Tensor:
-    """Item-head log-probabilities over the catalog ([B, items]) from the logits row that predicts an
-    item's first SID token, already scaled by the head's weight."""
-    return item_head(model) * torch.log_softmax(logprobs[:, offset: offset + items].float(), dim=-1)
-
-
 def is_encoder_decoder(model: torch.nn.Module) -> bool:
     """True for encoder-decoder models (also when wrapped, e.g. by DDP)."""
     return bool(getattr(_config(model), "is_encoder_decoder", False))
@@ -121,16 +109,13 @@ def completion_logprobs(model: torch.nn.Module, prompts: list[list[int]], comple
     return logprobs.gather(2, completions.unsqueeze(-1)).squeeze(-1)
 
 
-def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool, sid_tokens: int = 0) -> dict[str, torch.Tensor]:
+def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) -> dict[str, torch.Tensor]:
     """Model inputs with labels for a batch of SFT examples.
 
     Decoder-only: right-padded ids, attention mask and labels covering each example from its
     `loss_start`. Encoder-decoder: the context (ids before `loss_start`) goes to the encoder and the
     rest becomes the labels (the model shifts them into decoder inputs). Masks come from lengths, not
     from `pad_id`: an LLM's pad token is often its EOS, which real examples contain.
-    With `sid_tokens` (SID tokens per item; decoder-only with item tokens), `item_labels` holds, at the
-    label position of each item's first SID token, that item's row (read from the item token after
-    its SID): the item head's targets.
     """
     if encoder_decoder:
         sources = [e.ids[: e.loss_start] for e in examples]
@@ -144,37 +129,20 @@ def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool, 
         n = len(example.ids)
         labels[row, example.loss_start: n] = ids[row, example.loss_start: n]
     read_only = torch.tensor([e.read_only_from or torch.iinfo(torch.long).max for e in examples])
-    is_item = ids >= read_only[:, None]
-    labels = labels.masked_fill(is_item, IGNORE)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if sid_tokens:
-        rows, item_pos = is_item.nonzero(as_tuple=True)
-        first = item_pos - sid_tokens
-        keep = (first >= 0) & (labels[rows, first.clamp(min=0)] != IGNORE)
-        item_labels = torch.full_like(ids, IGNORE)
-        item_labels[rows[keep], first[keep]] = ids[rows[keep], item_pos[keep]] - read_only[rows[keep]]
-        batch["item_labels"] = item_labels
-    return batch
+    labels = labels.masked_fill(labels >= read_only[:, None], IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], encoder_decoder: bool, label_smoothing: float = 0.0,
-             item_offset: int = 0) -> torch.Tensor:
-    """Mean cross-entropy over the labelled tokens of a `training_batch`, optionally label-smoothed; with
-    `item_labels` in the batch, plus the item head's weight x the cross-entropy of each target item
-    among all items (a full softmax over the item-token logits from `item_offset` on)."""
-    item_labels = batch.get("item_labels")
-    out = model(**{k: v for k, v in batch.items() if k != "item_labels"})
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], encoder_decoder: bool, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens of a `training_batch`, optionally label-smoothed."""
+    out = model(**batch)
+    if not label_smoothing:
+        return out.loss
     logits, labels = out.logits, batch["labels"]
     if not encoder_decoder:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    loss = out.loss if not label_smoothing else torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE, label_smoothing=label_smoothing)
-    if item_labels is not None:
-        items = logits[..., item_offset:]
-        targets = item_labels if encoder_decoder else item_labels[:, 1:]
-        loss = loss + item_head(model) * torch.nn.functional.cross_entropy(
-            items.reshape(-1, items.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
-    return loss
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                             ignore_index=IGNORE, label_smoothing=label_smoothing)
 
 
 def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:

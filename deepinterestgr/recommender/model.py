@@ -24,9 +24,6 @@ class CompactModelConfig:
     max_items: int = 50
     # Tokens after the SID vocabulary that are read, never generated (one per catalog item).
     item_tokens: int = 0
-    # Weight of the item head (compact, with item tokens): kept in the model's config, so every search
-    # over a saved model scores items the way it was trained to.
-    item_head: float = 0.0
 
 
 def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[LlamaForCausalLM, SIDVocab]:
@@ -46,7 +43,6 @@ def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple
         eos_token_id=SEP,
         attention_dropout=cfg.dropout,
         tie_word_embeddings=True,
-        item_head=cfg.item_head,
     )
     return LlamaForCausalLM(config).eval(), vocab
 
@@ -125,7 +121,7 @@ def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, 
     """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for item tokens)."""
     if cfg.backbone != "llm":
         shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
-                                   items if cfg.item_tokens else 0, cfg.item_head)
+                                   items if cfg.item_tokens else 0)
         factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
         model, vocab = factory(sizes, shape, seed)
         return model, vocab, None
