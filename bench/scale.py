@@ -95,7 +95,7 @@ def measure(n: int, args, root: Path) -> dict:
     store = RunStore(cfg)
     items = store.read_table("prepare", "items").column("item_id").to_pylist()
     with measured(out, "sequences"):
-        sequences = build_sequences(store.read_table("prepare", "interactions"), {item: row for row, item in enumerate(items)})
+        sequences = build_sequences(store.read_table("prepare", "interactions"), items)
     out["items_after_kcore"] = len(items)
 
     vectors = rng.standard_normal((len(items), 64), dtype=np.float32)

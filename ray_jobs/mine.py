@@ -100,7 +100,7 @@ def mine_items(cfg: RunConfig, store: RunStore, items: list[dict], captions: dic
 def mine_users(cfg: RunConfig, store: RunStore, titles: dict[str, str], templates: dict) -> tuple[dict, list[dict], dict]:
     """Interests text by user id, from each user's last `history_titles` training titles."""
     m = cfg.mine
-    sequences = build_sequences(store.read_table("prepare", "interactions"), {i: r for r, i in enumerate(titles)})
+    sequences = build_sequences(store.read_table("prepare", "interactions"), list(titles))
     names = list(titles.values())
     chosen = set(sample_ids(sequences.user_ids, m.max_users, cfg.seed))
     requests = []

@@ -14,7 +14,7 @@ def test_build_sequences_orders_by_time_and_counts_unknown_items():
         "user_id": ["u", "u", "u", "u", "v"], "item_id": ["b", "a", "zz", "c", "a"],
         "timestamp": [2, 1, 3, 4, 1], "split": ["train", "train", "valid", "test", "train"],
     })
-    seqs = build_sequences(table, {"a": 0, "b": 1, "c": 2})
+    seqs = build_sequences(table, ["a", "b", "c"])
     assert seqs.user_ids == ["u", "v"]
     assert list(seqs.train) == [[0, 1], [0]] and seqs.train[-1] == [0]
     assert seqs.valid.tolist() == [-1, -1] and seqs.test.tolist() == [2, -1]

@@ -38,7 +38,7 @@ def load_catalog(store: RunStore) -> Catalog:
     trie = SIDTrie.from_bytes(trie_bytes)
     if any(trie.lookup(code.tolist()) < 0 for code in codes[:10]):
         raise DataError("tokenize output is inconsistent: the trie misses SIDs from the sids table")
-    sequences = build_sequences(store.read_table("prepare", "interactions"), {i: r for r, i in enumerate(item_ids)})
+    sequences = build_sequences(store.read_table("prepare", "interactions"), item_ids)
     return Catalog(item_ids, codes, trie, trie_bytes, sequences)
 
 

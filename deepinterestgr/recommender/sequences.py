@@ -52,31 +52,37 @@ class UserSequences:
     unknown_items: int = 0
 
 
-def build_sequences(interactions: pa.Table, item_rows: dict[str, int]) -> UserSequences:
-    """Group split interactions by user in time order; items without a SID are skipped and counted.
+def build_sequences(interactions: pa.Table, item_ids: list[str]) -> UserSequences:
+    """Group split interactions by user in time order, as rows of `item_ids`; items not in it (no SID)
+    are skipped and counted.
 
-    Column operations only (one sort, then numpy), so time and memory grow linearly with the
-    interactions; a user's valid/test target is their last valid/test interaction."""
-    table = interactions.select(["user_id", "item_id", "timestamp", "split"]).sort_by(
-        [("user_id", "ascending"), ("timestamp", "ascending")])
-    users = table.column("user_id").combine_chunks().dictionary_encode()
-    user_index = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    count = len(users.dictionary)
-    ids = np.fromiter(item_rows.values(), dtype=np.int64, count=len(item_rows))
-    found = pc.index_in(table.column("item_id"), value_set=pa.array(list(item_rows), type=pa.string()))
+    Integer operations only (user ids encoded once, one stable sort of (user, time) pairs), so time and
+    memory grow about linearly with the interactions; a user's valid/test target is their last valid/test
+    interaction."""
+    encoded = interactions.column("user_id").combine_chunks().dictionary_encode()
+    names = encoded.dictionary.to_numpy(zero_copy_only=False)
+    by_name = np.argsort(names, kind="stable")
+    count = len(names)
+    rank = np.empty(count, dtype=np.int64)
+    rank[by_name] = np.arange(count)
+    user_index = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    order = np.lexsort((interactions.column("timestamp").to_numpy(), user_index))
+    user_index = user_index[order]
+    found = pc.index_in(interactions.column("item_id"), value_set=pa.array(item_ids, type=pa.string()))
     known = pc.is_valid(found).to_numpy(zero_copy_only=False)
-    rows = np.full(table.num_rows, -1, dtype=np.int64)
-    rows[known] = ids[pc.drop_null(found).to_numpy().astype(np.int64)]
-    split = table.column("split")
-    train = known & pc.equal(split, "train").to_numpy(zero_copy_only=False)
+    rows = np.full(interactions.num_rows, -1, dtype=np.int64)
+    rows[known] = pc.drop_null(found).to_numpy()
+    rows, known = rows[order], known[order]
+    split = interactions.column("split")
+    train = known & pc.equal(split, "train").to_numpy(zero_copy_only=False)[order]
     offsets = np.concatenate([[0], np.cumsum(np.bincount(user_index[train], minlength=count))])
     targets = []
     for name in ("valid", "test"):
-        chosen = known & pc.equal(split, name).to_numpy(zero_copy_only=False)
+        chosen = known & pc.equal(split, name).to_numpy(zero_copy_only=False)[order]
         last = np.full(count, -1, dtype=np.int64)
         np.maximum.at(last, user_index[chosen], np.flatnonzero(chosen))
         targets.append(np.where(last >= 0, rows[np.maximum(last, 0)], -1))
-    return UserSequences(users.dictionary.to_pylist(), RaggedRows(offsets, rows[train]), targets[0], targets[1],
+    return UserSequences(names[by_name].tolist(), RaggedRows(offsets, rows[train]), targets[0], targets[1],
                          int((~known).sum()))
 
 
