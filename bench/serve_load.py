@@ -2,16 +2,19 @@
 
     python bench/serve_load.py --run runs/ml100k [--requests 200] [--concurrency 1 8 32] [--k 10]
     python bench/serve_load.py --run runs/ml100k --soak 300          # + S seconds of mixed load
+    python bench/serve_load.py --run runs/ml100k --set serve.ingress=direct   # replicas answer HTTP themselves
     python bench/serve_load.py --url http://127.0.0.1:8000 --run runs/ml100k   # an endpoint already up
 
-With --run only, it starts Serve on 127.0.0.1 itself and measures, in one run:
+With --run only, it starts Serve on 127.0.0.1 itself (with `--set serve.ingress=direct`, requests go
+straight to the replica's own port: Ray Serve's direct ingress, no proxy hop) and measures, in one run:
 - every concurrency with dynamic batching on (serve.max_batch_size) and off (max_batch_size=1);
 - `mixed`: ordinary requests alone, then with `--heavy-share` of heavy ones (`exclude_history` over a
   `--heavy-history`-item history) at `--mixed-concurrency`; `heavy_p99_ratio` is the ordinary
   requests' p99 with heavy ones beside them over their p99 alone (target <= 2);
 - `soak` (with --soak S): S seconds of valid, invalid and heavy requests, with one hot reload of the
   model half-way; counts 5xx answers and dropped requests (no answer), and the replica's RSS at the
-  start and the end (from GET /v1/model).
+  start and the end (from GET /v1/model). Through the proxy in either mode: the reload redeploys the
+  replica, and a redeployed replica answers directly on another port.
 Request bodies are real users' histories from the run. Every request loop is bounded in count and time.
 Prints one JSON line.
 """
@@ -19,6 +22,7 @@ Prints one JSON line.
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -147,16 +151,19 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import build_app, direct_urls, ingress_env
 
+    os.environ.update(ingress_env(cfg))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port})
-    url = f"http://127.0.0.1:{cfg.serve.port}"
+    proxy = f"http://127.0.0.1:{cfg.serve.port}"
+    out["ingress"] = cfg.serve.ingress
     try:
         for label, batch in (("no_batching", 1), ("batching", cfg.serve.max_batch_size)):
             run_cfg = cfg.model_copy(deep=True)
             run_cfg.serve.max_batch_size = batch
             serve.run(build_app(run_cfg), name="bench", route_prefix="/")
+            url = direct_urls("bench", "127.0.0.1")[0] if cfg.serve.ingress == "direct" else proxy
             asyncio.run(drive(url, ordinary[:10], 2, args.deadline_s))
             out[label] = {f"c{c}": asyncio.run(drive(url, ordinary, c, args.deadline_s)) for c in args.concurrency}
         top = max(args.concurrency)
@@ -170,10 +177,10 @@ def main() -> int:
 
         if args.soak > 0:
             shots = ordinary + invalid_shots(catalog) * max(1, len(ordinary) // 60) + [heavy] * max(1, len(ordinary) // 20)
-            rss_start = asyncio.run(replica_rss_mb(url))
+            rss_start = asyncio.run(replica_rss_mb(proxy))
 
             async def soak() -> dict:
-                load = asyncio.create_task(drive(url, shots, c, args.soak, cycle=True))
+                load = asyncio.create_task(drive(proxy, shots, c, args.soak, cycle=True))
                 await asyncio.sleep(args.soak / 2)
                 reloaded = cfg.model_copy(deep=True)
                 reloaded.serve.batch_wait_timeout_s = cfg.serve.batch_wait_timeout_s + 0.001  # new user_config: a fresh model
@@ -182,7 +189,7 @@ def main() -> int:
 
             answer = asyncio.run(soak())
             answer.update({"seconds": args.soak, "hot_reloads": 1, "rss_mb_start": rss_start,
-                           "rss_mb_end": asyncio.run(replica_rss_mb(url))})
+                           "rss_mb_end": asyncio.run(replica_rss_mb(proxy))})
             out["soak"] = answer
     finally:
         serve.shutdown()

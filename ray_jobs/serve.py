@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -11,7 +12,7 @@ from ray import serve
 from actors.predictor import model_stage
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs.common import USER_ERRORS, parse_config, start_ray
-from serving.app import build_app
+from serving.app import build_app, direct_urls, ingress_env
 
 APP_NAME = "deepinterestgr"
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     print(f"dig serve: starting the {stage} model of {store.uri} at {url}", file=sys.stderr)
     try:
+        # Serve's processes read these when they start, so before the local cluster does.
+        os.environ.update(ingress_env(cfg))
         start_ray(cfg)
         # Process managers (systemd, Kubernetes, `kill`) stop with SIGTERM: shut Serve down as on Ctrl-C.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dig serve: ready at {url} (Ctrl-C or SIGTERM stops)\n"
               f"  curl -s {url}/v1/recommend -H 'content-type: application/json' -d '{{\"history\": [\"<item_id>\"], \"k\": 10}}'",
               file=sys.stderr)
+        if cfg.serve.ingress == "direct":
+            direct = direct_urls(APP_NAME, cfg.serve.host)
+            print(f"dig serve: replicas answer directly at {', '.join(direct)}" if direct else
+                  "dig serve: serve.ingress=direct is not in effect in this cluster (start it with "
+                  "RAY_SERVE_ENABLE_DIRECT_INGRESS=1); serving through the proxy only", file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+import ray
 from pydantic import ValidationError
 from ray import serve
 
@@ -109,6 +110,31 @@ class Recommender:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
+
+
+def ingress_env(cfg: RunConfig) -> dict[str, str]:
+    """The environment Ray Serve's processes must start with for `serve.ingress` (empty for the proxy).
+
+    Direct replicas take ports from `serve.direct_port` on, with room for every replica twice over:
+    a redeploy starts the new replicas before the old ones release their ports."""
+    if cfg.serve.ingress != "direct":
+        return {}
+    s = cfg.serve
+    last = s.direct_port + 2 * (s.max_replicas if s.autoscale else s.num_replicas) + 1
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(s.direct_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(min(last, 65535))}
+
+
+def direct_urls(app_name: str, host: str) -> list[str]:
+    """The HTTP addresses where the app's replicas answer directly (empty unless direct ingress is on);
+    `host` is `serve.host`, where they listen (the node's address when it is 0.0.0.0).
+
+    Asks the Serve controller for the app's target groups: Ray has no public call for this yet."""
+    from ray.serve.context import _get_global_client
+
+    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
+    return sorted({f"http://{t.ip if host == '0.0.0.0' else host}:{t.port}" for g in groups for t in g.targets
+                   if g.protocol.value == "HTTP" and t.name.startswith("SERVE_REPLICA")})
 
 
 def build_app(cfg: RunConfig):

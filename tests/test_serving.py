@@ -200,6 +200,9 @@ def test_serve_deploy_config_validates_and_its_builder_reads_config_and_run(serv
 
 
 def test_dig_serve_answers_http_from_a_trained_run_until_terminated(served, tmp_path):
+    """`dig serve` in its own local cluster, with direct ingress: the replica answers on its own port
+    exactly as through the proxy."""
+    import re
     import signal
     import subprocess
     import sys
@@ -208,13 +211,14 @@ def test_dig_serve_answers_http_from_a_trained_run_until_terminated(served, tmp_
     from conftest import free_port
 
     _, cfg, store = served
-    port, log = free_port(), tmp_path / "serve.log"
+    port, direct_port, log = free_port(), free_port(), tmp_path / "serve.log"
     dig = str(Path(sys.executable).with_name("dig"))
     user = store.read_table("prepare", "interactions").column("user_id")[0].as_py()
     with open(log, "w") as stderr:
         # its own local Ray cluster ("local"), as on a laptop, beside the test session's
         process = subprocess.Popen([dig, "serve", "--run", cfg.storage.uri, "--set", f"serve.port={port}",
-                                    "--set", "ray.address=local", "--set", "ray.num_cpus=1"],
+                                    "--set", "ray.address=local", "--set", "ray.num_cpus=1",
+                                    "--set", "serve.ingress=direct", "--set", f"serve.direct_port={direct_port}"],
                                    stdout=subprocess.DEVNULL, stderr=stderr, text=True)
         try:
             deadline, answer = time.time() + 240, None
@@ -222,6 +226,11 @@ def test_dig_serve_answers_http_from_a_trained_run_until_terminated(served, tmp_
                 time.sleep(1)
             answer = post(f"http://127.0.0.1:{port}", {"user_id": user, "k": 4})
             assert answer.status_code == 200 and len(answer.json()["items"]) == 4
+            direct = re.search(r"replicas answer directly at (http://127\.0\.0\.1:(\d+))", log.read_text())
+            assert direct and direct_port <= int(direct[2]) <= direct_port + 3, log.read_text()[-2000:]
+            straight = post(direct[1], {"user_id": user, "k": 4})
+            assert straight.status_code == 200 and straight.json()["items"] == answer.json()["items"]
+            assert post(direct[1], {"user_id": user, "k": 0}).status_code == 422, "the same validation"
         finally:
             process.send_signal(signal.SIGTERM)  # as a process manager stops it; Ctrl-C takes the same path
             process.wait(timeout=120)
