@@ -19,7 +19,7 @@ import ray
 from deepinterestgr.config import RunConfig, SyntheticConfig
 from deepinterestgr.data.filtering import ORDER_COLUMN, kcore, leave_last_out, partition_by_user
 from deepinterestgr.data.registry import load_raw
-from deepinterestgr.data.synthetic import SyntheticCatalog, synthetic_catalog, synthetic_users, user_blocks
+from deepinterestgr.data.synthetic import UserDraws, synthetic_catalog, synthetic_users, user_blocks
 from deepinterestgr.data.tables import items_table
 from deepinterestgr.errors import DataError
 from deepinterestgr.storage.fingerprint import fingerprint_listing, fingerprint_paths
@@ -104,15 +104,15 @@ def _in_driver(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
 
 
 @ray.remote(num_returns=2)
-def _draw_users(s: SyntheticConfig, seed: int, catalog: SyntheticCatalog, block: int) -> tuple[pa.Table, pa.Table]:
-    return synthetic_users(s, seed, catalog, block)
+def _draw_users(s: SyntheticConfig, seed: int, draws: UserDraws, block: int) -> tuple[pa.Table, pa.Table]:
+    return synthetic_users(s, seed, draws, block)
 
 
 def _synthetic_blocks(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
     """A synthetic catalog of several user blocks: the catalog in the driver, one Ray task per user block."""
     s = cfg.data.synthetic
     catalog = synthetic_catalog(s, cfg.seed)
-    shared = ray.put(catalog)
+    shared = ray.put(catalog.draws)
     drawn = [_draw_users.remote(s, cfg.seed, shared, block) for block in range(user_blocks(s))]
     items = _with_images(items_table(catalog.items, "synthetic"), catalog.images, attempt)
     extras = {"item_truth": pa.Table.from_pylist(catalog.item_truth),

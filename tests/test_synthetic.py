@@ -68,7 +68,7 @@ def test_user_blocks_are_independent_streams_and_one_block_is_the_whole_generato
 
     cfg = _small(num_users=90, block_users=40)
     catalog = synthetic_catalog(cfg.synthetic, 0)
-    late_first = [synthetic_users(cfg.synthetic, 0, catalog, block)[0] for block in (2, 1, 0)]
+    late_first = [synthetic_users(cfg.synthetic, 0, catalog.draws, block)[0] for block in (2, 1, 0)]
     whole = generate_synthetic(cfg, 0).interactions
     assert pa.concat_tables(late_first[::-1]).equals(whole), "blocks drawn in any order give the same data"
     assert set(late_first[0].column("user_id").to_pylist()) == {f"u{i:05d}" for i in range(80, 90)}

@@ -153,16 +153,23 @@ def _image(size: int, colour: tuple[int, int, int], shapes: list[str]) -> bytes:
 
 
 @dataclass
+class UserDraws:
+    """What user blocks draw from: small whatever the catalog's size, so each block's task gets a copy."""
+
+    # interest -> catalog indices of the items that carry it (item i's id is `item_id(i)`)
+    pools: dict[str, np.ndarray]
+    # the random stream's state after the catalog: user block 0 continues it
+    state: dict
+
+
+@dataclass
 class SyntheticCatalog:
     """The items, their true interests and images, and what user blocks draw from."""
 
     items: list[dict]
     item_truth: list[dict]
     images: dict[str, bytes]
-    # interest -> catalog indices of the items that carry it (item i's id is `item_id(i)`)
-    pools: dict[str, np.ndarray]
-    # the random stream's state after the catalog: user block 0 continues it
-    state: dict
+    draws: UserDraws
 
 
 def item_id(index: int) -> str:
@@ -200,8 +207,8 @@ def synthetic_catalog(s: SyntheticConfig, seed: int) -> SyntheticCatalog:
             images[key] = _image(s.image_size, colour, [SHAPES[p] for p in picks])
         for interest in chosen:
             pools.setdefault(interest, []).append(index)
-    return SyntheticCatalog(items, item_truth, images, {k: np.array(v, dtype=np.int64) for k, v in pools.items()},
-                            rng.bit_generator.state)
+    draws = UserDraws({k: np.array(v, dtype=np.int64) for k, v in pools.items()}, rng.bit_generator.state)
+    return SyntheticCatalog(items, item_truth, images, draws)
 
 
 def user_blocks(s: SyntheticConfig) -> int:
@@ -209,16 +216,16 @@ def user_blocks(s: SyntheticConfig) -> int:
     return -(-s.num_users // s.block_users)
 
 
-def synthetic_users(s: SyntheticConfig, seed: int, catalog: SyntheticCatalog, block: int) -> tuple[pa.Table, pa.Table]:
+def synthetic_users(s: SyntheticConfig, seed: int, draws: UserDraws, block: int) -> tuple[pa.Table, pa.Table]:
     """Interactions and true interests of the users of `block`, from the block's own random stream
     (block 0 continues the catalog's, so a one-block catalog is what earlier versions generated):
     blocks can be drawn in any order, on any worker, with the same result."""
     if block == 0:
         rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = catalog.state
+        rng.bit_generator.state = draws.state
     else:
         rng = np.random.default_rng([seed, block])
-    available = sorted(catalog.pools)
+    available = sorted(draws.pools)
     users, item_ids, times, user_truth = [], [], [], []
     for index in range(block * s.block_users, min(s.num_users, (block + 1) * s.block_users)):
         user_id = f"u{index:05d}"
@@ -232,7 +239,7 @@ def synthetic_users(s: SyntheticConfig, seed: int, catalog: SyntheticCatalog, bl
             else:
                 if rng.random() >= s.stickiness:
                     current = own[int(rng.integers(len(own)))]
-                pool = catalog.pools[current]
+                pool = draws.pools[current]
                 item = int(pool[int(rng.integers(len(pool)))])
             users.append(user_id)
             item_ids.append(item_id(item))
@@ -246,7 +253,7 @@ def generate_synthetic(cfg: DataConfig, seed: int) -> RawData:
     (The prepare stage draws catalogs of more than one user block on Ray Data instead.)"""
     s: SyntheticConfig = cfg.synthetic
     catalog = synthetic_catalog(s, seed)
-    blocks = [synthetic_users(s, seed, catalog, block) for block in range(user_blocks(s))]
+    blocks = [synthetic_users(s, seed, catalog.draws, block) for block in range(user_blocks(s))]
     return RawData(
         items=items_table(catalog.items, "synthetic"),
         interactions=pa.concat_tables([b[0] for b in blocks]),
