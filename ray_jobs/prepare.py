@@ -118,22 +118,23 @@ def _synthetic_blocks(cfg: RunConfig, attempt: StageAttempt) -> Loaded:
     extras = {"item_truth": pa.Table.from_pylist(catalog.item_truth),
               "user_truth": ray.data.from_arrow_refs([truth for _, truth in drawn])}
     data = ray.data.from_arrow_refs([interactions for interactions, _ in drawn])
-    return _through_ray_data(cfg, items, data, "timestamp", extras)
+    return _through_ray_data(cfg, items, data, "synthetic interactions", "timestamp", extras)
 
 
-def _through_ray_data(cfg: RunConfig, items: pa.Table, data: ray.data.Dataset, order: str,
+def _through_ray_data(cfg: RunConfig, items: pa.Table, data: ray.data.Dataset, source: str, order: str,
                       extras: dict[str, pa.Table | ray.data.Dataset]) -> Loaded:
-    """Interactions that stay in Ray Data blocks through the unknown-item check, the k-core and the split."""
+    """Interactions that stay in Ray Data blocks through the unknown-item check, the k-core and the split;
+    `source` names them in errors."""
     partitions = max(1, int(ray.available_resources().get("CPU", 1)))
     data = data.materialize()
     total = data.count()
     dropped: dict[str, int] = {}
-    data = parquet_input.known_items(data, items, cfg.data.drop_bad_rows, dropped, f"{cfg.data.path} interactions")
+    data = parquet_input.known_items(data, items, cfg.data.drop_bad_rows, dropped, source)
     core = parquet_input.kcore(data, cfg.data.kcore, partitions)
     rows = core.data.count()
     if rows == 0:
         raise DataError(f"data.kcore={cfg.data.kcore} removed every interaction; lower it" if cfg.data.kcore > 1
-                        else f"{cfg.data.path}: no interactions")
+                        else f"{source}: none")
     before = {"users": core.users_before, "items": items.num_rows, "interactions": total}
     if core.items is not None:
         items = items.filter(pc.is_in(items.column("item_id"), value_set=core.items))
@@ -165,7 +166,7 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
     with store.stage(STAGE, config_hash, inputs) as attempt:
         if cfg.data.loader == "parquet":
             loaded = _through_ray_data(cfg, parquet_input.read_items(cfg), parquet_input.read_interactions(cfg),
-                                       "timestamp, then item id", {})
+                                       f"{cfg.data.path} interactions", "timestamp, then item id", {})
         elif cfg.data.loader == "synthetic" and user_blocks(cfg.data.synthetic) > 1:
             loaded = _synthetic_blocks(cfg, attempt)
         else:

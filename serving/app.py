@@ -16,8 +16,8 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-import ray
 from pydantic import ValidationError
+import ray
 from ray import serve
 
 from actors.predictor import Predictor, Query, RequestError

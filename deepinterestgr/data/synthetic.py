@@ -154,7 +154,7 @@ def _image(size: int, colour: tuple[int, int, int], shapes: list[str]) -> bytes:
 
 @dataclass
 class UserDraws:
-    """What user blocks draw from: small whatever the catalog's size, so each block's task gets a copy."""
+    """What user blocks draw from (8 bytes per item, not the catalog's texts): each block's task gets a copy."""
 
     # interest -> catalog indices of the items that carry it (item i's id is `item_id(i)`)
     pools: dict[str, np.ndarray]
