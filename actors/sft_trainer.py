@@ -24,7 +24,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import build_model, trainable_state
 from deepinterestgr.recommender.decoding import is_encoder_decoder, lr_factor, sft_loss, training_batch
-from deepinterestgr.recommender.training import epoch_order, target_ranks
+from deepinterestgr.recommender.training import average_weights, epoch_order, target_ranks
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 CHECKPOINT_FILE = "sft.pt"
@@ -62,6 +62,12 @@ def train_sft(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+    # With ema_decay the checkpoint's "model" is the average (what is validated and saved) and "live"
+    # holds the weights that training continues from.
+    average = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.ema_decay else None
+    if checkpoint and average is not None:
+        average = {n: v.to(device) for n, v in state["model"].items() if n in average}
+        model.load_state_dict(state["live"], strict=False)
     encoder_decoder = is_encoder_decoder(model)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16
@@ -82,12 +88,18 @@ def train_sft(config: dict) -> None:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if average is not None:
+                    average_weights(average, model, cfg.ema_decay)
             tokens += int(batch["attention_mask"].sum())
             loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
         seconds = time.perf_counter() - began
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
 
+        live = None
+        if average is not None:
+            live = trainable_state(model)
+            model.load_state_dict(average, strict=False)
         with autocast():
             ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id)
         local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
@@ -102,7 +114,9 @@ def train_sft(config: dict) -> None:
                    "tokens_per_s": float(sums[3]), "epoch_s": seconds}
         report_epoch("sft", cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                                                           "scheduler": scheduler.state_dict(),
-                                                          "epoch": epoch, "best": best, "stale": stale},
+                                                          "epoch": epoch, "best": best, "stale": stale, "live": live},
                      CHECKPOINT_FILE, show=("loss", "val_hr@10", "val_ndcg@10", "tokens_per_s", "epoch_s"))
+        if live is not None:
+            model.load_state_dict(live, strict=False)
         if stale >= cfg.patience or math.isnan(metrics["loss"]):
             break

@@ -326,6 +326,10 @@ class SFTConfig(TrainerScaling):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0)
+    # Validate, checkpoint and save an exponential moving average of the weights, updated after every
+    # optimizer step with this decay (0 = the raw weights). From-scratch models on small data land far
+    # apart from one training seed to the next; the average is steadier (bench/quality.py).
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     # Validation HR@10/NDCG@10 with this beam each epoch; stop after `patience` epochs without gain.
@@ -398,6 +402,10 @@ class EvaluateConfig(Section):
     num_gpus: float = Field(0.0, ge=0)
     # Remove items the user already interacted with from their recommendations.
     exclude_history: bool = False
+    # Also report every model's metrics for this many groups of test users, split at quantiles of how
+    # often their target occurs in training (tail to head; 0 = off): SID models and ID models fail on
+    # different items, which one overall figure hides.
+    popularity_groups: int = Field(4, ge=0)
     sasrec: SASRecConfig = SASRecConfig()
 
 

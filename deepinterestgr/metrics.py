@@ -44,3 +44,34 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str,
         out[f"hr@{k}"] = float(hit.mean())
         out[f"ndcg@{k}"] = float(gain.mean())
     return out
+
+
+def popularity_groups(target_counts: np.ndarray, groups: int) -> list[tuple[int, int, np.ndarray]]:
+    """Users split by how often their target occurs in training: (lowest count, highest count, user mask) per group.
+
+    Edges are count quantiles of the targets; users whose targets share a count stay in one group, so
+    there can be fewer groups than asked (a catalog whose targets all occur alike gives one).
+    """
+    target_counts = np.asarray(target_counts)
+    if groups < 1:
+        raise ValueError(f"groups must be positive, got {groups}")
+    if target_counts.size == 0:
+        return []
+    edges = np.unique(np.quantile(target_counts, np.linspace(0, 1, groups + 1)[1:-1], method="lower"))
+    group_of = np.searchsorted(edges, target_counts, side="left")
+    out = []
+    for g in np.unique(group_of):
+        mask = group_of == g
+        out.append((int(target_counts[mask].min()), int(target_counts[mask].max()), mask))
+    return out
+
+
+def metrics_by_popularity(ranks: dict[str, np.ndarray], target_counts: np.ndarray, groups: int,
+                          ks: Sequence[int] = (5, 10)) -> list[dict]:
+    """Each model's HR@K / NDCG@K per target-popularity group (tail first): where a model wins or loses."""
+    rows = []
+    for low, high, mask in popularity_groups(target_counts, groups):
+        row = {"target_count": f"{low}" if low == high else f"{low}-{high}", "users": int(mask.sum())}
+        row["models"] = {name: ranking_metrics(r[mask], ks) for name, r in ranks.items()}
+        rows.append(row)
+    return rows

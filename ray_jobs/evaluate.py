@@ -1,4 +1,4 @@
-"""`dig evaluate`: HR@K / NDCG@K on the test split for the generative recommender and its baselines."""
+"""`dig evaluate`: HR@K / NDCG@K on the test split for the generative recommender and its baselines (overall and by target popularity)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import ray
 from actors.recommender import TargetRanker
 from deepinterestgr.baselines.sasrec import fit_sasrec, sasrec_ranks
 from deepinterestgr.config import RunConfig
-from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
 from deepinterestgr.progress import Progress
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, user_interests
-from deepinterestgr.recommender.sequences import most_popular
+from deepinterestgr.recommender.sequences import most_popular, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import accelerator, collect, stage_main
 
@@ -36,6 +36,16 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
     keys = list(next(iter(results.values())))
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |" for name, m in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def popularity_table(rows: list[dict], metric: str) -> str:
+    """One metric per model (rows) and target-popularity group (columns)."""
+    models = list(rows[0]["models"])
+    lines = [f"{metric} by how often the test target occurs in training:", "",
+             "| model | " + " | ".join(f"{r['target_count']} ({r['users']} users)" for r in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    lines += [f"| {m} | " + " | ".join(f"{r['models'][m][metric]:.4f}" for r in rows) + " |" for m in models]
     return "\n".join(lines) + "\n"
 
 
@@ -69,26 +79,29 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         table = collect(ranked.select_columns(["user", "rank"]), f"evaluate: GR ({model_stage}) ranking", "users", len(rows)).sort_by("user")
         gr_ranks = table.column("rank").to_numpy()
         pop = popularity_ranks(most_popular(seqs, len(catalog.item_ids)), targets, histories if e.exclude_history else None)
-        results = {
-            f"GR ({model_stage})": ranking_metrics(gr_ranks, e.ks),
-            "most-popular": ranking_metrics(pop, e.ks),
-        }
-        baselines = {}
+        ranks = {f"GR ({model_stage})": gr_ranks, "most-popular": pop}
+        details = {}
         if e.sasrec.enabled:
             progress = Progress("evaluate: SASRec", e.sasrec.epochs, "epochs")
 
             def report_epoch(epoch: int, validation: dict | None) -> None:
                 progress.set(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
 
-            sasrec, baselines["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
+            sasrec, details["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
                                                              on_epoch=report_epoch)
-            ranks = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
-            results["SASRec"] = ranking_metrics(ranks, e.ks)
+            ranks["SASRec"] = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
+        results = {name: ranking_metrics(r, e.ks) for name, r in ranks.items()}
+        if e.popularity_groups:
+            counts = training_counts(seqs, len(catalog.item_ids))[targets]
+            details["by_target_popularity"] = metrics_by_popularity(ranks, counts, e.popularity_groups, e.ks)
         report = {"model_stage": model_stage, "test_users": len(users), "items": len(catalog.item_ids),
-                  "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results, **baselines}
+                  "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results, **details}
         attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
-        attempt.write_bytes("report.md", markdown_table(results).encode())
-        print(markdown_table(results), file=sys.stderr)
+        markdown = markdown_table(results)
+        if e.popularity_groups:
+            markdown += "\n" + popularity_table(details["by_target_popularity"], f"ndcg@{max(e.ks)}")
+        attempt.write_bytes("report.md", markdown.encode())
+        print(markdown, file=sys.stderr)
         return attempt.commit({"test_users": len(users)}, report)
 
 

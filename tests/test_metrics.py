@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from deepinterestgr.metrics import ranking_metrics, ranks_from_scores, target_ranks
+from deepinterestgr.metrics import metrics_by_popularity, popularity_groups, ranking_metrics, ranks_from_scores, target_ranks
 
 
 def test_hand_computed_hr_and_ndcg():
@@ -31,3 +31,23 @@ def test_invalid_k_and_empty_input_are_errors():
         ranking_metrics(np.array([0]), ks=(0,))
     with pytest.raises(ValueError, match="at least one"):
         ranking_metrics(np.array([], dtype=int))
+
+
+def test_popularity_groups_split_at_count_quantiles_and_keep_equal_counts_together():
+    counts = np.array([1, 1, 1, 1, 2, 3, 5, 8, 13, 40])
+    groups = popularity_groups(counts, 4)
+    assert [(low, high) for low, high, _ in groups] == [(1, 1), (2, 2), (3, 5), (8, 40)]
+    assert sum(int(mask.sum()) for _, _, mask in groups) == len(counts)
+    assert len(popularity_groups(np.full(6, 4), 3)) == 1, "targets that all occur alike: one group"
+    with pytest.raises(ValueError, match="positive"):
+        popularity_groups(counts, 0)
+
+
+def test_metrics_by_popularity_show_which_model_wins_on_the_tail():
+    counts = np.array([1, 1, 2, 2, 50, 50, 60, 60])
+    tail_model = np.array([0, 0, 0, 0, -1, -1, -1, -1])
+    head_model = np.array([-1, -1, -1, -1, 0, 0, 0, 0])
+    rows = metrics_by_popularity({"tail": tail_model, "head": head_model}, counts, 2, ks=(10,))
+    assert [(r["target_count"], r["users"]) for r in rows] == [("1-2", 4), ("50-60", 4)]
+    assert rows[0]["models"]["tail"]["hr@10"] == 1.0 and rows[0]["models"]["head"]["hr@10"] == 0.0
+    assert rows[1]["models"]["head"]["ndcg@10"] == 1.0 and rows[1]["models"]["tail"]["ndcg@10"] == 0.0

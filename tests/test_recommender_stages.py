@@ -68,10 +68,18 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"
     md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md
+    # the popularity groups partition the test users, so their user-weighted means are the overall figures
+    groups = evaluated.report["by_target_popularity"]
+    assert len(groups) >= 2 and sum(g["users"] for g in groups) == evaluated.report["test_users"]
+    for name, metrics in results.items():
+        weighted = sum(g["users"] * g["models"][name]["ndcg@10"] for g in groups) / evaluated.report["test_users"]
+        assert weighted == pytest.approx(metrics["ndcg@10"])
+    assert "by how often the test target occurs in training" in md
 
     # the config now asks for the encoder-decoder (reading item tokens): the compact model is refused, then
     # the encoder-decoder is trained anew and evaluated
-    encdec = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.backbone=encoder_decoder", "sft.item_tokens=true"])
+    encdec = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.backbone=encoder_decoder", "sft.item_tokens=true",
+                                       "sft.ema_decay=0.5"])
     with pytest.raises(DataError, match="backbone compact but sft.backbone is encoder_decoder: rerun `dig sft`"):
         evaluate.run(encdec, RunStore(encdec))
     report = sft.run(encdec, RunStore(encdec)).report
@@ -91,7 +99,7 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
     changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder",
-                                        "sft.item_tokens=true"])
+                                        "sft.item_tokens=true", "sft.ema_decay=0.5"])
     tokenize.run(changed, RunStore(changed))
     with pytest.raises(DataError, match="trained on SID levels .* tokenize changed after training; rerun `dig sft` and `dig grpo`"):
         evaluate.run(changed, RunStore(changed))

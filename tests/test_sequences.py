@@ -1,10 +1,13 @@
 import numpy as np
 import pyarrow as pa
+import pytest
+import torch
 
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
 from deepinterestgr.recommender.sequences import RaggedRows, build_sequences, most_popular, tokens
 from deepinterestgr.recommender.decoding import IGNORE, training_batch
+from deepinterestgr.recommender.training import average_weights
 from deepinterestgr.recommender.vocab import SIDVocab
 from ray_jobs.evaluate import popularity_ranks
 
@@ -84,3 +87,20 @@ def test_epoch_order_caps_each_group_with_a_fresh_sample_per_epoch():
         assert np.bincount(groups[order]).tolist() == [3, 2, 1] and len(set(order.tolist())) == len(order)
     assert len({tuple(sorted(o.tolist())) for o in capped}) > 1, "another epoch, another sample of the long group"
     assert np.array_equal(epoch_order(groups, 3, seed=1), capped[1]), "same seed, same order"
+
+
+def test_weight_average_moves_each_trainable_parameter_by_one_minus_decay_and_skips_frozen_ones():
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    average = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average_weights(average, model, 0.5)
+    average_weights(average, model, 0.5)
+    assert set(average) == {"weight"}
+    assert average["weight"].tolist() == [[0.75, 0.75]], "0 -> 0.5 -> 0.75 towards the weights"
+    assert model.weight.tolist() == [[1.0, 1.0]], "the model's own weights are untouched"
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    average_weights(average, model, 0.9)
+    assert average["weight"][0, 0].item() == pytest.approx(0.9 * 0.75 + 0.1 * 3.0)

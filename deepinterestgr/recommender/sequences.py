@@ -98,9 +98,14 @@ def tokens(rows: list[int], codes: np.ndarray, vocab: SIDVocab, max_items: int, 
     return [BOS] + sids.reshape(-1).tolist()
 
 
+def training_counts(sequences: UserSequences, num_items: int) -> np.ndarray:
+    """How often each item row occurs in the training split."""
+    return np.bincount(sequences.train.values, minlength=num_items)
+
+
 def most_popular(sequences: UserSequences, num_items: int) -> np.ndarray:
     """Item rows ordered by training frequency (ties by row): the popularity baseline's ranking."""
-    counts = np.bincount(sequences.train.values, minlength=num_items)
+    counts = training_counts(sequences, num_items)
     return np.lexsort((np.arange(num_items), -counts))
 
 

@@ -37,6 +37,14 @@ def target_ranks(
     return ranks
 
 
+def average_weights(average: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """One step of an exponential moving average of a model's trainable parameters, in place."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in average:
+                average[name].mul_(decay).add_(param.detach(), alpha=1.0 - decay)
+
+
 def epoch_order(groups: np.ndarray, per_group: int, seed: int) -> np.ndarray:
     """A shuffled order of example indices for one epoch, at most `per_group` of each group (0 = all).
 
