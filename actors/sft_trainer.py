@@ -3,7 +3,8 @@
 Like the RQ-VAE loop, every worker reads the whole (small) example dataset and trains on rows
 rank::world_size, so shards are the same in every run. Validation users are split the same way and
 their hit counts are summed across workers, so every worker takes the same early-stopping decision.
-Checkpoints hold only the trained parameters (all of the compact model; LoRA and SID rows of an LLM).
+Checkpoints hold only the trained parameters (all of the compact model; LoRA and SID rows of an LLM);
+with `sft.ema_decay` they hold the weight average, which is validated and saved, and the live weights.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
                 progress.set(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
 
             sasrec, details["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
-                                                             on_epoch=report_epoch)
+                                                           on_epoch=report_epoch)
             ranks["SASRec"] = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
         results = {name: ranking_metrics(r, e.ks) for name, r in ranks.items()}
         if e.popularity_groups:
