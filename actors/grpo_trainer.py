@@ -88,7 +88,8 @@ def train_grpo(config: dict) -> None:
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
 
     def validate() -> tuple[float, float]:
-        ranks = target_ranks(policy, valid_prompts, valid_targets, trie, vocab, g.beam_width, pad_id=pad_id)
+        ranks = target_ranks(policy, valid_prompts, valid_targets, trie, vocab, g.beam_width, pad_id=pad_id,
+                             item_weight=config["item_weight"])
         local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
         sums = _sum_across([local["hr@10"] * len(ranks), local["ndcg@10"] * len(ranks), len(ranks)], world)
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
@@ -112,6 +113,7 @@ def train_grpo(config: dict) -> None:
             batch = order[start : start + g.batch_size]
             batch_prompts = [prompts[i] for i in batch]
             with torch.no_grad():
+                # Rollouts come from the SID policy alone (no item head): GRPO trains the SID distribution.
                 if g.rollout == "beam":
                     rows = beam_search(policy, batch_prompts, trie, vocab, g.group_size, g.group_size, pad_id=pad_id).items
                 else:

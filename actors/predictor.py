@@ -135,7 +135,8 @@ class Predictor:
             prompts = [self.format.prompt(r.rows, r.interests) for _, _, r in group]
             exclude = [r.rows if q.exclude_history else [] for _, q, r in group]
             result = beam_search(self.model, prompts, self.catalog.trie, self.format.vocab, beam_width=width, top_k=width,
-                                 pad_id=self.format.pad_id, exclude=exclude if any(exclude) else None)
+                                 pad_id=self.format.pad_id, exclude=exclude if any(exclude) else None,
+                                 item_weight=self.format.item_weight)
             for (i, query, resolved), items, scores in zip(group, result.items, result.scores):
                 chosen = [(int(it), float(sc)) for it, sc in zip(items, scores) if it >= 0][: query.k]
                 answers[i] = {

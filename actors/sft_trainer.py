@@ -82,7 +82,7 @@ def train_sft(config: dict) -> None:
             batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing)
+                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing, cfg.item_head, vocab)
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
                 torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
@@ -102,7 +102,8 @@ def train_sft(config: dict) -> None:
             live = trainable_state(model)
             model.load_state_dict(average, strict=False)
         with autocast():
-            ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id)
+            ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id,
+                                 item_weight=cfg.item_score_weight if cfg.item_head else 0.0)
         local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
         n = float(len(ranks))
         sums = torch.tensor([local["hr@10"] * n, local["ndcg@10"] * n, n, tokens / seconds])

@@ -30,7 +30,8 @@ def test_metrics(store: RunStore, stage: str, beam_width: int) -> dict:
     seqs = catalog.sequences
     users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
     prompts = [fmt.prompt(seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else [])) for u in users]
-    ranks = target_ranks(load_model(store, stage), prompts, seqs.test[users], catalog.trie, fmt.vocab, beam_width, pad_id=fmt.pad_id)
+    ranks = target_ranks(load_model(store, stage), prompts, seqs.test[users], catalog.trie, fmt.vocab, beam_width, pad_id=fmt.pad_id,
+                         item_weight=fmt.item_weight)
     return {k: round(v, 4) for k, v in ranking_metrics(ranks, (10,)).items()}
 
 

@@ -316,6 +316,13 @@ class SFTConfig(TrainerScaling):
     # item-ID embedding learned from the training sequences, as SASRec's), so the model reads items
     # exactly as well as by their shared SID codes; it still generates SIDs only.
     item_tokens: bool = False
+    # compact with item_tokens: weight of an item head's loss (0 = none). The head is a softmax over the
+    # item-token rows at each next-item position (SASRec's objective inside the same model); every
+    # ranking (validation, evaluate, serve) then scores an item by its SID log-probability plus
+    # `item_score_weight` x the head's log-probability. It keeps rare items that popular SID siblings
+    # would push out of the beam (bench/quality.py).
+    item_head: float = Field(0.0, ge=0.0)
+    item_score_weight: float = Field(2.0, gt=0.0)
     # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
     # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
     targets_per_user: int = Field(0, ge=0)
@@ -351,6 +358,10 @@ class SFTConfig(TrainerScaling):
             raise ValueError("sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
         if self.backbone == "llm" and shape:
             raise ValueError(f"sft.{shape[0]} applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
+        if self.item_head and self.backbone != "compact":
+            raise ValueError(f"sft.item_head applies only to sft.backbone=compact, not {self.backbone}")
+        if self.item_head and not self.item_tokens:
+            raise ValueError("sft.item_head needs sft.item_tokens=true (the head scores the item-token rows)")
         if self.backbone != "llm" and self.hidden_size % self.heads:
             raise ValueError(f"sft.heads ({self.heads}) must divide sft.hidden_size ({self.hidden_size})")
         return self

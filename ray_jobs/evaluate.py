@@ -72,7 +72,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             fn_constructor_kwargs={
                 "load_model": functools.partial(load_model, store, model_stage), "trie_bytes": catalog.trie_bytes,
                 "vocab": fmt.vocab, "pad_id": fmt.pad_id, "beam_width": e.beam_width,
-                "exclude_history": e.exclude_history, "device": accelerator(e.num_gpus),
+                "exclude_history": e.exclude_history, "device": accelerator(e.num_gpus), "item_weight": fmt.item_weight,
             },
             batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.num_gpus,
         )

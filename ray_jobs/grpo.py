@@ -60,7 +60,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     loop_config = {
         "run": pinned(cfg).model_dump(mode="json"), "log_level": cfg.ray.train_log_level, "backbone": backbone, "sizes": catalog.trie.sizes,
         "vocab_offset": fmt.vocab.offset, "trie": catalog.trie_bytes, "codes": catalog.codes.tolist(),
-        "pad_id": fmt.pad_id, "prompts": prompts, "targets": targets, "quality": quality[targets].tolist(),
+        "pad_id": fmt.pad_id, "item_weight": fmt.item_weight, "prompts": prompts, "targets": targets, "quality": quality[targets].tolist(),
         "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
         "valid_targets": [int(seqs.valid[u]) for u in valid],
     }

@@ -136,3 +136,51 @@ def test_each_prompt_cache_is_held_once_whatever_the_beam_width(tiny_random_mode
     assert logprobs.shape == (3 * width, model.config.vocab_size)
     assert state.cache.keys[0].shape[0] == 3, "one prompt row per prompt, not per beam"
     assert state.cache.nbytes() < prompt_bytes * width / 4
+
+
+def _item_head_model(n=30):
+    codes = _catalog(n=n)
+    cfg = CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, item_tokens=len(codes))
+    model, vocab = compact_model([4, 5, 6], cfg, seed=0)
+    rng = np.random.default_rng(5)
+    prompts = [tokens(rng.choice(len(codes), size=3).tolist(), codes, vocab, 0, item_tokens=True) for _ in range(4)]
+    return model, vocab, codes, SIDTrie.build(codes), prompts
+
+
+def _item_head_reference(model, vocab, prompt, items):
+    """The item head's log-probabilities after one prompt, from the raw logits (not from beam_search's helper)."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    return torch.log_softmax(logits[vocab.size: vocab.size + items], dim=0).numpy()
+
+
+def test_full_width_beam_with_item_weight_equals_exhaustive_sid_plus_weighted_item_head():
+    model, vocab, codes, trie, prompts = _item_head_model()
+    result = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes), item_weight=2.0)
+    plain = beam_search(model, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes))
+    for row, prompt in enumerate(prompts):
+        reference = exhaustive_scores(model, prompt, codes, vocab) + 2.0 * _item_head_reference(model, vocab, prompt, len(codes))
+        order = np.argsort(-reference, kind="stable")
+        assert result.items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(result.scores[row], reference[order], rtol=1e-4, atol=1e-4)
+    assert (result.items != plain.items).any(), "the item head changes the ranking"
+
+
+def test_narrow_beam_with_item_weight_keeps_the_head_favourite_and_honours_exclusions():
+    model, vocab, codes, trie, prompts = _item_head_model()
+    # a weight so large that the head decides: the bound lets its favourite survive a beam of 3
+    result = beam_search(model, prompts, trie, vocab, beam_width=3, top_k=3, item_weight=1000.0)
+    favourites = [int(np.argmax(_item_head_reference(model, vocab, p, len(codes)))) for p in prompts]
+    assert result.items[:, 0].tolist() == favourites
+    excluded = beam_search(model, prompts, trie, vocab, beam_width=3, top_k=3, item_weight=1000.0,
+                           exclude=[[f] for f in favourites])
+    assert all(f not in items for f, items in zip(favourites, excluded.items.tolist()))
+    assert (excluded.items >= 0).all()
+
+
+def test_item_weight_on_a_model_without_item_tokens_names_the_option():
+    codes = _catalog(n=10)
+    model, vocab = compact_model([4, 5, 6], CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), seed=0)
+    trie = SIDTrie.build(codes)
+    with pytest.raises(ValueError, match="sft.item_tokens=true"):
+        beam_search(model, [[BOS]], trie, vocab, beam_width=3, top_k=3, item_weight=1.0)

@@ -80,5 +80,9 @@ def test_options_of_another_backbone_are_errors_that_name_the_key():
         load_config(None, ["sft.backbone=transformer"])
     with pytest.raises(ConfigError, match="sft.item_tokens applies only to the from-scratch backbones"):
         load_config(None, ["sft.backbone=llm", "sft.item_tokens=true"])
+    with pytest.raises(ConfigError, match="sft.item_head applies only to sft.backbone=compact"):
+        load_config(None, ["sft.backbone=encoder_decoder", "sft.item_tokens=true", "sft.item_head=0.5"])
+    with pytest.raises(ConfigError, match="sft.item_head needs sft.item_tokens=true"):
+        load_config(None, ["sft.item_tokens=false", "sft.item_head=0.5"])
     encdec = load_config(None, ["sft.backbone=encoder_decoder", "sft.layers=3"])
     assert RunConfig.model_validate(yaml.safe_load(encdec.to_yaml())) == encdec, "a resolved config still loads"

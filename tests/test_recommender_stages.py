@@ -6,7 +6,9 @@ import pytest
 
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
-from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_model
+from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_format, load_model
+from deepinterestgr.recommender.training import target_ranks
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, prepare, sft, tokenize
 
@@ -44,7 +46,7 @@ def _check_run_report(store):
 
 
 def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_path):
-    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}"])
+    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.item_tokens=true", "sft.item_head=0.5"])
     store = RunStore(cfg)
     with pytest.raises(StorageError, match="no committed 'prepare' stage"):
         sft.run(cfg, store)
@@ -58,13 +60,24 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     assert 0 <= report["val_ndcg@10"] <= report["val_hr@10"] <= 1
     assert report["valid_users"] == 60
     model = load_model(store, "sft")
-    assert model.config.vocab_size == 3 + sum(load_catalog(store).trie.sizes)
+    catalog = load_catalog(store)
+    assert model.config.vocab_size == 3 + sum(catalog.trie.sizes) + len(catalog.codes), "one token per item"
+    fmt = load_format(store, "sft", catalog)
+    assert fmt.item_weight == cfg.sft.item_score_weight > 0, "the model folder says how to weigh its item head"
 
     evaluated = evaluate.run(cfg, store)
     results = evaluated.report["results"]
     assert set(results) == {"GR (sft)", "most-popular", "SASRec"}
     for metrics in results.values():
         assert metrics["hr@5"] <= metrics["hr@10"] and metrics["ndcg@10"] <= metrics["hr@10"]
+    # evaluate ranks with the item head: its GR figures are those of the library's ranking with the weight
+    seqs = catalog.sequences
+    users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
+    histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
+    ranks = target_ranks(model, [fmt.prompt(h) for h in histories], seqs.test[users], catalog.trie, fmt.vocab,
+                         cfg.evaluate.beam_width, exclude=histories if cfg.evaluate.exclude_history else None,
+                         item_weight=fmt.item_weight)
+    assert results["GR (sft)"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks))
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"
     md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md

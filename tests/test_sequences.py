@@ -6,7 +6,7 @@ import torch
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
 from deepinterestgr.recommender.sequences import RaggedRows, build_sequences, most_popular, tokens
-from deepinterestgr.recommender.decoding import IGNORE, training_batch
+from deepinterestgr.recommender.decoding import IGNORE, item_head_loss, training_batch
 from deepinterestgr.recommender.training import average_weights
 from deepinterestgr.recommender.vocab import SIDVocab
 from ray_jobs.evaluate import popularity_ranks
@@ -104,3 +104,19 @@ def test_weight_average_moves_each_trainable_parameter_by_one_minus_decay_and_sk
         model.weight.fill_(3.0)
     average_weights(average, model, 0.9)
     assert average["weight"][0, 0].item() == pytest.approx(0.9 * 0.75 + 0.1 * 3.0)
+
+
+def test_item_head_loss_predicts_each_next_item_at_the_position_before_its_first_code():
+    vocab = SIDVocab((3, 4), SPECIAL_TOKENS)
+    codes = np.array([[0, 1], [2, 3], [1, 0], [2, 2]])
+    rows = [[0, 1, 2], [3, 1]]
+    examples = [Example(tokens(r, codes, vocab, 0, item_tokens=True), 1, vocab.size) for r in rows]
+    batch = training_batch(examples, pad_id=0, encoder_decoder=False)
+    logits = torch.randn(*batch["input_ids"].shape, vocab.size + len(codes), generator=torch.Generator().manual_seed(0))
+    # each item takes 1 + levels tokens after BOS: item k's first code sits at 1 + 3k, predicted from 3k
+    expected = [-torch.log_softmax(logits[b, 3 * k, vocab.size:], dim=0)[r[k]] for b, r in enumerate(rows) for k in range(len(r))]
+    loss = item_head_loss(logits, batch["input_ids"], batch["labels"], vocab)
+    assert torch.isclose(loss, torch.stack(expected).mean())
+    with pytest.raises(ValueError, match="sft.item_tokens=true"):
+        plain = training_batch([Example(tokens(r, codes, vocab, 0), 1) for r in rows], pad_id=0, encoder_decoder=False)
+        item_head_loss(logits, plain["input_ids"], plain["labels"], vocab)

@@ -9,14 +9,15 @@ import pytest
 import requests
 
 from deepinterestgr.config import load_config
-from deepinterestgr.recommender.artifacts import load_catalog
+from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model
+from deepinterestgr.recommender.beam_search import beam_search
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import prepare, sft, tokenize
 
 TINY = [
     "data.synthetic.num_items=40", "data.synthetic.num_users=30", "tokenize.method=rkmeans",
     "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1",
-    "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=2", "sft.beam_width=5",
+    "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=2", "sft.beam_width=5", "sft.item_tokens=true", "sft.item_head=0.5",
     "serve.max_k=20", "serve.max_body_bytes=2048", "serve.batch_wait_timeout_s=0.05", "serve.reload_interval_s=1",
 ]
 
@@ -66,6 +67,17 @@ def test_recommend_by_user_and_by_history_agree_and_explain(served):
     sid_of = dict(zip(sids.column("item_id").to_pylist(), sids.column("sid").to_pylist()))
     assert all(i["sid"] == sid_of[i["item_id"]] and i["title"] and "interests" in i for i in a["items"])
     assert a["model_version"] == store.require("sft").fingerprint and a["latency_ms"] > 0
+
+    # the served ranking is the library's beam search with the model's item-head weight
+    catalog = load_catalog(store)
+    fmt = load_format(store, "sft", catalog)
+    assert fmt.item_weight == cfg.sft.item_score_weight > 0
+    rows = [catalog.item_ids.index(i) for i in history]
+    width = max(cfg.serve.beam_width, 7)
+    local = beam_search(load_model(store, "sft"), [fmt.prompt(rows)], catalog.trie, fmt.vocab, width, width,
+                        item_weight=fmt.item_weight)
+    assert [i["item_id"] for i in a["items"]] == [catalog.item_ids[r] for r in local.items[0][:7]]
+    assert scores == pytest.approx(local.scores[0][:7].tolist(), abs=1e-4)
 
     excluded = post(url, {"history": history, "k": 7, "exclude_history": True}).json()
     assert not {i["item_id"] for i in excluded["items"]} & set(history)

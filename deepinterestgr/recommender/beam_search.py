@@ -35,12 +35,20 @@ def beam_search(
     top_k: int,
     pad_id: int = 0,
     exclude: list[list[int]] | None = None,
+    item_weight: float = 0.0,
 ) -> BeamResult:
     """Top-`top_k` distinct items per prompt by constrained beam search of width `beam_width`.
 
     `exclude[b]` (item rows) can never be returned for prompt b: prefixes all of whose items are
     excluded are pruned at every level, so no beam is spent on them and the result still holds
     `min(top_k, items left)` items without widening the beam.
+
+    `item_weight` > 0 (models with an item head, `sft.item_head`): an item's score is its SID
+    log-probability plus `item_weight` x the item head's log-probability (a softmax over the item-token
+    rows at the prompt's last position). The search stays one pass: a prefix is ranked by its SID
+    log-probability so far plus the best item-head term below it, an upper bound of every item under it
+    (the SID tokens still to come have log-probabilities <= 0), so items the head favours are not
+    pruned early and the result is exact when the beam covers the catalog.
     """
     if list(trie.sizes) != list(vocab.sizes):
         raise ValueError(f"the trie's codebook sizes {trie.sizes} differ from the vocabulary's {list(vocab.sizes)}")
@@ -55,8 +63,10 @@ def beam_search(
     state, logprobs = prefill(model, ids, mask)  # [B, V]
     starts = vocab.starts
 
+    bonus = _item_bonus(trie, vocab, logprobs, item_weight, exclude) if item_weight else None
+
     nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)  # one beam per user: the root
-    scores = torch.zeros((batch, 1), device=device)
+    scores = torch.zeros((batch, 1), device=device)  # SID log-probabilities so far
     rows = torch.arange(batch, device=device).unsqueeze(1)
     blocked = _blocked_keys(trie, exclude, device) if exclude is not None else None
     for level, size in enumerate(vocab.sizes):
@@ -68,7 +78,11 @@ def beam_search(
             count, keys = blocked[level]
             allowed &= ~torch.isin(rows.unsqueeze(-1) * count + children.clamp(min=0), keys)
         total = torch.where(allowed, scores.unsqueeze(-1) + level_lp, torch.full_like(level_lp, float("-inf")))
-        scores, flat = total.view(batch, -1).topk(min(beam_width, beams * size), dim=1)
+        key = total
+        if bonus is not None:
+            key = total + bonus[level].gather(1, children.clamp(min=0).view(batch, -1)).view_as(total)
+        ranked, flat = key.view(batch, -1).topk(min(beam_width, beams * size), dim=1)
+        scores = total.view(batch, -1).gather(1, flat)
         parent, code = flat // size, flat % size
         nodes = children.reshape(batch, -1).gather(1, flat)
         if level == vocab.levels - 1:
@@ -76,8 +90,37 @@ def beam_search(
         # Cache row b*beams+p holds user b's beam p; the new beams pick (and duplicate) their parents' rows.
         beam_index = (rows * beams + parent).view(-1)
         state, logprobs = step(model, state, beam_index, (code + int(starts[level])).view(-1, 1))
-    items = torch.where(torch.isfinite(scores), nodes, torch.full_like(nodes, -1))
-    return BeamResult(items[:, :top_k].cpu().numpy(), scores[:, :top_k].cpu().numpy())
+    # At the last level the bonus is the item's own term, so `ranked` is the final score.
+    items = torch.where(torch.isfinite(ranked), nodes, torch.full_like(nodes, -1))
+    return BeamResult(items[:, :top_k].cpu().numpy(), ranked[:, :top_k].cpu().numpy())
+
+
+def item_head_logprobs(logprobs: torch.Tensor, vocab: SIDVocab, items: int) -> torch.Tensor:
+    """The item head's log-probabilities [B, items]: the item-token rows of a first-step distribution, renormalised."""
+    if logprobs.shape[1] < vocab.size + items:
+        raise ValueError(f"item scoring needs a model with an item token per catalog item ({items}); "
+                         f"this model's vocabulary ends at {logprobs.shape[1]} (retrain with sft.item_tokens=true)")
+    head = logprobs[:, vocab.size: vocab.size + items]
+    return head - head.logsumexp(dim=1, keepdim=True)
+
+
+def _item_bonus(trie: SIDTrie, vocab: SIDVocab, logprobs: torch.Tensor, weight: float,
+                exclude: list[list[int]] | None) -> list[torch.Tensor]:
+    """Per level, [B, nodes reached]: `weight` x the best item-head log-probability among the items below each node."""
+    items = trie.node_count(len(trie.sizes))
+    term = weight * item_head_logprobs(logprobs, vocab, items)
+    if exclude is not None:
+        for b, rows in enumerate(exclude):
+            term[b, [r for r in rows if 0 <= r < items]] = float("-inf")
+    out = []
+    for below in range(1, len(trie.sizes) + 1):
+        if below == len(trie.sizes):
+            out.append(term)
+            continue
+        nodes_of = torch.from_numpy(trie.item_nodes[below]).to(term.device).expand(len(term), -1)
+        best = torch.full((len(term), trie.node_count(below)), float("-inf"), device=term.device)
+        out.append(best.scatter_reduce(1, nodes_of, term, "amax"))
+    return out
 
 
 def _blocked_keys(trie: SIDTrie, exclude: list[list[int]], device) -> list[tuple[int, torch.Tensor]]:

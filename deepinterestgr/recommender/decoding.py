@@ -16,6 +16,7 @@ import torch
 
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.prefix_attention import CrossCache, PrefixCache, cross_step, prefix_step
+from deepinterestgr.recommender.vocab import SIDVocab
 
 IGNORE = -100
 
@@ -133,16 +134,40 @@ def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], encoder_decoder: bool, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over the labelled tokens of a `training_batch`, optionally label-smoothed."""
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], encoder_decoder: bool, label_smoothing: float = 0.0,
+             item_head: float = 0.0, vocab: SIDVocab | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens of a `training_batch`, optionally label-smoothed,
+    plus `item_head` x the item head's loss (`item_head_loss`; compact models with item tokens)."""
     out = model(**batch)
     if not label_smoothing:
-        return out.loss
-    logits, labels = out.logits, batch["labels"]
-    if not encoder_decoder:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                             ignore_index=IGNORE, label_smoothing=label_smoothing)
+        loss = out.loss
+    else:
+        logits, labels = out.logits, batch["labels"]
+        if not encoder_decoder:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=IGNORE, label_smoothing=label_smoothing)
+    if item_head:
+        loss = loss + item_head * item_head_loss(out.logits, batch["input_ids"], batch["labels"], vocab)
+    return loss
+
+
+def item_head_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, vocab: SIDVocab) -> torch.Tensor:
+    """Cross-entropy of the next item over the item-token rows only, at every position that predicts an
+    item's first SID code (compact format with item tokens: each item is its SID, then its item token).
+
+    A softmax over items, as SASRec's, beside the per-level SID softmaxes: it ranks every item on its
+    own, so rare items are not pushed out by popular SID siblings. The SID loss pushes all item rows down
+    by the same amount, which this softmax cannot see, so the two do not compete.
+    """
+    items = logits.shape[-1] - vocab.size
+    first = (ids[:, 1:] >= int(vocab.starts[0])) & (ids[:, 1:] < int(vocab.starts[0]) + vocab.sizes[0]) & (labels[:, 1:] != IGNORE)
+    row, pos = first.nonzero(as_tuple=True)
+    token_at = pos + 1 + vocab.levels
+    target = ids[row, token_at.clamp(max=ids.shape[1] - 1)] - vocab.size
+    if items <= 0 or bool(((token_at >= ids.shape[1]) | (target < 0) | (target >= items)).any()):
+        raise ValueError("the item head needs compact examples with an item token after every SID (sft.item_tokens=true)")
+    return torch.nn.functional.cross_entropy(logits[row, pos, vocab.size:].float(), target)
 
 
 def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:

@@ -35,6 +35,8 @@ class RecommenderMeta:
     windows_per_user: int = 0
     # Catalog rows with an item token of their own (sft.item_tokens; 0 = none): token `vocab.size + row`.
     item_tokens: int = 0
+    # Weight of the item head's log-probability in every ranking (sft.item_head; 0 = SID log-probability only).
+    item_weight: float = 0.0
 
     @property
     def vocab(self) -> SIDVocab:
@@ -51,9 +53,9 @@ class RecommenderMeta:
 def make_format(meta: RecommenderMeta, codes: np.ndarray, tokenizer=None):
     """The format a model was (or will be) trained with: compact, or text with the model's tokenizer."""
     if meta.backbone == "compact":
-        return CompactFormat(meta.vocab, codes, meta.max_items, bool(meta.item_tokens))
+        return CompactFormat(meta.vocab, codes, meta.max_items, bool(meta.item_tokens), meta.item_weight)
     if meta.backbone == "encoder_decoder":
-        return EncoderDecoderFormat(meta.vocab, codes, meta.max_items, bool(meta.item_tokens))
+        return EncoderDecoderFormat(meta.vocab, codes, meta.max_items, bool(meta.item_tokens), meta.item_weight)
     if tokenizer is None:
         raise ValueError("the llm backbone needs its tokenizer to build prompts")
     return TextFormat(tokenizer, meta.vocab, codes, meta.max_items, load_template(meta.template), meta.windows_per_user)
@@ -86,9 +88,10 @@ class CompactFormat:
     so every target is trained on and no prompt is longer than the model has positions for.
     """
 
-    def __init__(self, vocab: SIDVocab, codes: np.ndarray, max_items: int, item_tokens: bool = False):
+    def __init__(self, vocab: SIDVocab, codes: np.ndarray, max_items: int, item_tokens: bool = False, item_weight: float = 0.0):
         self.vocab, self.codes, self.max_items, self.item_tokens = vocab, codes, max_items, item_tokens
         self.pad_id = PAD
+        self.item_weight = item_weight  # how rankings weigh the item head (RecommenderMeta.item_weight)
 
     def prompt(self, rows: list[int], interests: str | None = None) -> list[int]:
         return tokens(rows, self.codes, self.vocab, self.max_items, self.item_tokens)
@@ -124,6 +127,7 @@ class TextFormat:
         self.tokenizer, self.vocab, self.codes = tokenizer, vocab, codes
         self.max_items, self.templates, self.windows = max_items, templates, windows_per_user
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.item_weight = 0.0  # no item head on a pretrained LLM
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -20,15 +20,16 @@ def target_ranks(
     batch_size: int = 64,
     exclude: list[list[int]] | None = None,
     pad_id: int = 0,
+    item_weight: float = 0.0,
 ) -> np.ndarray:
-    """0-based rank of each target among the beam's items (-1 when not retrieved)."""
+    """0-based rank of each target among the beam's items (-1 when not retrieved); `item_weight` as in `beam_search`."""
     ranks = np.full(len(prompts), -1, dtype=np.int64)
     was_training = model.training
     model.eval()
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         result = beam_search(model, chunk, trie, vocab, beam_width=beam_width, top_k=beam_width, pad_id=pad_id,
-                             exclude=exclude[start : start + batch_size] if exclude else None)
+                             exclude=exclude[start : start + batch_size] if exclude else None, item_weight=item_weight)
         for offset, items in enumerate(result.items):
             row = start + offset
             hits = np.flatnonzero(items == targets[row])
