@@ -1,7 +1,7 @@
 """The quality benchmark: arms (backbone, SID source, training options) x seeds against SASRec and most-popular.
 
     python bench/quality.py --config configs/amazon_office.yaml --seeds 3 \
-        --arm "compact" --arm "encdec sft.backbone=encoder_decoder" [--set sft.epochs=20 ...] [--out bench/out/office]
+        --arm "compact" --arm "encdec sft.backbone=encoder_decoder sft.item_head=0" [--set sft.epochs=20 ...] [--out bench/out/office]
 
 An arm is a name followed by config overrides (`key=value`, space separated); `--set` applies to
 every arm. For each seed, each arm runs prepare -> tokenize -> sft [-> grpo] -> evaluate in its own

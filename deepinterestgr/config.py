@@ -355,7 +355,8 @@ class SFTConfig(TrainerScaling):
         if self.backbone != "llm" and self.llm != LLMBackboneConfig():
             raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
         if self.backbone == "llm" and self.item_tokens:
-            raise ValueError("sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
+            also = " (and sft.item_head: set sft.item_tokens=false sft.item_head=0)" if self.item_head else ""
+            raise ValueError(f"sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm{also}")
         if self.backbone == "llm" and shape:
             raise ValueError(f"sft.{shape[0]} applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
         if self.item_head and self.backbone != "compact":
