@@ -103,7 +103,7 @@ def train_sft(config: dict) -> None:
             model.load_state_dict(average, strict=False)
         with autocast():
             ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id,
-                                 item_weight=cfg.item_score_weight if cfg.item_head else 0.0)
+                                 item_weight=cfg.ranking_item_weight)
         local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
         n = float(len(ranks))
         sums = torch.tensor([local["hr@10"] * n, local["ndcg@10"] * n, n, tokens / seconds])

@@ -347,6 +347,11 @@ class SFTConfig(TrainerScaling):
     # Validate (and checkpoint) every this many epochs and after the last; patience counts validations.
     eval_every: int = Field(1, ge=1)
 
+    @property
+    def ranking_item_weight(self) -> float:
+        """The item head's weight in every ranking of this model (0 without a head)."""
+        return self.item_score_weight if self.item_head else 0.0
+
     @model_validator(mode="after")
     def _options_fit_backbone(self) -> "SFTConfig":
         # Compared with the defaults, not with what was set: a resolved config.yaml holds every key.
@@ -363,6 +368,8 @@ class SFTConfig(TrainerScaling):
             raise ValueError(f"sft.item_head applies only to sft.backbone=compact, not {self.backbone}")
         if self.item_head and not self.item_tokens:
             raise ValueError("sft.item_head needs sft.item_tokens=true (the head scores the item-token rows)")
+        if not self.item_head and self.item_score_weight != defaults.item_score_weight:
+            raise ValueError("sft.item_score_weight applies only with sft.item_head > 0")
         if self.backbone != "llm" and self.hidden_size % self.heads:
             raise ValueError(f"sft.heads ({self.heads}) must divide sft.hidden_size ({self.hidden_size})")
         return self

@@ -29,7 +29,7 @@ def recommender_meta(cfg: RunConfig, sizes: list[int], items: int):
     s = cfg.sft
     if s.backbone != "llm":
         return RecommenderMeta(s.backbone, list(sizes), SPECIAL_TOKENS, s.max_items, item_tokens=items if s.item_tokens else 0,
-                               item_weight=s.item_score_weight if s.item_head else 0.0), None
+                               item_weight=s.ranking_item_weight), None
     from transformers import AutoConfig, AutoTokenizer
 
     path = resolve_llm(s.llm.model)

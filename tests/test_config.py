@@ -84,5 +84,7 @@ def test_options_of_another_backbone_are_errors_that_name_the_key():
         load_config(None, ["sft.backbone=encoder_decoder", "sft.item_tokens=true", "sft.item_head=0.5"])
     with pytest.raises(ConfigError, match="sft.item_head needs sft.item_tokens=true"):
         load_config(None, ["sft.item_tokens=false", "sft.item_head=0.5"])
+    with pytest.raises(ConfigError, match="sft.item_score_weight applies only with sft.item_head > 0"):
+        load_config(None, ["sft.item_score_weight=3"])
     encdec = load_config(None, ["sft.backbone=encoder_decoder", "sft.layers=3"])
     assert RunConfig.model_validate(yaml.safe_load(encdec.to_yaml())) == encdec, "a resolved config still loads"

@@ -110,8 +110,8 @@ def _item_bonus(trie: SIDTrie, vocab: SIDVocab, logprobs: torch.Tensor, weight: 
     items = trie.node_count(len(trie.sizes))
     term = weight * item_head_logprobs(logprobs, vocab, items)
     if exclude is not None:
-        for b, rows in enumerate(exclude):
-            term[b, [r for r in rows if 0 <= r < items]] = float("-inf")
+        prompt, rows = _excluded_pairs(exclude, items)
+        term[torch.from_numpy(prompt).to(term.device), torch.from_numpy(rows).to(term.device)] = float("-inf")
     out = []
     for below in range(1, len(trie.sizes) + 1):
         if below == len(trie.sizes):
@@ -126,11 +126,7 @@ def _item_bonus(trie: SIDTrie, vocab: SIDVocab, logprobs: torch.Tensor, weight: 
 def _blocked_keys(trie: SIDTrie, exclude: list[list[int]], device) -> list[tuple[int, torch.Tensor]]:
     """Per level, (node count, keys `b * count + node`) of the children whose items prompt b excludes all of."""
     items = trie.node_count(len(trie.sizes))
-    prompt = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
-    rows = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in exclude]) if len(prompt) else np.zeros(0, dtype=np.int64)
-    valid = (rows >= 0) & (rows < items)
-    pairs = np.unique(prompt[valid] * items + rows[valid])  # each (prompt, item) once
-    prompt, rows = pairs // items, pairs % items
+    prompt, rows = _excluded_pairs(exclude, items)
     out = []
     for level in range(len(trie.sizes)):
         below = level + 1  # the children reached at this level are nodes of the next one (items after the last)
@@ -154,3 +150,12 @@ def exhaustive_scores(
         chunk = tokens[start: start + batch_size]
         out[start: start + len(chunk)] = completion_logprobs(model, [prompt] * len(chunk), chunk, pad_id).sum(1).cpu().numpy()
     return out
+
+
+def _excluded_pairs(exclude: list[list[int]], items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, item row) of every valid exclusion, each pair once."""
+    prompt = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
+    rows = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in exclude]) if len(prompt) else np.zeros(0, dtype=np.int64)
+    valid = (rows >= 0) & (rows < items)
+    pairs = np.unique(prompt[valid] * items + rows[valid])
+    return pairs // items, pairs % items
