@@ -10,6 +10,8 @@ from PIL import Image
 from deepinterestgr.storage.filesystem import read_uri
 from deepinterestgr.storage.result_cache import stable_hash
 from deepinterestgr.weights import resolve_text_encoder
+from collections.abc import Callable
+
 from deepinterestgr.tokenizer.text import enriched_text
 
 
@@ -19,18 +21,22 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
 
 
 class TextEmbedder:
-    """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`.
+    """Adds `output` (default `text_embedding`, L2-normalised) of each item's enriched text, of one text
+    `column`, or of `text_of(row)`; an empty text gets an all-zero vector.
 
     With `known` (item id -> (text hash, vector), from the tokenize stage's cache), items whose text
-    is unchanged reuse their vector instead of being encoded again; `text_hash` is added either way.
+    is unchanged reuse their vector instead of being encoded again; `text_hash` is added with the
+    default output.
     """
 
     def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None,
-                 known: dict[str, tuple[str, list[float]]] | None = None):
+                 known: dict[str, tuple[str, list[float]]] | None = None,
+                 text_of: Callable[[dict], str] = enriched_text, output: str = "text_embedding"):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
         self.batch_size, self.column, self.known = batch_size, column, known or {}
+        self.text_of, self.output = text_of, output
 
     def _dimension(self) -> int:
         # sentence-transformers renamed the method; older releases only have the first name
@@ -38,11 +44,11 @@ class TextEmbedder:
         return (model.get_embedding_dimension if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension)()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch[self.column]] if self.column else [enriched_text(row) for row in _rows(batch)]
+        texts = [str(t) for t in batch[self.column]] if self.column else [self.text_of(row) for row in _rows(batch)]
         hashes = [stable_hash(text) for text in texts]
         ids = [str(i) for i in batch["item_id"]] if "item_id" in batch else [""] * len(texts)
         cached = [self.known.get(i, ("", None)) for i in ids]
-        missing = [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h]
+        missing = [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h and texts[row]]
         vectors = np.zeros((len(texts), self._dimension()), dtype=np.float32)
         for row, (known_hash, vector) in enumerate(cached):
             if known_hash == hashes[row]:
@@ -51,8 +57,9 @@ class TextEmbedder:
             encoded = self.model.encode([texts[row] for row in missing], batch_size=self.batch_size,
                                         normalize_embeddings=True, convert_to_numpy=True)
             vectors[missing] = encoded.astype(np.float32)
-        batch["text_embedding"] = vectors
-        batch["text_hash"] = np.array(hashes)
+        batch[self.output] = vectors
+        if self.output == "text_embedding":
+            batch["text_hash"] = np.array(hashes)
         return batch
 
 

@@ -31,12 +31,13 @@ def _matrix(column: np.ndarray) -> np.ndarray:
 def stack_embeddings(batches: Iterable[dict[str, np.ndarray]]) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
     """(item ids, content embeddings, image embeddings or None) sorted by item_id, from numpy batches.
 
-    The content embedding is the text embedding, followed by the collaborative vector when tokenize added one.
+    The content embedding is the text embedding, followed by the interest channel and the collaborative
+    vector when tokenize added them.
     """
     ids, text, image = [], [], []
     for batch in batches:
         ids.extend(batch["item_id"].tolist())
-        parts = [_matrix(batch[c]) for c in ("text_embedding", "cf_embedding") if c in batch]
+        parts = [_matrix(batch[c]) for c in ("text_embedding", "interest_embedding", "cf_embedding") if c in batch]
         text.append(np.concatenate(parts, axis=1))
         if "image_embedding" in batch:
             image.append(_matrix(batch["image_embedding"]))

@@ -161,6 +161,12 @@ class TokenizeConfig(Section):
     image_encoder: str | None = None
     # Width of W_v e_img before fusion; the fused vector has the text encoder's width.
     image_projection_dim: int = Field(64, ge=1)
+    # IEID: an item's labelled-good descriptors are also encoded apart from its text, and that vector is
+    # appended to the text vector (items without descriptors repeat their text vector); false = the
+    # descriptors only join the text as one more line, where brand, product and model words drown
+    # them. The RQ-VAE standardises every dimension, so the channel's share is its dimensions over all
+    # (bench/interest_ablation.py: SID purity and NDCG with and without).
+    interest_channel: bool = True
     embed_batch_size: int = Field(64, ge=1)
     embed_actors: int = Field(1, ge=1)
     # GPUs per embedding actor (text and image encoders); 0 = CPU.

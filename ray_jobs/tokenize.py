@@ -27,11 +27,12 @@ from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
+from deepinterestgr.tokenizer.text import interest_channel, interest_text
 from ray_jobs.common import accelerator, collect, scaling_config, stage_main, train_run_config
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "mine", "label")
-EMBEDDING_COLUMNS = ("item_id", "text_embedding", "cf_embedding", "image_embedding")
+EMBEDDING_COLUMNS = ("item_id", "text_embedding", "interest_embedding", "cf_embedding", "image_embedding")
 
 
 @dataclass
@@ -62,7 +63,8 @@ def remember_embeddings(cfg: RunConfig, store: RunStore, table: pa.Table, known:
 
 def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
           known: dict[str, tuple[str, list[float]]] | None = None) -> ray.data.Dataset:
-    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded (lazy).
+    """Add text (and, when configured, image) embeddings with actor pools that keep the encoders loaded (lazy);
+    with `interest_channel` and mined items, also `interest_embedding`: the descriptors' own vectors.
 
     `items` should be materialised: the encoder actors start eagerly and may hold every CPU of a small
     machine, which would leave none for the read tasks that feed them.
@@ -74,6 +76,12 @@ def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
         TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known, "device": device},
         batch_size=t.embed_batch_size, compute=pool, num_gpus=t.embed_num_gpus,
     )
+    if t.interest_channel and "descriptors" in items.columns():
+        data = data.map_batches(
+            TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "device": device,
+                                                 "text_of": interest_text, "output": "interest_embedding"},
+            batch_size=t.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=t.embed_actors), num_gpus=t.embed_num_gpus,
+        )
     if t.image_encoder:
         data = data.map_batches(
             ImageEmbedder, fn_constructor_kwargs={"model": t.image_encoder, "filesystem": store.fs, "device": device},
@@ -90,7 +98,7 @@ def check_embeddings(table: pa.Table) -> None:
     if pc.count_distinct(ids).as_py() != table.num_rows:
         counts = pc.value_counts(ids)
         raise DataError(f"tokenize: duplicate item ids {[c['values'] for c in counts.to_pylist() if c['counts'] > 1][:5]}")
-    for column in ("text_embedding", "image_embedding"):
+    for column in ("text_embedding", "interest_embedding", "image_embedding"):
         if column not in table.column_names:
             continue
         rows = table.column(column).to_numpy(zero_copy_only=False)
@@ -103,6 +111,19 @@ def check_embeddings(table: pa.Table) -> None:
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(bad):
             raise DataError(f"tokenize: {column} is NaN or infinite for items {[ids[i].as_py() for i in bad[:5]]}")
+
+
+def fill_interests(table: pa.Table) -> pa.Table:
+    """`interest_embedding` as the RQ-VAE reads it (`interest_channel`), or dropped when no item has descriptors."""
+    if "interest_embedding" not in table.column_names:
+        return table
+    text = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))
+    interests = np.stack(table.column("interest_embedding").to_numpy(zero_copy_only=False))
+    channel = interest_channel(text, interests)
+    index = table.column_names.index("interest_embedding")
+    if channel is None:
+        return table.remove_column(index)
+    return table.set_column(index, "interest_embedding", pa.array(list(channel), pa.list_(pa.float32())))
 
 
 def add_collaborative(cfg: RunConfig, store: RunStore, table: pa.Table) -> pa.Table:
@@ -199,6 +220,7 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         table = collect(embed(cfg, store, items, known), "tokenize: embed", "items", items.count())
         check_embeddings(table)
         remember_embeddings(cfg, store, table, known)
+        table = fill_interests(table)
         if cfg.tokenize.collaborative.enabled:
             table = add_collaborative(cfg, store, table)
         # The RQ-VAE trainers read the collected table back through the object store.

@@ -145,3 +145,42 @@ def test_bad_embeddings_name_the_items():
 def test_fewer_items_than_codes_is_an_error(ray_cluster, tmp_path):
     with pytest.raises(DataError, match="fewer than rqvae.codebook_size"):
         _run(tmp_path, "tokenize.rqvae.codebook_size=128")
+
+
+def test_interest_channel_appends_descriptor_vectors_and_groups_the_first_sid_level_by_true_interest(ray_cluster, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from deepinterestgr.weights import resolve_text_encoder
+    from ray_jobs import mine
+
+    indirect = ["data.synthetic.interest_text=indirect", "tokenize.method=rkmeans", "data.synthetic.num_items=160"]
+    cfg = load_config(None, SMALL + [f"storage.uri={tmp_path}", *indirect])
+    store = RunStore(cfg)
+    prepare.run(cfg, store)
+    truth = {r["item_id"]: r["interests"] for r in store.read_table("prepare", "item_truth").to_pylist()}
+    ids = sorted(truth)
+    # every fourth item stays unmined: its channel repeats its text vector
+    described = {i: [{"descriptor": d, "confidence": 1.0, "sources": ["test"]} for d in truth[i]] for k, i in enumerate(ids) if k % 4}
+    mine.commit_descriptors(cfg, store, described, "test")
+
+    def first_level_purity(channel: bool) -> tuple[float, pa.Table]:
+        run_cfg = load_config(None, SMALL + [f"storage.uri={tmp_path}", *indirect, f"tokenize.interest_channel={str(channel).lower()}"])
+        run_store = RunStore(run_cfg)
+        codes = _codes(tokenize.run(run_cfg, run_store).sids)[:, 0]
+        main = [truth[i][0] for i in ids]
+        return normalized_mutual_info_score(main, codes), run_store.read_table("tokenize", "embeddings").sort_by("item_id")
+
+    folded, folded_table = first_level_purity(False)
+    appended, table = first_level_purity(True)
+    assert "interest_embedding" not in folded_table.column_names
+    text = np.stack(table.column("text_embedding").to_numpy(zero_copy_only=False))
+    channel = np.stack(table.column("interest_embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(text, np.stack(folded_table.column("text_embedding").to_numpy(zero_copy_only=False)))
+    unmined = [k for k, i in enumerate(ids) if i not in described]
+    np.testing.assert_array_equal(channel[unmined], text[unmined])
+    encoder = SentenceTransformer(resolve_text_encoder(cfg.tokenize.text_encoder), device="cpu")
+    mined = [k for k, i in enumerate(ids) if i in described][:8]
+    expected = encoder.encode(["; ".join(truth[ids[k]]) for k in mined], normalize_embeddings=True)
+    np.testing.assert_allclose(channel[mined], expected, atol=1e-5)
+    assert appended > folded + 0.1, (appended, folded)
