@@ -14,6 +14,11 @@ settings; only the item descriptors differ:
   noisy_rldi  the same noisy descriptors labelled by the judge + classifier (the label stage): only
               those labelled good enter the SIDs, and GRPO's q term weighs hits by item quality
 
+On the demo's dense catalog (~21 training interactions per item) the item head learns from co-occurrence
+what the interests say; where items have few interactions they decide. A sparser catalog for that:
+`--set data.synthetic.num_categories=8 --set data.synthetic.interests_per_category=6
+--set data.synthetic.num_items=1500 --set data.synthetic.num_users=1000` (~8 per item; README, Results).
+
 Prints one JSON line: per arm the mean and std over seeds of HR@10 and NDCG@10, the SID purity
 (normalised mutual information between the first SID level and each item's main interest) and
 the descriptor precision (share of the descriptors that reach the SIDs that are true interests);
