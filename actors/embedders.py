@@ -10,9 +10,7 @@ from PIL import Image
 from deepinterestgr.storage.filesystem import read_uri
 from deepinterestgr.storage.result_cache import stable_hash
 from deepinterestgr.weights import resolve_text_encoder
-from collections.abc import Callable
-
-from deepinterestgr.tokenizer.text import enriched_text
+from deepinterestgr.tokenizer.text import enriched_text, interest_text
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
@@ -21,45 +19,49 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
 
 
 class TextEmbedder:
-    """Adds `output` (default `text_embedding`, L2-normalised) of each item's enriched text, of one text
-    `column`, or of `text_of(row)`; an empty text gets an all-zero vector.
+    """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`; with
+    `interests`, also `interest_embedding` of its labelled-good descriptors alone (all zeros without any),
+    from the same loaded encoder.
 
     With `known` (item id -> (text hash, vector), from the tokenize stage's cache), items whose text
-    is unchanged reuse their vector instead of being encoded again; `text_hash` is added with the
-    default output.
+    is unchanged reuse their vector instead of being encoded again; `text_hash` is added either way.
     """
 
     def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None,
-                 known: dict[str, tuple[str, list[float]]] | None = None,
-                 text_of: Callable[[dict], str] = enriched_text, output: str = "text_embedding"):
+                 known: dict[str, tuple[str, list[float]]] | None = None, interests: bool = False):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
-        self.batch_size, self.column, self.known = batch_size, column, known or {}
-        self.text_of, self.output = text_of, output
+        self.batch_size, self.column, self.known, self.interests = batch_size, column, known or {}, interests
 
     def _dimension(self) -> int:
         # sentence-transformers renamed the method; older releases only have the first name
         model = self.model
         return (model.get_embedding_dimension if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension)()
 
+    def _encode(self, texts: list[str], vectors: np.ndarray, rows: list[int]) -> None:
+        if rows:
+            encoded = self.model.encode([texts[row] for row in rows], batch_size=self.batch_size,
+                                        normalize_embeddings=True, convert_to_numpy=True)
+            vectors[rows] = encoded.astype(np.float32)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch[self.column]] if self.column else [self.text_of(row) for row in _rows(batch)]
+        rows = None if self.column else _rows(batch)
+        texts = [str(t) for t in batch[self.column]] if self.column else [enriched_text(row) for row in rows]
         hashes = [stable_hash(text) for text in texts]
         ids = [str(i) for i in batch["item_id"]] if "item_id" in batch else [""] * len(texts)
         cached = [self.known.get(i, ("", None)) for i in ids]
-        missing = [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h and texts[row]]
         vectors = np.zeros((len(texts), self._dimension()), dtype=np.float32)
         for row, (known_hash, vector) in enumerate(cached):
             if known_hash == hashes[row]:
                 vectors[row] = vector
-        if missing:
-            encoded = self.model.encode([texts[row] for row in missing], batch_size=self.batch_size,
-                                        normalize_embeddings=True, convert_to_numpy=True)
-            vectors[missing] = encoded.astype(np.float32)
-        batch[self.output] = vectors
-        if self.output == "text_embedding":
-            batch["text_hash"] = np.array(hashes)
+        self._encode(texts, vectors, [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h])
+        batch["text_embedding"] = vectors
+        batch["text_hash"] = np.array(hashes)
+        if self.interests:
+            descriptors = [interest_text(row) for row in rows]
+            batch["interest_embedding"] = np.zeros_like(vectors)
+            self._encode(descriptors, batch["interest_embedding"], [row for row, text in enumerate(descriptors) if text])
         return batch
 
 

@@ -27,7 +27,7 @@ from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
-from deepinterestgr.tokenizer.text import interest_channel, interest_text
+from deepinterestgr.tokenizer.text import interest_channel
 from ray_jobs.common import accelerator, collect, scaling_config, stage_main, train_run_config
 
 STAGE = "tokenize"
@@ -72,16 +72,12 @@ def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
     t = cfg.tokenize
     pool = ray.data.ActorPoolStrategy(size=t.embed_actors)
     device = accelerator(t.embed_num_gpus)
+    interests = t.interest_channel and "descriptors" in items.columns()
     data = items.map_batches(
-        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known, "device": device},
+        TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known, "device": device,
+                                             "interests": interests},
         batch_size=t.embed_batch_size, compute=pool, num_gpus=t.embed_num_gpus,
     )
-    if t.interest_channel and "descriptors" in items.columns():
-        data = data.map_batches(
-            TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "device": device,
-                                                 "text_of": interest_text, "output": "interest_embedding"},
-            batch_size=t.embed_batch_size, compute=ray.data.ActorPoolStrategy(size=t.embed_actors), num_gpus=t.embed_num_gpus,
-        )
     if t.image_encoder:
         data = data.map_batches(
             ImageEmbedder, fn_constructor_kwargs={"model": t.image_encoder, "filesystem": store.fs, "device": device},
