@@ -70,6 +70,8 @@ def train_sft(config: dict) -> None:
         average = {n: v.to(device) for n, v in state["model"].items() if n in average}
         model.load_state_dict(state["live"], strict=False)
     encoder_decoder = is_encoder_decoder(model)
+    # Seeded per worker and epoch, so a resumed run drops the same item tokens as an uninterrupted one.
+    item_drop = torch.Generator()
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -77,12 +79,13 @@ def train_sft(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, seed * 7919 + epoch * 31 + rank))
+        item_drop.manual_seed(seed * 7919 + epoch * 31 + rank)
         began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
             batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing, cfg.item_head, vocab)
+                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop)
             (loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
                 torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)

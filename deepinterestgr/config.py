@@ -329,6 +329,14 @@ class SFTConfig(TrainerScaling):
     # would push out of the beam (bench/quality.py).
     item_head: float = Field(0.0, ge=0.0)
     item_score_weight: float = Field(2.0, gt=0.0)
+    # compact and encoder_decoder with item_tokens: during SFT each history item token is replaced by the
+    # pad token with this probability, so the model must also read that item from its SID tokens: an
+    # item with few interactions has a poorly trained item token, while its SID codes are shared with
+    # similar items. Targets and the item head's labels are unchanged.
+    item_token_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # compact and encoder_decoder: dropout on the input token embeddings during SFT (SASRec's embedding
+    # dropout; `dropout` reaches only the attention probabilities of the compact model).
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
     # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
     targets_per_user: int = Field(0, ge=0)
@@ -362,7 +370,8 @@ class SFTConfig(TrainerScaling):
     def _options_fit_backbone(self) -> "SFTConfig":
         # Compared with the defaults, not with what was set: a resolved config.yaml holds every key.
         defaults = SFTConfig.model_construct()
-        shape = [k for k in ("hidden_size", "layers", "heads", "intermediate_size", "dropout") if getattr(self, k) != getattr(defaults, k)]
+        shape = [k for k in ("hidden_size", "layers", "heads", "intermediate_size", "dropout", "embedding_dropout", "item_token_dropout")
+                 if getattr(self, k) != getattr(defaults, k)]
         if self.backbone != "llm" and self.llm != LLMBackboneConfig():
             raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
         if self.backbone == "llm" and self.item_tokens:
@@ -374,6 +383,8 @@ class SFTConfig(TrainerScaling):
             raise ValueError(f"sft.item_head applies only to sft.backbone=compact, not {self.backbone}")
         if self.item_head and not self.item_tokens:
             raise ValueError("sft.item_head needs sft.item_tokens=true (the head scores the item-token rows)")
+        if self.item_token_dropout and not self.item_tokens:
+            raise ValueError("sft.item_token_dropout needs sft.item_tokens=true (it drops item tokens from the prompts)")
         if not self.item_head and self.item_score_weight != defaults.item_score_weight:
             raise ValueError("sft.item_score_weight applies only with sft.item_head > 0")
         if self.backbone != "llm" and self.hidden_size % self.heads:

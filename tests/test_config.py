@@ -86,5 +86,9 @@ def test_options_of_another_backbone_are_errors_that_name_the_key():
         load_config(None, ["sft.item_tokens=false", "sft.item_head=0.5"])
     with pytest.raises(ConfigError, match="sft.item_score_weight applies only with sft.item_head > 0"):
         load_config(None, ["sft.item_score_weight=3"])
+    with pytest.raises(ConfigError, match="sft.item_token_dropout needs sft.item_tokens=true"):
+        load_config(None, ["sft.item_tokens=false", "sft.item_token_dropout=0.2"])
+    with pytest.raises(ConfigError, match="sft.embedding_dropout applies only to the from-scratch backbones"):
+        load_config(None, ["sft.backbone=llm", "sft.embedding_dropout=0.1"])
     encdec = load_config(None, ["sft.backbone=encoder_decoder", "sft.layers=3"])
     assert RunConfig.model_validate(yaml.safe_load(encdec.to_yaml())) == encdec, "a resolved config still loads"

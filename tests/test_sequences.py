@@ -3,10 +3,11 @@ import pyarrow as pa
 import pytest
 import torch
 
+from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
+from deepinterestgr.recommender.model import BOS, PAD, SPECIAL_TOKENS, build_model
 from deepinterestgr.recommender.sequences import RaggedRows, build_sequences, most_popular, tokens
-from deepinterestgr.recommender.decoding import IGNORE, item_head_loss, training_batch
+from deepinterestgr.recommender.decoding import IGNORE, drop_item_tokens, item_head_loss, sft_loss, training_batch
 from deepinterestgr.recommender.training import average_weights
 from deepinterestgr.recommender.vocab import SIDVocab
 from ray_jobs.evaluate import popularity_ranks
@@ -120,3 +121,45 @@ def test_item_head_loss_predicts_each_next_item_at_the_position_before_its_first
     with pytest.raises(ValueError, match="sft.item_tokens=true"):
         plain = training_batch([Example(tokens(r, codes, vocab, 0), 1) for r in rows], pad_id=0, encoder_decoder=False)
         item_head_loss(logits, plain["input_ids"], plain["labels"], vocab)
+
+
+def test_item_token_dropout_hides_only_item_tokens_and_keeps_the_item_heads_targets_with_a_tiny_random_model():
+    vocab = SIDVocab((3, 4), SPECIAL_TOKENS)
+    codes = np.array([[0, 1], [2, 3], [1, 0], [2, 2]])
+    rows = [[0, 1, 2, 3, 1, 0], [3, 1, 2, 0, 2]]
+    batch = training_batch([Example(tokens(r, codes, vocab, 0, item_tokens=True), 1, vocab.size) for r in rows], 0, False)
+    ids = batch["input_ids"]
+    dropped = drop_item_tokens(ids, vocab, 0.5, torch.Generator().manual_seed(3))
+    item = ids >= vocab.size
+    assert torch.equal(dropped[~item], ids[~item]), "SID codes, BOS, SEP and padding are never dropped"
+    gone = item & (dropped != ids)
+    assert (dropped[gone] == PAD).all() and 0 < int(gone.sum()) < int(item.sum())
+    assert torch.equal(dropped, drop_item_tokens(ids, vocab, 0.5, torch.Generator().manual_seed(3))), "seeded"
+    assert torch.equal(drop_item_tokens(ids, vocab, 0.0, torch.Generator()), ids)
+
+    cfg = SFTConfig(hidden_size=16, heads=2, intermediate_size=32, layers=1, dropout=0.0, item_tokens=True, item_head=1.0)
+    model, _, _ = build_model(cfg, [3, 4], seed=0, items=len(codes))
+    loss = sft_loss(model, batch, False, item_head=1.0, vocab=vocab, item_token_dropout=0.9, generator=torch.Generator().manual_seed(5))
+    hidden = drop_item_tokens(ids, vocab, 0.9, torch.Generator().manual_seed(5))
+    out = model(input_ids=hidden, attention_mask=batch["attention_mask"], labels=batch["labels"])
+    # The head's targets are read from the undropped batch: read from `hidden` they would be pad tokens.
+    expected = out.loss + item_head_loss(out.logits, ids, batch["labels"], vocab)
+    assert torch.isclose(loss, expected)
+    assert not torch.isclose(loss, sft_loss(model, batch, False, item_head=1.0, vocab=vocab))
+
+
+@pytest.mark.parametrize("backbone", ["compact", "encoder_decoder"])
+def test_embedding_dropout_acts_only_while_training_and_leaves_the_saved_weights_alone_with_a_tiny_random_model(backbone):
+    shape = dict(backbone=backbone, hidden_size=16, heads=2, intermediate_size=32, layers=1, dropout=0.0)
+    plain, _, _ = build_model(SFTConfig(**shape), [3, 4], seed=0)
+    noisy, _, _ = build_model(SFTConfig(**shape, embedding_dropout=0.5), [3, 4], seed=0)
+    assert plain.state_dict().keys() == noisy.state_dict().keys()
+    assert all(torch.equal(v, noisy.state_dict()[k]) for k, v in plain.state_dict().items())
+    ids = torch.tensor([[1, 3, 7, 4, 8, 2]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if backbone == "encoder_decoder":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 3]])
+    with torch.no_grad():
+        assert torch.allclose(plain(**inputs).logits, noisy.eval()(**inputs).logits), "no dropout in eval mode"
+        assert torch.allclose(plain.train()(**inputs).logits, plain(**inputs).logits), "the plain model has none to drop"
+        assert not torch.allclose(noisy.train()(**inputs).logits, plain(**inputs).logits)

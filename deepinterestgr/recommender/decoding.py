@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from deepinterestgr.recommender.formats import Example
+from deepinterestgr.recommender.model import PAD
 from deepinterestgr.recommender.prefix_attention import CrossCache, PrefixCache, cross_step, prefix_step
 from deepinterestgr.recommender.vocab import SIDVocab
 
@@ -134,11 +135,24 @@ def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def drop_item_tokens(ids: torch.Tensor, vocab: SIDVocab, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """A copy of `ids` with each item token (ids past the SID vocabulary) replaced by the pad token with
+    probability `rate`; the generator decides, on the generator's device."""
+    drop = torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device) < rate
+    return ids.masked_fill(drop & (ids >= vocab.size), PAD)
+
+
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], encoder_decoder: bool, label_smoothing: float = 0.0,
-             item_head: float = 0.0, vocab: SIDVocab | None = None) -> torch.Tensor:
+             item_head: float = 0.0, vocab: SIDVocab | None = None, item_token_dropout: float = 0.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean cross-entropy over the labelled tokens of a `training_batch`, optionally label-smoothed,
-    plus `item_head` x the item head's loss (`item_head_loss`; compact models with item tokens)."""
-    out = model(**batch)
+    plus `item_head` x the item head's loss (`item_head_loss`; compact models with item tokens).
+    With `item_token_dropout` the model reads the batch through `drop_item_tokens`; the item head's
+    targets still come from the batch as it is."""
+    inputs = batch
+    if item_token_dropout:
+        inputs = {**batch, "input_ids": drop_item_tokens(batch["input_ids"], vocab, item_token_dropout, generator)}
+    out = model(**inputs)
     if not label_smoothing:
         loss = out.loss
     else:

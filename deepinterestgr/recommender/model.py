@@ -21,6 +21,7 @@ class CompactModelConfig:
     heads: int = 4
     intermediate_size: int = 256
     dropout: float = 0.0
+    embedding_dropout: float = 0.0
     max_items: int = 50
     # Tokens after the SID vocabulary that are read, never generated (one per catalog item).
     item_tokens: int = 0
@@ -107,6 +108,17 @@ def add_lora(model: torch.nn.Module, cfg: LLMBackboneConfig, sid_rows: list[int]
     return get_peft_model(model, lora)
 
 
+def add_embedding_dropout(model: torch.nn.Module, rate: float) -> None:
+    """Dropout on the token embeddings' output while the model trains (forward hooks: neither transformers
+    config has this dropout, and the saved weights and their keys stay as they are). T5's encoder and
+    decoder look tokens up through modules of their own that share the one weight: each gets the hook."""
+    dropout = torch.nn.Dropout(rate)
+    weight = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.weight is weight:
+            module.register_forward_hook(lambda module, _, out: dropout(out) if module.training else out)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that training changes (everything, or the LoRA and SID-token weights)."""
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -120,10 +132,12 @@ def export_model(model: torch.nn.Module) -> torch.nn.Module:
 def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, items: int = 0):
     """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for item tokens)."""
     if cfg.backbone != "llm":
-        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
-                                   items if cfg.item_tokens else 0)
+        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.embedding_dropout,
+                                   cfg.max_items + 1, items if cfg.item_tokens else 0)
         factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
         model, vocab = factory(sizes, shape, seed)
+        if shape.embedding_dropout:
+            add_embedding_dropout(model, shape.embedding_dropout)
         return model, vocab, None
     from deepinterestgr.weights import resolve_llm
 
