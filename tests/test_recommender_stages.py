@@ -46,7 +46,8 @@ def _check_run_report(store):
 
 
 def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_path):
-    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.item_tokens=true", "sft.item_head=0.5"])
+    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.item_tokens=true", "sft.item_head=0.5",
+                                    "sft.item_token_dropout=0.2", "sft.embedding_dropout=0.1"])
     store = RunStore(cfg)
     with pytest.raises(StorageError, match="no committed 'prepare' stage"):
         sft.run(cfg, store)
