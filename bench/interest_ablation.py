@@ -19,7 +19,9 @@ what the interests say; where items have few interactions they decide. A sparser
 `--set data.synthetic.num_categories=8 --set data.synthetic.interests_per_category=6
 --set data.synthetic.num_items=1500 --set data.synthetic.num_users=1000` (~8 per item; README, Results).
 
-Prints one JSON line: per arm the mean and std over seeds of HR@10 and NDCG@10, the SID purity
+Prints one JSON line: per arm the mean and std over seeds of HR@10 and NDCG@10, the SFT model's
+validation NDCG@10 and on how many seeds GRPO's weights were kept (they are only when GRPO improved
+validation, so an arm's test figure can move with that choice alone), the SID purity
 (normalised mutual information between the first SID level and each item's main interest) and
 the descriptor precision (share of the descriptors that reach the SIDs that are true interests);
 for noisy_rldi also the judge's label balance and agreement with the truth. Writes
@@ -101,7 +103,10 @@ def run_arm(arm: str, cfg, store: RunStore, truth: dict[str, list[str]], noise: 
     purity = normalised_mutual_information(np.array([r["sid"][0] for r in sids]), np.array([truth[r["item_id"]][0] for r in sids]))
     used = used_descriptors(store)
     matched = [truth_match(d, truth[i]) for i, ds in used.items() for d in ds]
+    grpo_report = store.require("grpo").report
     out = {"hr@10": gr["hr@10"], "ndcg@10": gr["ndcg@10"], "sid_purity": purity,
+           # Validation before and after GRPO: an arm's test figure can move with GRPO's keep-or-not choice alone.
+           "sft_val_ndcg@10": store.require("sft").report["val_ndcg@10"], "grpo_kept": grpo_report["best_epoch"] >= 0,
            "descriptor_precision": float(np.mean(matched)) if matched else None,
            "items_with_descriptors": sum(1 for ds in used.values() if ds), "baselines": {k: v for k, v in report["results"].items() if not k.startswith("GR")}}
     if arm == "noisy_rldi":
@@ -113,10 +118,11 @@ def run_arm(arm: str, cfg, store: RunStore, truth: dict[str, list[str]], noise: 
 
 def summarise(values: list[dict]) -> dict:
     out = {}
-    for key in ("hr@10", "ndcg@10", "sid_purity", "descriptor_precision"):
+    for key in ("hr@10", "ndcg@10", "sft_val_ndcg@10", "sid_purity", "descriptor_precision"):
         column = [v[key] for v in values if v[key] is not None]
         if column:
             out[f"{key}_mean"], out[f"{key}_std"] = round(float(np.mean(column)), 4), round(float(np.std(column)), 4)
+    out["grpo_kept"] = sum(v["grpo_kept"] for v in values)
     judges = [v["judge"] for v in values if "judge" in v]
     if judges:
         out["judge_positive_rate"] = round(float(np.mean([j["positive_rate"] for j in judges])), 4)
@@ -128,13 +134,15 @@ def summarise(values: list[dict]) -> dict:
 def markdown(seeds: list[int], rows: dict[str, dict], baselines: dict[str, float]) -> str:
     plain = rows.get("plain", {}).get("ndcg@10_mean")
     lines = [f"Interest ablation: synthetic catalog with indirect interests, seeds {seeds} (mean ± std).", "",
-             "| arm | HR@10 | NDCG@10 | NDCG@10 / plain | SID purity (NMI) | descriptor precision |", "|---|---|---|---|---|---|"]
+             "| arm | HR@10 | NDCG@10 | NDCG@10 / plain | SFT validation NDCG@10 | GRPO kept (seeds) | SID purity (NMI) | descriptor precision |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, r in rows.items():
         cell = lambda key: f"{r[key + '_mean']:.4f} ± {r[key + '_std']:.4f}" if key + "_mean" in r else "-"  # noqa: E731
         ratio = f"{r['ndcg@10_mean'] / plain:.2f}" if plain else "-"
-        lines.append(f"| {arm} | {cell('hr@10')} | {cell('ndcg@10')} | {ratio} | {cell('sid_purity')} | {cell('descriptor_precision')} |")
+        lines.append(f"| {arm} | {cell('hr@10')} | {cell('ndcg@10')} | {ratio} | {cell('sft_val_ndcg@10')} | {r['grpo_kept']} of {len(seeds)} "
+                     f"| {cell('sid_purity')} | {cell('descriptor_precision')} |")
     for name, ndcg in baselines.items():
-        lines.append(f"| {name} | | {ndcg:.4f} | | | |")
+        lines.append(f"| {name} | | {ndcg:.4f} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
