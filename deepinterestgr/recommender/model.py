@@ -21,7 +21,6 @@ class CompactModelConfig:
     heads: int = 4
     intermediate_size: int = 256
     dropout: float = 0.0
-    embedding_dropout: float = 0.0
     max_items: int = 50
     # Tokens after the SID vocabulary that are read, never generated (one per catalog item).
     item_tokens: int = 0
@@ -132,12 +131,12 @@ def export_model(model: torch.nn.Module) -> torch.nn.Module:
 def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, items: int = 0):
     """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for item tokens)."""
     if cfg.backbone != "llm":
-        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.embedding_dropout,
-                                   cfg.max_items + 1, items if cfg.item_tokens else 0)
+        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
+                                   items if cfg.item_tokens else 0)
         factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
         model, vocab = factory(sizes, shape, seed)
-        if shape.embedding_dropout:
-            add_embedding_dropout(model, shape.embedding_dropout)
+        if cfg.embedding_dropout:
+            add_embedding_dropout(model, cfg.embedding_dropout)
         return model, vocab, None
     from deepinterestgr.weights import resolve_llm
 
