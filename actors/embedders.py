@@ -29,6 +29,8 @@ class TextEmbedder:
 
     def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None,
                  known: dict[str, tuple[str, list[float]]] | None = None, interests: bool = False):
+        if column and interests:
+            raise ValueError("TextEmbedder: `interests` reads each item's descriptors, so it needs item rows, not one text `column`")
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)

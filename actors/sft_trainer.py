@@ -78,8 +78,9 @@ def train_sft(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
-        order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, seed * 7919 + epoch * 31 + rank))
-        item_drop.manual_seed(seed * 7919 + epoch * 31 + rank)
+        epoch_seed = seed * 7919 + epoch * 31 + rank
+        order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, epoch_seed))
+        item_drop.manual_seed(epoch_seed)
         began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
             batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
