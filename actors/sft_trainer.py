@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 
 import numpy as np
 import ray.train
@@ -24,8 +23,9 @@ from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import build_model, trainable_state
-from deepinterestgr.recommender.decoding import is_encoder_decoder, lr_factor, sft_loss, training_batch
-from deepinterestgr.recommender.training import average_weights, epoch_order, target_ranks
+from deepinterestgr.recommender.decoding import is_encoder_decoder
+from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks
+from deepinterestgr.recommender.training import epoch_order
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 CHECKPOINT_FILE = "sft.pt"
@@ -47,11 +47,7 @@ def train_sft(config: dict) -> None:
     trie = SIDTrie.from_bytes(config["trie"])
 
     model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = len(epoch_order(groups, cfg.targets_per_user, seed))
-    total_steps = cfg.epochs * math.ceil(math.ceil(per_epoch / cfg.batch_size) / cfg.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_ratio, cfg.lr_schedule))
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     start_epoch, best, stale = 0, -1.0, 0
     device = ray.train.torch.get_device()
     # Moved before a resumed optimizer state is loaded: loading casts that state to the weights' device.
@@ -70,59 +66,31 @@ def train_sft(config: dict) -> None:
         average = {n: v.to(device) for n, v in state["model"].items() if n in average}
         model.load_state_dict(state["live"], strict=False)
     encoder_decoder = is_encoder_decoder(model)
-    # Seeded per worker and epoch, so a resumed run drops the same item tokens as an uninterrupted one.
-    item_drop = torch.Generator()
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     for epoch in range(start_epoch, cfg.epochs):
-        ddp.train()
-        epoch_seed = seed * 7919 + epoch * 31 + rank
-        order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, epoch_seed))
-        item_drop.manual_seed(epoch_seed)
-        began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            batch = training_batch([examples[i] for i in order[start : start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast():
-                loss = sft_loss(ddp, batch, encoder_decoder, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop)
-            (loss / cfg.grad_accum).backward()
-            if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
-                torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if average is not None:
-                    average_weights(average, model, cfg.ema_decay)
-            tokens += int(batch["attention_mask"].sum())
-            loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
-        seconds = time.perf_counter() - began
+        stats = train_epoch(ddp, optimizer, scheduler, examples, groups, cfg, vocab, pad_id, epoch_seed(seed, epoch, rank),
+                            encoder_decoder, average, model, autocast)
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
 
-        live = None
-        if average is not None:
-            live = trainable_state(model)
-            model.load_state_dict(average, strict=False)
-        with autocast():
-            ranks = target_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg.beam_width, pad_id=pad_id,
-                                 item_weight=cfg.ranking_item_weight)
-        local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
-        n = float(len(ranks))
-        sums = torch.tensor([local["hr@10"] * n, local["ndcg@10"] * n, n, tokens / seconds])
-        if world > 1:
-            dist.all_reduce(sums)
-        hr, ndcg = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
-        improved = ndcg > best
-        best, stale = (ndcg, 0) if improved else (best, stale + 1)
-        metrics = {"epoch": epoch, "loss": loss_sum / max(steps, 1), "val_hr@10": hr, "val_ndcg@10": ndcg,
-                   "tokens_per_s": float(sums[3]), "epoch_s": seconds}
-        report_epoch("sft", cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                                                          "scheduler": scheduler.state_dict(),
-                                                          "epoch": epoch, "best": best, "stale": stale, "live": live},
-                     CHECKPOINT_FILE, show=("loss", "val_hr@10", "val_ndcg@10", "tokens_per_s", "epoch_s"))
-        if live is not None:
-            model.load_state_dict(live, strict=False)
+        with averaged(model, average) as live:
+            ranks = validation_ranks(model, valid_prompts, valid_targets, trie, vocab, cfg, pad_id, autocast)
+            local = ranking_metrics(ranks, (10,)) if len(ranks) else {"hr@10": 0.0, "ndcg@10": 0.0}
+            n = float(len(ranks))
+            sums = torch.tensor([local["hr@10"] * n, local["ndcg@10"] * n, n, stats.tokens / stats.seconds])
+            if world > 1:
+                dist.all_reduce(sums)
+            hr, ndcg = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+            improved = ndcg > best
+            best, stale = (ndcg, 0) if improved else (best, stale + 1)
+            metrics = {"epoch": epoch, "loss": stats.loss, "val_hr@10": hr, "val_ndcg@10": ndcg,
+                       "tokens_per_s": float(sums[3]), "epoch_s": stats.seconds}
+            report_epoch("sft", cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                                                              "scheduler": scheduler.state_dict(),
+                                                              "epoch": epoch, "best": best, "stale": stale, "live": live},
+                         CHECKPOINT_FILE, show=("loss", "val_hr@10", "val_ndcg@10", "tokens_per_s", "epoch_s"))
         if stale >= cfg.patience or math.isnan(metrics["loss"]):
             break

@@ -14,7 +14,7 @@ from deepinterestgr.baselines.sasrec import fit_sasrec, sasrec_ranks
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
 from deepinterestgr.progress import Progress
-from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, user_interests
+from deepinterestgr.recommender.artifacts import Catalog, load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import accelerator, collect, stage_main
@@ -49,6 +49,16 @@ def popularity_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def test_rows(catalog: Catalog, fmt, interests: dict[str, str]) -> list[dict]:
+    """One row per user with a test target: the prompt from their training and validation items (the
+    history), and the target."""
+    seqs = catalog.sequences
+    users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
+    histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
+    return [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(seqs.test[u])}
+            for u, h in zip(users, histories)]
+
+
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     model_stage = "grpo" if store.entry("grpo") is not None else "sft"
     inputs = store.inputs(("prepare", "tokenize", model_stage), optional=("mine",))
@@ -61,11 +71,9 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     fmt = load_format(store, model_stage, catalog, cfg.sft.backbone)
     interests = user_interests(store)
     seqs = catalog.sequences
-    users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
-    histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
-    targets = np.array([int(seqs.test[u]) for u in users])
-    rows = [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(t)}
-            for u, h, t in zip(users, histories, targets)]
+    rows = test_rows(catalog, fmt, interests)
+    histories = [r["history"] for r in rows]
+    targets = np.array([r["target"] for r in rows], dtype=np.int64)
     with store.stage(STAGE, config_hash, inputs) as attempt:
         ranked = ray.data.from_items(rows).map_batches(
             TargetRanker,
@@ -94,7 +102,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         if e.popularity_groups:
             counts = training_counts(seqs, len(catalog.item_ids))[targets]
             details["by_target_popularity"] = metrics_by_popularity(ranks, counts, e.popularity_groups, e.ks)
-        report = {"model_stage": model_stage, "test_users": len(users), "items": len(catalog.item_ids),
+        report = {"model_stage": model_stage, "test_users": len(rows), "items": len(catalog.item_ids),
                   "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results, **details}
         attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
         markdown = markdown_table(results)
@@ -102,7 +110,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             markdown += "\n" + popularity_table(details["by_target_popularity"], f"ndcg@{max(e.ks)}")
         attempt.write_bytes("report.md", markdown.encode())
         print(markdown, file=sys.stderr)
-        return attempt.commit({"test_users": len(users)}, report)
+        return attempt.commit({"test_users": len(rows)}, report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -13,8 +14,8 @@ from actors.sft_trainer import CHECKPOINT_FILE, train_sft
 from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
-from deepinterestgr.recommender.artifacts import item_texts, load_catalog, save_model, user_interests
-from deepinterestgr.recommender.formats import RecommenderMeta, make_format
+from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, save_model, user_interests
+from deepinterestgr.recommender.formats import Example, RecommenderMeta, make_format
 from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, export_model
 from deepinterestgr.recommender.sequences import validation_users
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
@@ -38,12 +39,29 @@ def recommender_meta(cfg: RunConfig, sizes: list[int], items: int):
     return meta, AutoTokenizer.from_pretrained(path)
 
 
-def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
-    inputs = store.inputs(("prepare", "tokenize"), optional=("label", "mine"))
-    config_hash = cfg.section_hash("sft")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"sft: up to date in {store.uri}; skipped", file=sys.stderr)
-        return store.require(STAGE)
+@dataclass
+class SFTInputs:
+    """What SFT trains and validates on, built from a run's prepare and tokenize stages (and mine, label)."""
+
+    catalog: Catalog
+    meta: RecommenderMeta
+    tokenizer: object | None
+    fmt: object  # the backbone's prompt format (formats.make_format)
+    grouped: list[tuple[int, Example]]  # (group, example): a user's examples share their group
+    user_examples: int
+    interests: dict[str, str]
+    valid_users: list[int]
+    valid_prompts: list[list[int]]
+    valid_targets: list[int]
+
+    def rows(self) -> list[dict]:
+        """The examples as dataset rows (`key` keeps their order across shards)."""
+        return [{"key": k, "group": g, "ids": e.ids, "loss_start": e.loss_start, "read_only_from": e.read_only_from}
+                for k, (g, e) in enumerate(self.grouped)]
+
+
+def sft_inputs(cfg: RunConfig, store: RunStore) -> SFTInputs:
+    """The SFT examples and validation users of a run, as the sft stage trains on them."""
     s = cfg.sft
     catalog = load_catalog(store)
     seqs = catalog.sequences
@@ -57,21 +75,31 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         grouped += [(-1 - k, e) for k, e in enumerate(fmt.item_examples(item_texts(store, catalog.item_ids)))]
     if not grouped:
         raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
-    examples = [e for _, e in grouped]
-    rows = [{"key": k, "group": g, "ids": e.ids, "loss_start": e.loss_start, "read_only_from": e.read_only_from}
-            for k, (g, e) in enumerate(grouped)]
-    valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
+    valid = validation_users(seqs, s.valid_users, cfg.seed)
+    return SFTInputs(catalog, meta, tokenizer, fmt, grouped, user_examples, interests, valid,
+                     [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
+                     [int(seqs.valid[u]) for u in valid])
+
+
+def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
+    inputs = store.inputs(("prepare", "tokenize"), optional=("label", "mine"))
+    config_hash = cfg.section_hash("sft")
+    if store.is_fresh(STAGE, config_hash, inputs):
+        print(f"sft: up to date in {store.uri}; skipped", file=sys.stderr)
+        return store.require(STAGE)
+    s = cfg.sft
+    data = sft_inputs(cfg, store)
+    catalog, seqs = data.catalog, data.catalog.sequences
     with store.stage(STAGE, config_hash, inputs) as attempt:
         trainer = TorchTrainer(
             train_sft,
             train_loop_config={
                 "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes,
-                "items": len(catalog.codes), "trie": catalog.trie_bytes, "pad_id": fmt.pad_id,
-                "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
-                "valid_targets": [int(seqs.valid[u]) for u in valid],
+                "items": len(catalog.codes), "trie": catalog.trie_bytes, "pad_id": data.fmt.pad_id,
+                "valid_prompts": data.valid_prompts, "valid_targets": data.valid_targets,
             },
             scaling_config=scaling_config(s),
-            datasets={"train": ray.data.from_items(rows).materialize()},
+            datasets={"train": ray.data.from_items(data.rows()).materialize()},
             dataset_config=TrainDataConfig(datasets_to_split=[]),
             run_config=train_run_config(cfg, "sft", f"{attempt.dir}/ray_train", store.fs, "val_ndcg@10", "max", max_failures=2),
         )
@@ -81,16 +109,16 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed, items=len(catalog.codes))
         model.load_state_dict(state["model"], strict=False)
-        save_model(attempt, export_model(model), meta, tokenizer)
+        save_model(attempt, export_model(model), data.meta, data.tokenizer)
         report = {
-            "backbone": s.backbone, "users": sum(1 for t in seqs.train if t), "valid_users": len(valid),
-            "examples": len(examples), "user_examples": user_examples, "users_with_interests": len(interests),
+            "backbone": s.backbone, "users": sum(1 for t in seqs.train if t), "valid_users": len(data.valid_users),
+            "examples": len(data.grouped), "user_examples": data.user_examples, "users_with_interests": len(data.interests),
             "unknown_items_skipped": seqs.unknown_items,
             "best_epoch": best["epoch"], "val_hr@10": best["val_hr@10"], "val_ndcg@10": best["val_ndcg@10"],
             "epochs_run": history[-1]["epoch"] + 1, "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history])),
             "history": [{k: h[k] for k in ("epoch", "loss", "val_hr@10", "val_ndcg@10")} for h in history],
         }
-        return attempt.commit({"examples": len(examples)}, report)
+        return attempt.commit({"examples": len(data.grouped)}, report)
 
 
 def main(argv: list[str] | None = None) -> int:

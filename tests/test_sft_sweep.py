@@ -1,0 +1,58 @@
+"""bench/sft_sweep.py: the sft stage's loop in a process pool reproduces the pipeline's figures, with a tiny random model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepinterestgr.config import load_config
+from deepinterestgr.storage.runstore import RunStore
+from ray_jobs import evaluate, prepare, sft, tokenize
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.synthetic.num_items=50", "data.synthetic.num_users=50", "tokenize.method=rkmeans",
+    "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2",
+    "sft.intermediate_size=64", "sft.epochs=4", "sft.eval_every=2", "sft.patience=5", "sft.beam_width=10",
+    "sft.item_tokens=true", "sft.item_head=0.5", "sft.ema_decay=0.9", "sft.item_token_dropout=0.2", "sft.embedding_dropout=0.1",
+    "evaluate.beam_width=10", "evaluate.sasrec.enabled=false",
+]
+
+
+def sweep(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "bench/sft_sweep.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with_a_tiny_random_model(ray_cluster, tmp_path):
+    cfg = load_config(None, TINY + [f"storage.uri={tmp_path / 'run'}"])
+    store = RunStore(cfg)
+    store.save_config(cfg)
+    for stage in (prepare, tokenize, sft):
+        stage.run(cfg, store)
+    trained = store.require("sft").report
+    tested = evaluate.run(cfg, store).report["results"]["GR (sft)"]
+
+    packed = str(tmp_path / "runs.pkl")
+    assert sweep("pack", "--run", str(tmp_path / "run"), "--out", packed)["packed"] == ["default:" + f"{tmp_path.name}/run"]
+    out = str(tmp_path / "sweep")
+    result = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--procs", "2", "--out", out)
+    assert result["jobs_run"] == 2
+    as_run = next(iter(result["arms"]["as_run"]["runs"].values()))
+    assert as_run["val_ndcg@10_mean"] == pytest.approx(trained["val_ndcg@10"], abs=1e-4)
+    assert as_run["ndcg@10_mean"] == pytest.approx(tested["ndcg@10"], abs=1e-4)
+    assert as_run["hr@10_mean"] == pytest.approx(tested["hr@10"], abs=1e-4)
+    jobs = [json.loads(line) for line in Path(out, "jobs.jsonl").read_text().splitlines()]
+    assert next(j for j in jobs if j["arm"] == "as_run")["best_epoch"] == trained["best_epoch"]
+    faster = next(j for j in jobs if j["arm"] == "faster")
+    assert (faster["val_ndcg@10"], faster["ndcg@10"]) != (as_run["val_ndcg@10_mean"], as_run["ndcg@10_mean"]), "the override took effect"
+
+    again = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--procs", "2", "--out", out)
+    assert again["jobs_run"] == 0 and again["arms"] == result["arms"], "a rerun skips the jobs already done"
+
+    bad = subprocess.run([sys.executable, "bench/sft_sweep.py", "run", "--data", packed, "--arm", "typo lr_max=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "'lr_max=1' is not sft_key=value" in bad.stderr
