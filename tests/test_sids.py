@@ -13,7 +13,7 @@ from deepinterestgr.tokenizer.sids import (
     load_external_sids,
     reassign_last_level,
 )
-from deepinterestgr.tokenizer.text import enriched_text
+from deepinterestgr.tokenizer.text import enriched_text, interest_text
 
 
 def test_collision_rate_and_level_stats_by_hand():
@@ -86,3 +86,13 @@ def test_enriched_text_keeps_order_and_only_positive_descriptors():
                         {"descriptor": "family camping"}],
     })
     assert text == "Tent\nTwo-person\na green tent\nInterests: ultralight hiking; family camping"
+
+
+def test_an_item_whose_descriptors_are_all_labelled_bad_keeps_its_most_probable_one():
+    rejected = [{"descriptor": "beach days", "label": 0, "p_good": 0.2}, {"descriptor": "camping", "label": 0, "p_good": 0.4},
+                {"descriptor": "", "label": 0, "p_good": 0.9}]
+    assert interest_text({"descriptors": rejected}) == "camping"
+    assert enriched_text({"title": "Tent", "descriptors": rejected}) == "Tent\nInterests: camping"
+    kept = [*rejected, {"descriptor": "hiking", "label": 1, "p_good": 0.3}]
+    assert interest_text({"descriptors": kept}) == "hiking", "with a good descriptor only the good ones count"
+    assert interest_text({"descriptors": []}) == "" and interest_text({"descriptors": None}) == ""
