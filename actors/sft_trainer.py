@@ -24,7 +24,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import build_model, trainable_state
 from deepinterestgr.recommender.decoding import is_encoder_decoder
-from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks
+from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks, weight_average
 from deepinterestgr.recommender.training import epoch_order
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -61,7 +61,7 @@ def train_sft(config: dict) -> None:
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
     # With ema_decay the checkpoint's "model" is the average (what is validated and saved) and "live"
     # holds the weights that training continues from.
-    average = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.ema_decay else None
+    average = weight_average(model, cfg)
     if checkpoint and average is not None:
         average = {n: v.to(device) for n, v in state["model"].items() if n in average}
         model.load_state_dict(state["live"], strict=False)

@@ -39,7 +39,7 @@ import numpy as np
 import ray
 
 from deepinterestgr.config import load_config
-from deepinterestgr.interests.labels import truth_match
+from deepinterestgr.interests.labels import good_descriptors, truth_match
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, label, mine, prepare, sft, tokenize
 from ray_jobs.common import start_ray
@@ -83,7 +83,7 @@ def used_descriptors(store: RunStore) -> dict[str, list[str]]:
     source = "label" if store.entry("label") is not None else "mine" if store.entry("mine") is not None else None
     if source is None:
         return {}
-    return {r["item_id"]: [d["descriptor"] for d in r["descriptors"] or [] if d.get("label", 1) == 1]
+    return {r["item_id"]: good_descriptors(r)
             for r in store.read_table(source, "items").to_pylist()}
 
 

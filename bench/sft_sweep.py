@@ -40,7 +40,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.decoding import is_encoder_decoder
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import build_model, trainable_state
-from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks
+from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks, weight_average
 from deepinterestgr.recommender.training import epoch_order, target_ranks
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -101,7 +101,7 @@ def train_and_test(run: dict, overrides: dict, training_seed: int, device: str) 
     model, vocab, _ = build_model(cfg, run["sizes"], seed, gpu=device != "cpu", items=run["items"])
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     model.to(device)
-    average = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.ema_decay else None
+    average = weight_average(model, cfg)
     valid_targets = np.array(run["valid_targets"])
     best, stale, best_epoch, best_state, began = -1.0, 0, -1, None, time.perf_counter()
     for epoch in range(cfg.epochs):

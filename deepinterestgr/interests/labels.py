@@ -8,6 +8,24 @@ import numpy as np
 import torch
 
 
+def good_descriptors(item: dict) -> list[str]:
+    """The item's positively labelled descriptors (one without a label yet counts as positive); an item
+    none of whose descriptors is labelled good keeps its most probable one (`p_good`). The one
+    rule for which descriptors count: the SIDs, the served explanations and the benchmarks all call it.
+
+    The label threshold is set for the judge's balanced accuracy, which leaves a third of a noisy
+    catalog's items with no descriptor at all, true ones included; their interest channel would fall
+    back to the text alone (bench/interest_ablation.py).
+    """
+    mined = item.get("descriptors")
+    # Ray Data hands list columns over as arrays, whose truth value is ambiguous: test for None.
+    named = [d for d in (mined if mined is not None else []) if d.get("descriptor")]
+    good = [d["descriptor"] for d in named if d.get("label", 1) == 1]
+    if good or not named:
+        return good
+    return [max(named, key=lambda d: d.get("p_good") or 0.0)["descriptor"]]
+
+
 def item_text(title: str, description: str | None) -> str:
     """What the judge and the classifier read of an item: its title, then its description."""
     return f"{title}. {description}" if description else title

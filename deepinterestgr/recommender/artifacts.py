@@ -12,6 +12,7 @@ import numpy as np
 from pyarrow import fs as pafs
 
 from deepinterestgr.errors import DataError
+from deepinterestgr.interests.labels import good_descriptors
 from deepinterestgr.recommender.formats import META_FILE, ItemText, RecommenderMeta, make_format
 from deepinterestgr.recommender.sequences import UserSequences, build_sequences
 from deepinterestgr.storage.runstore import RunStore
@@ -43,7 +44,7 @@ def load_catalog(store: RunStore) -> Catalog:
 
 
 def item_texts(store: RunStore, item_ids: list[str]) -> list[ItemText]:
-    """Title and positively labelled descriptors per catalog row (descriptors once mining has run)."""
+    """Title and the descriptors that count (`good_descriptors`) per catalog row (descriptors once mining has run)."""
     source = next(stage for stage in ("label", "mine", "prepare") if store.entry(stage) is not None)
     table = store.read_table(source, "items")
     rows = {item: row for row, item in enumerate(item_ids)}
@@ -53,7 +54,7 @@ def item_texts(store: RunStore, item_ids: list[str]) -> list[ItemText]:
         row = rows.get(record["item_id"])
         if row is None:
             continue
-        descriptors = [d["descriptor"] for d in (record.get("descriptors") or []) if d.get("label", 1) == 1] if described else []
+        descriptors = good_descriptors(record) if described else []
         out.append(ItemText(row, record.get("title") or "", descriptors))
     return sorted(out, key=lambda item: item.row)
 

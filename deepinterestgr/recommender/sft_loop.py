@@ -78,6 +78,11 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
     return EpochStats(loss_sum / max(steps, 1), tokens, time.perf_counter() - began)
 
 
+def weight_average(model: torch.nn.Module, cfg: SFTConfig) -> dict[str, torch.Tensor] | None:
+    """The start of the weight average (`sft.ema_decay`): a copy of the trainable parameters; None without one."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.ema_decay else None
+
+
 @contextlib.contextmanager
 def averaged(model: torch.nn.Module, average: dict[str, torch.Tensor] | None):
     """The model with the weight average in place (when there is one) inside the block; yields the live

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def good_descriptors(item: dict) -> list[str]:
-    """The item's positively labelled descriptors (one without a label yet counts as positive); an item
-    none of whose descriptors is labelled good keeps its most probable one (`p_good`).
-
-    The label threshold is set for the judge's balanced accuracy, which leaves a third of a noisy
-    catalog's items with no descriptor at all, true ones included; their interest channel would fall
-    back to the text alone (bench/interest_ablation.py).
-    """
-    mined = item.get("descriptors")
-    # Ray Data hands list columns over as arrays, whose truth value is ambiguous: test for None.
-    named = [d for d in (mined if mined is not None else []) if d.get("descriptor")]
-    good = [d["descriptor"] for d in named if d.get("label", 1) == 1]
-    if good or not named:
-        return good
-    return [max(named, key=lambda d: d.get("p_good") or 0.0)["descriptor"]]
+from deepinterestgr.interests.labels import good_descriptors
 
 
 def enriched_text(item: dict) -> str:
-    """title, description, caption and positively labelled descriptors, one per line, in that order.
+    """title, description, caption and the descriptors that count (`good_descriptors`), one per line, in that order.
 
     The caption and descriptors come from the mining and labelling stages when they ran.
     """
@@ -35,7 +20,7 @@ def enriched_text(item: dict) -> str:
 
 
 def interest_text(item: dict) -> str:
-    """The item's positively labelled descriptors alone ("" without any): the interest channel's input."""
+    """The descriptors that count (`good_descriptors`) alone ("" without any): the interest channel's input."""
     return "; ".join(good_descriptors(item))
 
 
