@@ -62,7 +62,8 @@ def pack(config: str | None, runs: list[str], sets: list[str], out: str) -> None
         data = sft_inputs(cfg, RunStore(cfg))
         tests = test_rows(data.catalog, data.fmt, data.interests)
         packed.append({
-            "name": f"{cfg.name}:{Path(run).parent.name}/{Path(run).name}", "sft": cfg.sft.model_dump(), "seed": cfg.seed,
+            # The --set's are part of the name: packs of the same runs with other settings are other runs.
+            "name": " ".join([f"{cfg.name}:{Path(run).parent.name}/{Path(run).name}", *sets]), "sft": cfg.sft.model_dump(), "seed": cfg.seed,
             "sizes": list(data.catalog.trie.sizes), "items": len(data.catalog.codes), "trie": data.catalog.trie_bytes,
             "pad_id": data.fmt.pad_id, "examples": [(g, e.ids, e.loss_start, e.read_only_from) for g, e in data.grouped],
             "valid_prompts": data.valid_prompts, "valid_targets": data.valid_targets,

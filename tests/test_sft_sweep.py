@@ -53,6 +53,9 @@ def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with
     again = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--procs", "2", "--out", out)
     assert again["jobs_run"] == 0 and again["arms"] == result["arms"], "a rerun skips the jobs already done"
 
+    other = sweep("pack", "--run", str(tmp_path / "run"), "--set", "sft.max_items=3", "--out", str(tmp_path / "other.pkl"))
+    assert other["packed"] == ["default:" + f"{tmp_path.name}/run sft.max_items=3"], "the same run packed with other settings is another run"
+
     bad = subprocess.run([sys.executable, "bench/sft_sweep.py", "run", "--data", packed, "--arm", "typo lr_max=1"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "'lr_max=1' is not sft_key=value" in bad.stderr
