@@ -46,7 +46,7 @@ def train_sft(config: dict) -> None:
     valid_targets = np.array(config["valid_targets"])[rank::world]
     trie = SIDTrie.from_bytes(config["trie"])
 
-    model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"])
+    model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"], item_rows=config["item_rows"])
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     start_epoch, best, stale = 0, -1.0, 0
     device = ray.train.torch.get_device()

@@ -275,7 +275,7 @@ def main() -> int:
 
     llm_cfg = load_config(ROOT / "configs" / "default.yaml", overrides + [
         f"storage.uri={out / 'run_llm'}", "sft.backbone=llm", "sft.item_tokens=false", "sft.item_head=0",
-        "sft.item_token_dropout=0", "sft.embedding_dropout=0",
+        "sft.item_token_dropout=0", "sft.embedding_dropout=0", "sft.item_token_init=random",
         f"sft.llm.model={models['llm']}", "sft.llm.bf16=true",
         "sft.llm.windows_per_user=2", "sft.batch_size=32", "sft.epochs=1", "sft.eval_every=1",
         f"sft.valid_users={size.llm_valid_users}"])

@@ -39,7 +39,7 @@ from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.decoding import is_encoder_decoder
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import build_model, trainable_state
+from deepinterestgr.recommender.model import build_model, content_rows, trainable_state
 from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks, weight_average
 from deepinterestgr.recommender.training import epoch_order, target_ranks
 from deepinterestgr.tokenizer.sids import SIDTrie
@@ -51,7 +51,7 @@ def pack(config: str | None, runs: list[str], sets: list[str], out: str) -> None
     from deepinterestgr.config import load_config
     from deepinterestgr.storage.runstore import RunStore
     from ray_jobs.evaluate import test_rows
-    from ray_jobs.sft import sft_inputs
+    from ray_jobs.sft import item_content_vectors, sft_inputs
 
     packed = []
     for run in runs:
@@ -70,6 +70,7 @@ def pack(config: str | None, runs: list[str], sets: list[str], out: str) -> None
             "test_prompts": [r["prompt"] for r in tests], "test_targets": [r["target"] for r in tests],
             "test_histories": [r["history"] for r in tests] if cfg.evaluate.exclude_history else None,
             "test_beam_width": cfg.evaluate.beam_width,
+            "content": item_content_vectors(RunStore(cfg), data.catalog.item_ids).astype(np.float32),
         })
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     temporary = f"{out}.tmp"
@@ -99,7 +100,8 @@ def train_and_test(run: dict, overrides: dict, training_seed: int, device: str) 
     examples = [Example(list(ids), start, read_only) for _, ids, start, read_only in run["examples"]]
     groups = np.array([g for g, *_ in run["examples"]])
     trie = SIDTrie.from_bytes(run["trie"])
-    model, vocab, _ = build_model(cfg, run["sizes"], seed, gpu=device != "cpu", items=run["items"])
+    model, vocab, _ = build_model(cfg, run["sizes"], seed, gpu=device != "cpu", items=run["items"],
+                               item_rows=content_rows(run["content"], cfg.hidden_size) if cfg.item_token_init == "content" else None)
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     model.to(device)
     average = weight_average(model, cfg)

@@ -337,6 +337,11 @@ class SFTConfig(TrainerScaling):
     # compact and encoder_decoder: dropout on the input token embeddings during SFT (SASRec's embedding
     # dropout; `dropout` reaches only the attention probabilities of the compact model).
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # compact and encoder_decoder with item_tokens: how the item-token rows start. random: as every other
+    # row; content: each item's tokenize embedding (text, plus the interest, collaborative and image
+    # channels when tokenize has them) reduced to hidden_size by PCA, on the spread of the model's own
+    # rows, so a rare item's token (few gradient steps) starts near items whose content is similar.
+    item_token_init: Literal["random", "content"] = "random"
     # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
     # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
     targets_per_user: int = Field(0, ge=0)
@@ -375,14 +380,19 @@ class SFTConfig(TrainerScaling):
         if self.backbone != "llm" and self.llm != LLMBackboneConfig():
             raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
         if self.backbone == "llm" and self.item_tokens:
-            also = " (and sft.item_head: set sft.item_tokens=false sft.item_head=0)" if self.item_head else ""
-            raise ValueError(f"sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm{also}")
+            # Every set option that llm refuses, so one message names all the keys to change (configs/default.yaml sets them all).
+            resets = {"item_head": "0", "item_token_dropout": "0", "item_token_init": "random", "embedding_dropout": "0"}
+            also = " ".join(f"sft.{k}={v}" for k, v in resets.items() if getattr(self, k) != getattr(defaults, k))
+            raise ValueError("sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm"
+                             + (f" (set sft.item_tokens=false {also})" if also else ""))
         if self.backbone == "llm" and shape:
             raise ValueError(f"sft.{shape[0]} applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
         if self.item_head and self.backbone != "compact":
             raise ValueError(f"sft.item_head applies only to sft.backbone=compact, not {self.backbone}")
         if self.item_head and not self.item_tokens:
             raise ValueError("sft.item_head needs sft.item_tokens=true (the head scores the item-token rows)")
+        if self.item_token_init != defaults.item_token_init and not self.item_tokens:
+            raise ValueError("sft.item_token_init applies only with sft.item_tokens=true (it sets the item-token rows)")
         if self.item_token_dropout and not self.item_tokens:
             raise ValueError("sft.item_token_dropout needs sft.item_tokens=true (it drops item tokens from the prompts)")
         if not self.item_head and self.item_score_weight != defaults.item_score_weight:

@@ -10,13 +10,14 @@ import ray
 from ray.train import DataConfig as TrainDataConfig
 from ray.train.torch import TorchTrainer
 
+from actors.rqvae_trainer import stack_embeddings
 from actors.sft_trainer import CHECKPOINT_FILE, train_sft
 from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
 from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, save_model, user_interests
 from deepinterestgr.recommender.formats import Example, RecommenderMeta, make_format
-from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, export_model
+from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, content_rows, export_model
 from deepinterestgr.recommender.sequences import validation_users
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from deepinterestgr.weights import resolve_llm
@@ -53,6 +54,7 @@ class SFTInputs:
     valid_users: list[int]
     valid_prompts: list[list[int]]
     valid_targets: list[int]
+    item_rows: np.ndarray | None  # the item tokens' start (sft.item_token_init=content), else None
 
     def rows(self) -> list[dict]:
         """The examples as dataset rows (`key` keeps their order across shards)."""
@@ -76,9 +78,22 @@ def sft_inputs(cfg: RunConfig, store: RunStore) -> SFTInputs:
     if not grouped:
         raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
     valid = validation_users(seqs, s.valid_users, cfg.seed)
+    item_rows = None
+    if s.item_tokens and s.item_token_init == "content":
+        item_rows = content_rows(item_content_vectors(store, catalog.item_ids), s.hidden_size)
     return SFTInputs(catalog, meta, tokenizer, fmt, grouped, user_examples, interests, valid,
                      [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
-                     [int(seqs.valid[u]) for u in valid])
+                     [int(seqs.valid[u]) for u in valid], item_rows)
+
+
+def item_content_vectors(store: RunStore, item_ids: list[str]) -> np.ndarray:
+    """The vectors tokenize embedded per item (content channels, then the image's when present), in catalog order."""
+    table = store.read_table("tokenize", "embeddings")
+    ids, content, image = stack_embeddings([{c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}])
+    if ids != list(item_ids):
+        raise DataError("sft: tokenize's embeddings table does not hold the catalog's items; rerun `dig tokenize`")
+    vectors = content if image is None else np.concatenate([content.numpy(), image.numpy()], axis=1)
+    return np.asarray(vectors)
 
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
@@ -96,7 +111,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             train_loop_config={
                 "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes,
                 "items": len(catalog.codes), "trie": catalog.trie_bytes, "pad_id": data.fmt.pad_id,
-                "valid_prompts": data.valid_prompts, "valid_targets": data.valid_targets,
+                "valid_prompts": data.valid_prompts, "valid_targets": data.valid_targets, "item_rows": data.item_rows,
             },
             scaling_config=scaling_config(s),
             datasets={"train": ray.data.from_items(data.rows()).materialize()},
@@ -107,7 +122,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
         state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
-        model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed, items=len(catalog.codes))
+        model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed, items=len(catalog.codes), item_rows=data.item_rows)
         model.load_state_dict(state["model"], strict=False)
         save_model(attempt, export_model(model), data.meta, data.tokenizer)
         report = {

@@ -80,6 +80,12 @@ def test_options_of_another_backbone_are_errors_that_name_the_key():
         load_config(None, ["sft.backbone=transformer"])
     with pytest.raises(ConfigError, match="sft.item_tokens applies only to the from-scratch backbones"):
         load_config(None, ["sft.backbone=llm", "sft.item_tokens=true"])
+    with pytest.raises(ConfigError) as refused:
+        load_config("configs/default.yaml", ["sft.backbone=llm"])
+    hint = str(refused.value).split("(set ")[1].split(")")[0].split()
+    assert {k.split("=")[0] for k in hint} == {"sft.item_tokens", "sft.item_head", "sft.item_token_dropout", "sft.item_token_init",
+                                               "sft.embedding_dropout"}
+    assert load_config("configs/default.yaml", ["sft.backbone=llm", *hint]).sft.backbone == "llm", "the hint is all it takes"
     with pytest.raises(ConfigError, match="sft.item_head applies only to sft.backbone=compact"):
         load_config(None, ["sft.backbone=encoder_decoder", "sft.item_tokens=true", "sft.item_head=0.5"])
     with pytest.raises(ConfigError, match="sft.item_head needs sft.item_tokens=true"):
@@ -88,6 +94,8 @@ def test_options_of_another_backbone_are_errors_that_name_the_key():
         load_config(None, ["sft.item_score_weight=3"])
     with pytest.raises(ConfigError, match="sft.item_token_dropout needs sft.item_tokens=true"):
         load_config(None, ["sft.item_tokens=false", "sft.item_token_dropout=0.2"])
+    with pytest.raises(ConfigError, match="sft.item_token_init applies only with sft.item_tokens=true"):
+        load_config(None, ["sft.item_tokens=false", "sft.item_token_init=content"])
     with pytest.raises(ConfigError, match="sft.embedding_dropout applies only to the from-scratch backbones"):
         load_config(None, ["sft.backbone=llm", "sft.embedding_dropout=0.1"])
     encdec = load_config(None, ["sft.backbone=encoder_decoder", "sft.layers=3"])

@@ -5,7 +5,7 @@ import torch
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import BOS, PAD, SPECIAL_TOKENS, build_model
+from deepinterestgr.recommender.model import BOS, PAD, SPECIAL_TOKENS, build_model, content_rows
 from deepinterestgr.recommender.sequences import RaggedRows, build_sequences, most_popular, tokens
 from deepinterestgr.recommender.decoding import IGNORE, drop_item_tokens, item_head_loss, sft_loss, training_batch
 from deepinterestgr.recommender.training import average_weights
@@ -163,3 +163,33 @@ def test_embedding_dropout_acts_only_while_training_and_leaves_the_saved_weights
         assert torch.allclose(plain(**inputs).logits, noisy.eval()(**inputs).logits), "no dropout in eval mode"
         assert torch.allclose(plain.train()(**inputs).logits, plain(**inputs).logits), "the plain model has none to drop"
         assert not torch.allclose(noisy.train()(**inputs).logits, plain(**inputs).logits)
+
+
+def test_content_rows_are_principal_components_with_fixed_signs():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(40, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    rows = content_rows(vectors, 8)
+    assert rows.shape == (40, 8) and rows.dtype == np.float32
+    assert np.allclose(rows[:, 6:], 0), "no components past the input's width"
+    assert rows.std() == pytest.approx(1.0, rel=1e-5)
+    assert np.all(np.diff(rows[:, :6].var(axis=0)) < 0), "components by explained variance"
+    assert np.allclose(content_rows(-vectors, 8), rows, atol=1e-5), "the sign of each component does not depend on the input's"
+    assert np.allclose(content_rows(vectors + 7.0, 8), rows, atol=1e-5), "centred"
+
+
+@pytest.mark.parametrize("backbone", ["compact", "encoder_decoder"])
+def test_content_init_starts_item_tokens_from_content_on_the_models_scale_with_a_tiny_random_model(backbone):
+    shape = dict(backbone=backbone, hidden_size=16, heads=2, intermediate_size=32, layers=1, item_tokens=True)
+    vectors = np.random.default_rng(1).normal(size=(12, 30))
+    vectors[5] = vectors[2]  # two items with the same content
+    rows = content_rows(vectors, 16)
+    random, vocab, _ = build_model(SFTConfig(**shape), [3, 4], seed=0, items=12)
+    content, _, _ = build_model(SFTConfig(**shape, item_token_init="content"), [3, 4], seed=0, items=12, item_rows=rows)
+    before, after = random.get_input_embeddings().weight.detach(), content.get_input_embeddings().weight.detach()
+    assert torch.equal(before[: vocab.size], after[: vocab.size]), "only the item-token rows change"
+    items = after[vocab.size:]
+    assert torch.allclose(items[5], items[2], atol=1e-6) and not torch.allclose(before[vocab.size + 5], before[vocab.size + 2])
+    # On the scale of the SID rows, which Llama and T5 initialise differently.
+    assert torch.allclose(items, torch.from_numpy(rows) * before[SPECIAL_TOKENS: vocab.size].std(), atol=1e-6)
+    with pytest.raises(ValueError, match="needs the content rows of all 12 items, 16 wide; got shape"):
+        build_model(SFTConfig(**shape, item_token_init="content"), [3, 4], seed=0, items=12, item_rows=rows[:, :8])

@@ -17,7 +17,7 @@ TINY = [
     "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2",
     "sft.intermediate_size=64", "sft.epochs=4", "sft.eval_every=2", "sft.patience=5", "sft.beam_width=10",
     "sft.item_tokens=true", "sft.item_head=0.5", "sft.ema_decay=0.9", "sft.item_token_dropout=0.2", "sft.embedding_dropout=0.1",
-    "evaluate.beam_width=10", "evaluate.sasrec.enabled=false",
+    "sft.item_token_init=content", "evaluate.beam_width=10", "evaluate.sasrec.enabled=false",
 ]
 
 
@@ -39,8 +39,9 @@ def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with
     packed = str(tmp_path / "runs.pkl")
     assert sweep("pack", "--run", str(tmp_path / "run"), "--out", packed)["packed"] == ["default:" + f"{tmp_path.name}/run"]
     out = str(tmp_path / "sweep")
-    result = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--procs", "2", "--out", out)
-    assert result["jobs_run"] == 2
+    result = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--arm", "random item_token_init=random",
+                   "--procs", "2", "--out", out)
+    assert result["jobs_run"] == 3
     as_run = next(iter(result["arms"]["as_run"]["runs"].values()))
     assert as_run["val_ndcg@10_mean"] == pytest.approx(trained["val_ndcg@10"], abs=1e-4)
     assert as_run["ndcg@10_mean"] == pytest.approx(tested["ndcg@10"], abs=1e-4)
@@ -49,8 +50,11 @@ def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with
     assert next(j for j in jobs if j["arm"] == "as_run")["best_epoch"] == trained["best_epoch"]
     faster = next(j for j in jobs if j["arm"] == "faster")
     assert (faster["val_ndcg@10"], faster["ndcg@10"]) != (as_run["val_ndcg@10_mean"], as_run["ndcg@10_mean"]), "the override took effect"
+    random = next(j for j in jobs if j["arm"] == "random")
+    assert random["val_ndcg@10"] != as_run["val_ndcg@10_mean"], "the run's item tokens started from content"
 
-    again = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--procs", "2", "--out", out)
+    again = sweep("run", "--data", packed, "--arm", "as_run", "--arm", "faster lr=0.01", "--arm", "random item_token_init=random",
+                  "--procs", "2", "--out", out)
     assert again["jobs_run"] == 0 and again["arms"] == result["arms"], "a rerun skips the jobs already done"
 
     other = sweep("pack", "--run", str(tmp_path / "run"), "--set", "sft.max_items=3", "--out", str(tmp_path / "other.pkl"))

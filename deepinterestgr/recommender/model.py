@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
@@ -107,6 +108,18 @@ def add_lora(model: torch.nn.Module, cfg: LLMBackboneConfig, sid_rows: list[int]
     return get_peft_model(model, lora)
 
 
+def _start_items_from_content(model: torch.nn.Module, vocab: SIDVocab, items: int, item_rows: np.ndarray | None) -> None:
+    weight = model.get_input_embeddings().weight
+    if item_rows is None or item_rows.shape != (items, weight.shape[1]):
+        got = "none" if item_rows is None else f"shape {tuple(item_rows.shape)}"
+        raise ValueError(f"sft.item_token_init=content needs the content rows of all {items} items, "
+                         f"{weight.shape[1]} wide; got {got}")
+    with torch.no_grad():
+        # On the spread of the model's own SID rows (Llama and T5 initialise their embeddings differently).
+        scale = weight[SPECIAL_TOKENS: vocab.size].std()
+        weight[vocab.size: vocab.size + items] = torch.tensor(item_rows, dtype=weight.dtype) * scale
+
+
 def add_embedding_dropout(model: torch.nn.Module, rate: float) -> None:
     """Dropout on the token embeddings' output while the model trains (forward hooks: neither transformers
     config has this dropout, and the saved weights and their keys stay as they are). T5's encoder and
@@ -116,6 +129,23 @@ def add_embedding_dropout(model: torch.nn.Module, rate: float) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding) and module.weight is weight:
             module.register_forward_hook(lambda module, _, out: dropout(out) if module.training else out)
+
+
+def content_rows(vectors: np.ndarray, width: int) -> np.ndarray:
+    """Item vectors [items, d] -> [items, width] float32: their top principal components (zero columns
+    past d or past the item count), each component's sign fixed so the result does not depend on the
+    eigen-solver, scaled to unit overall standard deviation (`build_model` rescales to the model's rows).
+    From the d x d covariance, so memory stays that of the vectors for a catalog of millions."""
+    centred = np.asarray(vectors, dtype=np.float32)
+    centred = centred - centred.mean(axis=0)
+    variances, axes = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    keep = np.argsort(variances)[::-1][: min(width, len(centred))]
+    scores = centred @ axes[:, keep].astype(np.float32)
+    scores *= np.where(scores[np.abs(scores).argmax(axis=0), np.arange(scores.shape[1])] < 0, -1.0, 1.0).astype(np.float32)
+    out = np.zeros((len(centred), width), dtype=np.float32)
+    out[:, : scores.shape[1]] = scores
+    spread = out.std()
+    return out / spread if spread > 0 else out
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -128,13 +158,17 @@ def export_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, items: int = 0):
-    """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for item tokens)."""
+def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, items: int = 0,
+                item_rows: np.ndarray | None = None):
+    """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for
+    item tokens); `item_rows` = `content_rows` of the catalog, which `sft.item_token_init=content` needs."""
     if cfg.backbone != "llm":
         shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
                                    items if cfg.item_tokens else 0)
         factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
         model, vocab = factory(sizes, shape, seed)
+        if cfg.item_tokens and cfg.item_token_init == "content":
+            _start_items_from_content(model, vocab, items, item_rows)
         if cfg.embedding_dropout:
             add_embedding_dropout(model, cfg.embedding_dropout)
         return model, vocab, None
