@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+import torch
 from ray.train import DataConfig as TrainDataConfig
 from ray.train.torch import TorchTrainer
 
@@ -78,9 +79,8 @@ def sft_inputs(cfg: RunConfig, store: RunStore) -> SFTInputs:
     if not grouped:
         raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
     valid = validation_users(seqs, s.valid_users, cfg.seed)
-    item_rows = None
-    if s.item_tokens and s.item_token_init == "content":
-        item_rows = content_rows(item_content_vectors(store, catalog.item_ids), s.hidden_size)
+    # The config refuses item_token_init=content without item tokens.
+    item_rows = content_rows(item_content_vectors(store, catalog.item_ids), s.hidden_size) if s.item_token_init == "content" else None
     return SFTInputs(catalog, meta, tokenizer, fmt, grouped, user_examples, interests, valid,
                      [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
                      [int(seqs.valid[u]) for u in valid], item_rows)
@@ -92,8 +92,7 @@ def item_content_vectors(store: RunStore, item_ids: list[str]) -> np.ndarray:
     ids, content, image = stack_embeddings([{c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}])
     if ids != list(item_ids):
         raise DataError("sft: tokenize's embeddings table does not hold the catalog's items; rerun `dig tokenize`")
-    vectors = content if image is None else np.concatenate([content.numpy(), image.numpy()], axis=1)
-    return np.asarray(vectors)
+    return (content if image is None else torch.cat([content, image], dim=1)).numpy()
 
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:

@@ -167,7 +167,7 @@ def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, 
                                    items if cfg.item_tokens else 0)
         factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
         model, vocab = factory(sizes, shape, seed)
-        if cfg.item_tokens and cfg.item_token_init == "content":
+        if cfg.item_token_init == "content":  # the config refuses it without item tokens
             _start_items_from_content(model, vocab, items, item_rows)
         if cfg.embedding_dropout:
             add_embedding_dropout(model, cfg.embedding_dropout)
