@@ -10,7 +10,7 @@ from PIL import Image
 from deepinterestgr.storage.filesystem import read_uri
 from deepinterestgr.storage.result_cache import stable_hash
 from deepinterestgr.weights import resolve_text_encoder
-from deepinterestgr.tokenizer.text import enriched_text, interest_text
+from deepinterestgr.tokenizer.text import enriched_text, interest_text, weighted_descriptors, weighted_mean
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
@@ -21,20 +21,23 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
 class TextEmbedder:
     """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`; with
     `interests`, also `interest_embedding` of its labelled-good descriptors alone (all zeros without any),
-    from the same loaded encoder.
+    from the same loaded encoder; with `interest_weights="p_good"`, that vector is instead the p_good-weighted
+    mean of every descriptor's own vector (`tokenize.interest_weights`).
 
     With `known` (item id -> (text hash, vector), from the tokenize stage's cache), items whose text
     is unchanged reuse their vector instead of being encoded again; `text_hash` is added either way.
     """
 
     def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None,
-                 known: dict[str, tuple[str, list[float]]] | None = None, interests: bool = False):
+                 known: dict[str, tuple[str, list[float]]] | None = None, interests: bool = False,
+                 interest_weights: str = "labels"):
         if column and interests:
             raise ValueError("TextEmbedder: `interests` reads each item's descriptors, so it needs item rows, not one text `column`")
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(resolve_text_encoder(model), device=device)
         self.batch_size, self.column, self.known, self.interests = batch_size, column, known or {}, interests
+        self.interest_weights = interest_weights
 
     def _dimension(self) -> int:
         # sentence-transformers renamed the method; older releases only have the first name
@@ -60,11 +63,20 @@ class TextEmbedder:
         self._encode(texts, vectors, [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h])
         batch["text_embedding"] = vectors
         batch["text_hash"] = np.array(hashes)
-        if self.interests:
+        if self.interests and self.interest_weights == "p_good":
+            batch["interest_embedding"] = self._weighted_interests(rows, vectors.shape[1])
+        elif self.interests:
             descriptors = [interest_text(row) for row in rows]
             batch["interest_embedding"] = np.zeros_like(vectors)
             self._encode(descriptors, batch["interest_embedding"], [row for row, text in enumerate(descriptors) if text])
         return batch
+
+    def _weighted_interests(self, rows: list[dict], dimension: int) -> np.ndarray:
+        pairs = [(row, text, weight) for row, item in enumerate(rows) for text, weight in weighted_descriptors(item)]
+        vectors = np.zeros((len(pairs), dimension), dtype=np.float32)
+        self._encode([text for _, text, _ in pairs], vectors, list(range(len(pairs))))
+        return weighted_mean(vectors, np.array([w for *_, w in pairs], dtype=np.float64),
+                             np.array([row for row, *_ in pairs], dtype=np.int64), len(rows))
 
 
 class ImageEmbedder:

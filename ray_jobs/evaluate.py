@@ -10,10 +10,9 @@ import numpy as np
 import ray
 
 from actors.recommender import TargetRanker
-from deepinterestgr.baselines.sasrec import fit_sasrec, sasrec_ranks
+from deepinterestgr.baselines.sasrec import epoch_progress, fit_sasrec, sasrec_ranks
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
-from deepinterestgr.progress import Progress
 from deepinterestgr.recommender.artifacts import Catalog, load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
@@ -90,13 +89,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         ranks = {f"GR ({model_stage})": gr_ranks, "most-popular": pop}
         details = {}
         if e.sasrec.enabled:
-            progress = Progress("evaluate: SASRec", e.sasrec.epochs, "epochs")
-
-            def report_epoch(epoch: int, validation: dict | None) -> None:
-                progress.set(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
-
             sasrec, details["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
-                                                           on_epoch=report_epoch)
+                                                           on_epoch=epoch_progress("evaluate: SASRec", e.sasrec.epochs))
             ranks["SASRec"] = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
         results = {name: ranking_metrics(r, e.ks) for name, r in ranks.items()}
         if e.popularity_groups:

@@ -75,7 +75,7 @@ def embed(cfg: RunConfig, store: RunStore, items: ray.data.Dataset,
     interests = t.interest_channel and "descriptors" in items.columns()
     data = items.map_batches(
         TextEmbedder, fn_constructor_kwargs={"model": t.text_encoder, "batch_size": t.embed_batch_size, "known": known, "device": device,
-                                             "interests": interests},
+                                             "interests": interests, "interest_weights": t.interest_weights},
         batch_size=t.embed_batch_size, compute=pool, num_gpus=t.embed_num_gpus,
     )
     if t.image_encoder:

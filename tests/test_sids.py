@@ -96,3 +96,34 @@ def test_an_item_whose_descriptors_are_all_labelled_bad_keeps_its_most_probable_
     kept = [*rejected, {"descriptor": "hiking", "label": 1, "p_good": 0.3}]
     assert interest_text({"descriptors": kept}) == "hiking", "with a good descriptor only the good ones count"
     assert interest_text({"descriptors": []}) == "" and interest_text({"descriptors": None}) == ""
+
+
+def test_p_good_weights_every_descriptor_by_its_probability_and_normalises():
+    from deepinterestgr.tokenizer.text import weighted_descriptors, weighted_mean
+
+    item = {"descriptors": [{"descriptor": "hiking", "label": 1, "p_good": 0.9}, {"descriptor": "beach", "label": 0, "p_good": 0.1},
+                            {"descriptor": "", "p_good": 1.0}]}
+    assert weighted_descriptors(item) == [("hiking", 0.9), ("beach", 0.1)], "unnamed descriptors drop out, labels do not"
+    assert weighted_descriptors({"descriptors": [{"descriptor": "camping"}]}) == [("camping", 1.0)]
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]])
+    out = weighted_mean(vectors, np.array([0.75, 0.25, 1.0]), np.array([0, 0, 2]), rows=4)
+    assert np.allclose(out[0], np.array([0.75, 0.25]) / np.hypot(0.75, 0.25))
+    assert np.allclose(out[2], [0.6, 0.8]) and not out[1].any() and not out[3].any(), "rows that own nothing stay zero"
+
+
+def test_text_embedder_p_good_channel_leans_to_the_likely_descriptor_with_the_real_minilm():
+    from actors.embedders import TextEmbedder
+
+    item = {"item_id": "i1", "title": "Trail shoes", "description": "",
+            "descriptors": [{"descriptor": "mountain hiking", "label": 1, "p_good": 0.95},
+                            {"descriptor": "formal office wear", "label": 0, "p_good": 0.05}]}
+    batch = {k: np.array([v], dtype=object) for k, v in item.items()}
+    labels = TextEmbedder("all-MiniLM-L6-v2", interests=True)
+    weighted = TextEmbedder("all-MiniLM-L6-v2", interests=True, interest_weights="p_good")
+    by_labels = labels(dict(batch))["interest_embedding"][0]
+    by_p_good = weighted(dict(batch))["interest_embedding"][0]
+    alone = labels.model.encode(["mountain hiking", "formal office wear"], normalize_embeddings=True)
+    assert np.allclose(by_labels, alone[0], atol=1e-5), "labels: the good descriptor alone"
+    assert np.isclose(np.linalg.norm(by_p_good), 1.0, atol=1e-5)
+    assert by_p_good @ alone[0] > 0.95 and by_p_good @ alone[1] > by_labels @ alone[1], \
+        "p_good: mostly the likely descriptor, a little of the doubtful one"

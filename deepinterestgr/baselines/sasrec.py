@@ -14,6 +14,7 @@ from torch import nn
 
 from deepinterestgr.config import SASRecShape
 from deepinterestgr.metrics import ranking_metrics, ranks_from_scores
+from deepinterestgr.progress import Progress
 
 
 class SASRec(nn.Module):
@@ -71,6 +72,16 @@ def sasrec_ranks(
                 scores[row, others] = -np.inf
         ranks.append(ranks_from_scores(scores, targets[start: start + batch_size]))
     return np.concatenate(ranks)
+
+
+def epoch_progress(label: str, epochs: int) -> Callable[[int, dict | None], None]:
+    """An `on_epoch` for `fit_sasrec` that prints progress lines (epochs done, the last validation NDCG@10)."""
+    progress = Progress(label, epochs, "epochs")
+
+    def report(epoch: int, validation: dict | None) -> None:
+        progress.set(epoch + 1, f"val NDCG@10 {validation['val_ndcg@10']:.4f}" if validation else "")
+
+    return report
 
 
 def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape, seed: int,

@@ -8,6 +8,13 @@ import numpy as np
 import torch
 
 
+def named_descriptors(item: dict) -> list[dict]:
+    """The item's descriptors that name something (mined rows may hold empty ones)."""
+    mined = item.get("descriptors")
+    # Ray Data hands list columns over as arrays, whose truth value is ambiguous: test for None.
+    return [d for d in (mined if mined is not None else []) if d.get("descriptor")]
+
+
 def good_descriptors(item: dict) -> list[str]:
     """The item's positively labelled descriptors (one without a label yet counts as positive); an item
     none of whose descriptors is labelled good keeps its most probable one (`p_good`). The one
@@ -17,9 +24,7 @@ def good_descriptors(item: dict) -> list[str]:
     catalog's items with no descriptor at all, true ones included; their interest channel would fall
     back to the text alone (bench/interest_ablation.py).
     """
-    mined = item.get("descriptors")
-    # Ray Data hands list columns over as arrays, whose truth value is ambiguous: test for None.
-    named = [d for d in (mined if mined is not None else []) if d.get("descriptor")]
+    named = named_descriptors(item)
     good = [d["descriptor"] for d in named if d.get("label", 1) == 1]
     if good or not named:
         return good

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from scipy import sparse
 from scipy.sparse.linalg import svds
 
-from deepinterestgr.baselines.sasrec import fit_sasrec
+from deepinterestgr.baselines.sasrec import epoch_progress, fit_sasrec
 from deepinterestgr.config import SASRecShape
 
 
@@ -80,7 +80,7 @@ def sasrec_vectors(sequences: list[np.ndarray], num_items: int, cfg: SASRecShape
     lists = [seq.tolist() for seq in sequences]
     prefixes = [s[:-1] if len(s) >= 3 else s for s in lists]
     held_out = np.array([s[-1] if len(s) >= 3 else -1 for s in lists], dtype=np.int64)
-    model, _ = fit_sasrec(prefixes, held_out, num_items, cfg, seed)
+    model, _ = fit_sasrec(prefixes, held_out, num_items, cfg, seed, on_epoch=epoch_progress("tokenize: collaborative SASRec", cfg.epochs))
     vectors = model.items.weight[1:].detach().numpy().astype(np.float32)
     seen = np.zeros(num_items, dtype=bool)
     if lists:

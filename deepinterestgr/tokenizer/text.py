@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepinterestgr.interests.labels import good_descriptors
+from deepinterestgr.interests.labels import good_descriptors, named_descriptors
 
 
 def enriched_text(item: dict) -> str:
@@ -22,6 +22,21 @@ def enriched_text(item: dict) -> str:
 def interest_text(item: dict) -> str:
     """The descriptors that count (`good_descriptors`) alone ("" without any): the interest channel's input."""
     return "; ".join(good_descriptors(item))
+
+
+def weighted_descriptors(item: dict) -> list[tuple[str, float]]:
+    """Every named descriptor with its weight for `tokenize.interest_weights=p_good`: the label stage's
+    p_good, or 1 for a descriptor it has not scored."""
+    return [(d["descriptor"], 1.0 if d.get("p_good") is None else float(d["p_good"])) for d in named_descriptors(item)]
+
+
+def weighted_mean(vectors: np.ndarray, weights: np.ndarray, owners: np.ndarray, rows: int) -> np.ndarray:
+    """Per owner row, the L2-normalised weighted sum of its vectors ([rows, D]; all zeros for a row
+    that owns none or whose weights are all 0)."""
+    out = np.zeros((rows, vectors.shape[1]), dtype=np.float64)
+    np.add.at(out, owners, vectors * weights[:, None])
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.where(norms > 0, out / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
 
 def interest_channel(text: np.ndarray, interests: np.ndarray) -> np.ndarray | None:
