@@ -73,9 +73,11 @@ class TextEmbedder:
 
     def _weighted_interests(self, rows: list[dict], dimension: int) -> np.ndarray:
         pairs = [(row, text, weight) for row, item in enumerate(rows) for text, weight in weighted_descriptors(item)]
-        vectors = np.zeros((len(pairs), dimension), dtype=np.float32)
-        self._encode([text for _, text, _ in pairs], vectors, list(range(len(pairs))))
-        return weighted_mean(vectors, np.array([w for *_, w in pairs], dtype=np.float64),
+        # Items share descriptors (a catalog has far fewer interests than items): encode each text once.
+        texts, index = np.unique(np.array([text for _, text, _ in pairs], dtype=object), return_inverse=True)
+        vectors = np.zeros((len(texts), dimension), dtype=np.float32)
+        self._encode(list(texts), vectors, list(range(len(texts))))
+        return weighted_mean(vectors[index.reshape(-1)], np.array([w for *_, w in pairs], dtype=np.float64),
                              np.array([row for row, *_ in pairs], dtype=np.int64), len(rows))
 
 
