@@ -10,7 +10,7 @@ from PIL import Image
 from deepinterestgr.storage.filesystem import read_uri
 from deepinterestgr.storage.result_cache import stable_hash
 from deepinterestgr.weights import resolve_text_encoder
-from deepinterestgr.tokenizer.text import enriched_text, interest_text, weighted_descriptors, weighted_mean
+from deepinterestgr.tokenizer.text import enriched_text, interest_text, is_scored, weighted_descriptors, weighted_mean
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
@@ -22,7 +22,7 @@ class TextEmbedder:
     """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`; with
     `interests`, also `interest_embedding` of its labelled-good descriptors alone (all zeros without any),
     from the same loaded encoder; with `interest_weights="p_good"`, that vector is instead the p_good-weighted
-    mean of every descriptor's own vector (`tokenize.interest_weights`).
+    mean of every descriptor's own vector for each item the label stage scored (`tokenize.interest_weights`).
 
     With `known` (item id -> (text hash, vector), from the tokenize stage's cache), items whose text
     is unchanged reuse their vector instead of being encoded again; `text_hash` is added either way.
@@ -63,12 +63,15 @@ class TextEmbedder:
         self._encode(texts, vectors, [row for row, (h, (known_hash, _)) in enumerate(zip(hashes, cached)) if known_hash != h])
         batch["text_embedding"] = vectors
         batch["text_hash"] = np.array(hashes)
-        if self.interests and self.interest_weights == "p_good":
-            batch["interest_embedding"] = self._weighted_interests(rows, vectors.shape[1])
-        elif self.interests:
+        if self.interests:
+            # p_good weighs what the label stage scored; an item it did not score keeps the labels channel.
+            weighted = [self.interest_weights == "p_good" and is_scored(row) for row in rows]
             descriptors = [interest_text(row) for row in rows]
             batch["interest_embedding"] = np.zeros_like(vectors)
-            self._encode(descriptors, batch["interest_embedding"], [row for row, text in enumerate(descriptors) if text])
+            self._encode(descriptors, batch["interest_embedding"], [row for row, text in enumerate(descriptors) if text and not weighted[row]])
+            if any(weighted):
+                scored = np.flatnonzero(weighted)
+                batch["interest_embedding"][scored] = self._weighted_interests([rows[row] for row in scored], vectors.shape[1])
         return batch
 
     def _weighted_interests(self, rows: list[dict], dimension: int) -> np.ndarray:

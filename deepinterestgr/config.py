@@ -168,10 +168,11 @@ class TokenizeConfig(Section):
     # (bench/interest_ablation.py: SID purity and NDCG with and without).
     interest_channel: bool = True
     # Which descriptors make the interest channel once the label stage ran. labels: the labelled-good
-    # ones (`good_descriptors`), encoded together. p_good: every descriptor, each encoded alone and
-    # weighted by the classifier's p_good (1 without a label), so a doubtful true interest still counts
-    # a little instead of being dropped with the wrong ones (the labels keep ~72% of true interests on
-    # the noisy synthetic catalog). The text line of descriptors follows `good_descriptors` either way.
+    # ones (`good_descriptors`), encoded together. p_good: for each item the label stage scored, every
+    # descriptor, each encoded alone and weighted by the classifier's p_good, so a doubtful true interest
+    # still counts a little instead of being dropped with the wrong ones (the labels keep ~72% of true
+    # interests on the noisy synthetic catalog); an item it did not score keeps the labels channel. The
+    # text line of descriptors follows `good_descriptors` either way.
     interest_weights: Literal["labels", "p_good"] = "labels"
     embed_batch_size: int = Field(64, ge=1)
     embed_actors: int = Field(1, ge=1)

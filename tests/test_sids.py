@@ -114,16 +114,24 @@ def test_p_good_weights_every_descriptor_by_its_probability_and_normalises():
 def test_text_embedder_p_good_channel_leans_to_the_likely_descriptor_with_the_real_minilm():
     from actors.embedders import TextEmbedder
 
-    item = {"item_id": "i1", "title": "Trail shoes", "description": "",
-            "descriptors": [{"descriptor": "mountain hiking", "label": 1, "p_good": 0.95},
-                            {"descriptor": "formal office wear", "label": 0, "p_good": 0.05}]}
-    batch = {k: np.array([v], dtype=object) for k, v in item.items()}
+    items = [{"item_id": "i1", "title": "Trail shoes", "description": "",
+              "descriptors": [{"descriptor": "mountain hiking", "label": 1, "p_good": 0.95},
+                              {"descriptor": "formal office wear", "label": 0, "p_good": 0.05}]},
+             # mined, never labelled: p_good has nothing to weigh
+             {"item_id": "i2", "title": "Tent", "description": "",
+              "descriptors": [{"descriptor": "camping"}, {"descriptor": "beach days"}]},
+             {"item_id": "i3", "title": "Pen", "description": "", "descriptors": []}]
+    batch = {k: np.fromiter((item[k] for item in items), dtype=object, count=len(items)) for k in items[0]}
     labels = TextEmbedder("all-MiniLM-L6-v2", interests=True)
     weighted = TextEmbedder("all-MiniLM-L6-v2", interests=True, interest_weights="p_good")
-    by_labels = labels(dict(batch))["interest_embedding"][0]
-    by_p_good = weighted(dict(batch))["interest_embedding"][0]
-    alone = labels.model.encode(["mountain hiking", "formal office wear"], normalize_embeddings=True)
-    assert np.allclose(by_labels, alone[0], atol=1e-5), "labels: the good descriptor alone"
-    assert np.isclose(np.linalg.norm(by_p_good), 1.0, atol=1e-5)
-    assert by_p_good @ alone[0] > 0.95 and by_p_good @ alone[1] > by_labels @ alone[1], \
+    by_labels = labels(dict(batch))["interest_embedding"]
+    by_p_good = weighted(dict(batch))["interest_embedding"]
+    alone = labels.model.encode(["mountain hiking", "formal office wear", "camping", "beach days"], normalize_embeddings=True)
+    assert np.allclose(by_labels[0], alone[0], atol=1e-5), "labels: the good descriptor alone"
+    assert np.isclose(np.linalg.norm(by_p_good[0]), 1.0, atol=1e-5)
+    assert by_p_good[0] @ alone[0] > 0.95 and by_p_good[0] @ alone[1] > by_labels[0] @ alone[1], \
         "p_good: mostly the likely descriptor, a little of the doubtful one"
+    mean_alone = (alone[2] + alone[3]) / np.linalg.norm(alone[2] + alone[3])
+    assert np.allclose(by_p_good[1], by_labels[1], atol=1e-5) and not np.allclose(by_p_good[1], mean_alone, atol=1e-3), \
+        "an item the label stage did not score keeps the labels channel (its descriptors encoded together)"
+    assert not by_p_good[2].any() and not by_labels[2].any()

@@ -30,6 +30,11 @@ def weighted_descriptors(item: dict) -> list[tuple[str, float]]:
     return [(d["descriptor"], 1.0 if d.get("p_good") is None else float(d["p_good"])) for d in named_descriptors(item)]
 
 
+def is_scored(item: dict) -> bool:
+    """Whether the label stage scored any of the item's descriptors (gave it a p_good)."""
+    return any(d.get("p_good") is not None for d in named_descriptors(item))
+
+
 def weighted_mean(vectors: np.ndarray, weights: np.ndarray, owners: np.ndarray, rows: int) -> np.ndarray:
     """Per owner row, the L2-normalised weighted sum of its vectors ([rows, D]; all zeros for a row
     that owns none or whose weights are all 0)."""
