@@ -20,9 +20,10 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
 
 class TextEmbedder:
     """Adds `text_embedding` (L2-normalised) of each item's enriched text, or of one text `column`; with
-    `interests`, also `interest_embedding` of its labelled-good descriptors alone (all zeros without any),
-    from the same loaded encoder; with `interest_weights="p_good"`, that vector is instead the p_good-weighted
-    mean of every descriptor's own vector for each item the label stage scored (`tokenize.interest_weights`).
+    `interests`, also `interest_embedding` of its descriptors alone (all zeros without any), from the same
+    loaded encoder (`tokenize.interest_weights`): for an item the label stage scored, the p_good-weighted
+    mean of every descriptor's own vector ("p_good"); otherwise, or with "labels", its labelled-good
+    descriptors encoded together.
 
     With `known` (item id -> (text hash, vector), from the tokenize stage's cache), items whose text
     is unchanged reuse their vector instead of being encoded again; `text_hash` is added either way.
@@ -30,7 +31,7 @@ class TextEmbedder:
 
     def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", column: str | None = None,
                  known: dict[str, tuple[str, list[float]]] | None = None, interests: bool = False,
-                 interest_weights: str = "labels"):
+                 interest_weights: str = "p_good"):
         if column and interests:
             raise ValueError("TextEmbedder: `interests` reads each item's descriptors, so it needs item rows, not one text `column`")
         from sentence_transformers import SentenceTransformer

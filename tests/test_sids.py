@@ -122,8 +122,8 @@ def test_text_embedder_p_good_channel_leans_to_the_likely_descriptor_with_the_re
               "descriptors": [{"descriptor": "camping"}, {"descriptor": "beach days"}]},
              {"item_id": "i3", "title": "Pen", "description": "", "descriptors": []}]
     batch = {k: np.fromiter((item[k] for item in items), dtype=object, count=len(items)) for k in items[0]}
-    labels = TextEmbedder("all-MiniLM-L6-v2", interests=True)
-    weighted = TextEmbedder("all-MiniLM-L6-v2", interests=True, interest_weights="p_good")
+    labels = TextEmbedder("all-MiniLM-L6-v2", interests=True, interest_weights="labels")
+    weighted = TextEmbedder("all-MiniLM-L6-v2", interests=True)
     by_labels = labels(dict(batch))["interest_embedding"]
     by_p_good = weighted(dict(batch))["interest_embedding"]
     alone = labels.model.encode(["mountain hiking", "formal office wear", "camping", "beach days"], normalize_embeddings=True)
