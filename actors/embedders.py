@@ -67,9 +67,9 @@ class TextEmbedder:
         if self.interests:
             # p_good weighs what the label stage scored; an item it did not score keeps the labels channel.
             weighted = [self.interest_weights == "p_good" and is_scored(row) for row in rows]
-            descriptors = [interest_text(row) for row in rows]
+            descriptors = ["" if by_weight else interest_text(row) for row, by_weight in zip(rows, weighted)]
             batch["interest_embedding"] = np.zeros_like(vectors)
-            self._encode(descriptors, batch["interest_embedding"], [row for row, text in enumerate(descriptors) if text and not weighted[row]])
+            self._encode(descriptors, batch["interest_embedding"], [row for row, text in enumerate(descriptors) if text])
             if any(weighted):
                 scored = np.flatnonzero(weighted)
                 batch["interest_embedding"][scored] = self._weighted_interests([rows[row] for row in scored], vectors.shape[1])
