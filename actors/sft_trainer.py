@@ -88,7 +88,7 @@ def train_sft(config: dict) -> None:
             best, stale = (ndcg, 0) if improved else (best, stale + 1)
             metrics = {"epoch": epoch, "loss": stats.loss, "val_hr@10": hr, "val_ndcg@10": ndcg,
                        "tokens_per_s": float(sums[3]), "epoch_s": stats.seconds}
-            report_epoch("sft", cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+            report_epoch(config["label"], cfg.epochs, metrics, lambda: {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                                                               "scheduler": scheduler.state_dict(),
                                                               "epoch": epoch, "best": best, "stale": stale, "live": live},
                          CHECKPOINT_FILE, show=("loss", "val_hr@10", "val_ndcg@10", "tokens_per_s", "epoch_s"))

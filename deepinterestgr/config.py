@@ -370,6 +370,11 @@ class SFTConfig(TrainerScaling):
     # Validation HR@10/NDCG@10 with this beam each epoch; stop after `patience` epochs without gain.
     beam_width: int = Field(20, ge=1)
     patience: int = Field(3, ge=1)
+    # Train this many models alike, member k with seed `seed + k` (one Ray Train fit each, in turn), and
+    # rank by the sum of their scores (`recommender.ensemble`): K x the training, ranking and serving
+    # cost. Each member is validated and early-stopped on its own. GRPO tunes one model, so members > 1
+    # needs grpo left out of pipeline.stages.
+    members: int = Field(1, ge=1)
     # Validate on a seeded sample of this many users (0 = all); grpo validates on the same users.
     valid_users: int = Field(2000, ge=0)
     # Validate (and checkpoint) every this many epochs and after the last; patience counts validations.
@@ -539,6 +544,13 @@ class RunConfig(Section):
     serve: ServeConfig = ServeConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
+    @model_validator(mode="after")
+    def _grpo_tunes_one_model(self) -> "RunConfig":
+        if self.sft.members > 1 and "grpo" in self.pipeline.stages:
+            raise ValueError(f"sft.members={self.sft.members} trains an ensemble, which grpo cannot tune: "
+                             "set sft.members=1 or leave grpo out of pipeline.stages")
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the seed and the named sections: a stage reruns when it changes."""
         payload = {"seed": self.seed, **{s: getattr(self, s).model_dump(mode="json") for s in sections}}
@@ -570,6 +582,9 @@ def _describe(error: ValidationError) -> str:
         key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
+        elif item["type"] == "value_error" and not key:
+            # A check across sections: its message names the keys, and the input is the whole config.
+            lines.append(item["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(lines)

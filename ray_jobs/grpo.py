@@ -46,6 +46,10 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     g = cfg.grpo
     catalog = load_catalog(store)
     fmt = load_format(store, "sft", catalog, cfg.sft.backbone)
+    members = load_meta(store, "sft").members
+    if members > 1:
+        raise DataError(f"grpo: the sft model in {store.uri} is an ensemble of {members} members (sft.members), and GRPO "
+                        "tunes one model: rerun `dig sft` with sft.members=1 to tune it")
     seqs, interests = catalog.sequences, user_interests(store)
     quality, quality_source = item_quality(store, catalog.item_ids)
     prompts, targets = [], []

@@ -1,4 +1,4 @@
-"""`dig sft`: SID sequences from the prepare and tokenize stages -> the generative recommender (Ray Train)."""
+"""`dig sft`: SID sequences from the prepare and tokenize stages -> the generative recommender (Ray Train; one fit per `sft.members`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def recommender_meta(cfg: RunConfig, sizes: list[int], items: int):
     s = cfg.sft
     if s.backbone != "llm":
         return RecommenderMeta(s.backbone, list(sizes), SPECIAL_TOKENS, s.max_items, item_tokens=items if s.item_tokens else 0,
-                               item_weight=s.ranking_item_weight), None
+                               item_weight=s.ranking_item_weight, members=s.members), None
     from transformers import AutoConfig, AutoTokenizer
 
     path = resolve_llm(s.llm.model)
@@ -95,6 +95,49 @@ def item_content_vectors(store: RunStore, item_ids: list[str]) -> np.ndarray:
     return (content if image is None else torch.cat([content, image], dim=1)).numpy()
 
 
+@dataclass
+class MemberValidation:
+    """A member's best validation epoch's figures and its validation history."""
+
+    best: dict
+    history: list[dict]
+
+
+@dataclass
+class TrainedMember:
+    """One member's best validation epoch's weights (exported) and how it validated."""
+
+    model: torch.nn.Module
+    validation: MemberValidation
+
+
+def train_member(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, storage_path: str, fs, member: int) -> TrainedMember:
+    """One Ray Train fit with seed `cfg.seed + member`; returns its best validation epoch's weights."""
+    s, catalog = cfg.sft, data.catalog
+    seed = cfg.seed + member
+    label = STAGE if s.members == 1 else f"{STAGE} member {member + 1}/{s.members}"
+    trainer = TorchTrainer(
+        train_sft,
+        train_loop_config={
+            "sft": s.model_dump(), "seed": seed, "label": label, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes,
+            "items": len(catalog.codes), "trie": catalog.trie_bytes, "pad_id": data.fmt.pad_id,
+            "valid_prompts": data.valid_prompts, "valid_targets": data.valid_targets, "item_rows": data.item_rows,
+        },
+        scaling_config=scaling_config(s),
+        datasets={"train": train},
+        dataset_config=TrainDataConfig(datasets_to_split=[]),
+        run_config=train_run_config(cfg, STAGE if member == 0 else f"{STAGE}_member{member}", storage_path, fs,
+                                    "val_ndcg@10", "max", max_failures=2),
+    )
+    result = trainer.fit()
+    history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
+    checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
+    state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
+    model, _, _ = build_model(s, catalog.trie.sizes, seed, items=len(catalog.codes), item_rows=data.item_rows)
+    model.load_state_dict(state["model"], strict=False)
+    return TrainedMember(export_model(model), MemberValidation(best, history))
+
+
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     inputs = store.inputs(("prepare", "tokenize"), optional=("label", "mine"))
     config_hash = cfg.section_hash("sft")
@@ -103,36 +146,30 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         return store.require(STAGE)
     s = cfg.sft
     data = sft_inputs(cfg, store)
-    catalog, seqs = data.catalog, data.catalog.sequences
+    seqs = data.catalog.sequences
+    train = ray.data.from_items(data.rows()).materialize()
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        trainer = TorchTrainer(
-            train_sft,
-            train_loop_config={
-                "sft": s.model_dump(), "seed": cfg.seed, "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes,
-                "items": len(catalog.codes), "trie": catalog.trie_bytes, "pad_id": data.fmt.pad_id,
-                "valid_prompts": data.valid_prompts, "valid_targets": data.valid_targets, "item_rows": data.item_rows,
-            },
-            scaling_config=scaling_config(s),
-            datasets={"train": ray.data.from_items(data.rows()).materialize()},
-            dataset_config=TrainDataConfig(datasets_to_split=[]),
-            run_config=train_run_config(cfg, "sft", f"{attempt.dir}/ray_train", store.fs, "val_ndcg@10", "max", max_failures=2),
-        )
-        result = trainer.fit()
-        history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
-        checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
-        state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
-        model, _, _ = build_model(s, catalog.trie.sizes, cfg.seed, items=len(catalog.codes), item_rows=data.item_rows)
-        model.load_state_dict(state["model"], strict=False)
-        save_model(attempt, export_model(model), data.meta, data.tokenizer)
+        trained = []
+        for member in range(s.members):
+            fit = train_member(cfg, data, train, f"{attempt.dir}/ray_train", store.fs, member)
+            save_model(attempt, fit.model, data.meta, data.tokenizer, member=member)
+            trained.append(fit.validation)
+        first = trained[0]
         report = {
             "backbone": s.backbone, "users": sum(1 for t in seqs.train if t), "valid_users": len(data.valid_users),
             "examples": len(data.grouped), "user_examples": data.user_examples, "users_with_interests": len(data.interests),
             "unknown_items_skipped": seqs.unknown_items,
-            "best_epoch": best["epoch"], "val_hr@10": best["val_hr@10"], "val_ndcg@10": best["val_ndcg@10"],
-            "epochs_run": history[-1]["epoch"] + 1, "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history])),
-            "history": [{k: h[k] for k in ("epoch", "loss", "val_hr@10", "val_ndcg@10")} for h in history],
+            "best_epoch": first.best["epoch"], "val_hr@10": first.best["val_hr@10"], "val_ndcg@10": first.best["val_ndcg@10"],
+            "epochs_run": first.history[-1]["epoch"] + 1,
+            "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in first.history])),
+            "history": [{k: h[k] for k in ("epoch", "loss", "val_hr@10", "val_ndcg@10")} for h in first.history],
         }
-        return attempt.commit({"examples": len(data.grouped)}, report)
+        if s.members > 1:
+            # The figures above are the first member's; the ensemble's are evaluate's.
+            report["members"] = [{"seed": cfg.seed + k, "best_epoch": m.best["epoch"], "val_hr@10": m.best["val_hr@10"],
+                                  "val_ndcg@10": m.best["val_ndcg@10"], "epochs_run": m.history[-1]["epoch"] + 1}
+                                 for k, m in enumerate(trained)]
+        return attempt.commit({"examples": len(data.grouped), "members": s.members}, report)
 
 
 def main(argv: list[str] | None = None) -> int:

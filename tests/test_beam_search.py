@@ -6,6 +6,7 @@ import pytest
 
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
 from deepinterestgr.recommender.decoding import left_pad, prefill, step
+from deepinterestgr.recommender.ensemble import Ensemble
 from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model, encoder_decoder_model
 from deepinterestgr.recommender.sequences import tokens
 from deepinterestgr.tokenizer.sids import SIDTrie
@@ -184,3 +185,39 @@ def test_item_weight_on_a_model_without_item_tokens_names_the_option():
     trie = SIDTrie.build(codes)
     with pytest.raises(ValueError, match="sft.item_tokens=true"):
         beam_search(model, [[BOS]], trie, vocab, beam_width=3, top_k=3, item_weight=1.0)
+
+
+@pytest.mark.parametrize("factory, weight", [(compact_model, 2.0), (encoder_decoder_model, 0.0)],
+                         ids=["decoder_only_item_head", "encoder_decoder"])
+def test_full_width_beam_of_an_ensemble_ranks_by_the_sum_of_its_members_scores(factory, weight):
+    """Two tiny random members: the ensemble's beam covering the catalog equals the members' own scores summed."""
+    codes = _catalog(n=30)
+    cfg = CompactModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, item_tokens=len(codes))
+    members = [factory([4, 5, 6], cfg, seed=seed)[0] for seed in (0, 1)]
+    vocab = factory([4, 5, 6], cfg, seed=0)[1]
+    ensemble, trie = Ensemble(members).eval(), SIDTrie.build(codes)
+    rng = np.random.default_rng(7)
+    prompts = [tokens(rng.choice(len(codes), size=3).tolist(), codes, vocab, 0, item_tokens=True) for _ in range(4)]
+    result = beam_search(ensemble, prompts, trie, vocab, beam_width=len(codes), top_k=len(codes), item_weight=weight)
+    first = beam_search(members[0], prompts, trie, vocab, beam_width=len(codes), top_k=len(codes), item_weight=weight)
+    for row, prompt in enumerate(prompts):
+        sid = [exhaustive_scores(m, prompt, codes, vocab) for m in members]
+        np.testing.assert_allclose(exhaustive_scores(ensemble, prompt, codes, vocab), sum(sid), rtol=1e-5, atol=1e-5)
+        heads = sum(_item_head_reference(m, vocab, prompt, len(codes)) for m in members) if weight else np.zeros(len(codes))
+        summed = sum(sid) + weight * heads
+        order = np.argsort(-summed, kind="stable")
+        assert result.items[row].tolist() == order.tolist()
+        # the members' heads multiplied and renormalised: each user's scores shift by one constant
+        renormalised = sum(sid) + weight * (heads - np.logaddexp.reduce(heads)) if weight else summed
+        np.testing.assert_allclose(result.scores[row], renormalised[order], rtol=1e-4, atol=1e-4)
+    assert (result.items != first.items).any(), "the second member changes the ranking"
+
+
+def test_an_ensemble_refuses_one_member_and_mixed_vocabularies():
+    cfg = CompactModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32)
+    one, _ = compact_model([4, 5, 6], cfg, seed=0)
+    other, _ = compact_model([4, 5], cfg, seed=0)
+    with pytest.raises(ValueError, match="at least two members"):
+        Ensemble([one])
+    with pytest.raises(ValueError, match="share one vocabulary"):
+        Ensemble([one, other])

@@ -117,3 +117,53 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     tokenize.run(changed, RunStore(changed))
     with pytest.raises(DataError, match="trained on SID levels .* tokenize changed after training; rerun `dig sft` and `dig grpo`"):
         evaluate.run(changed, RunStore(changed))
+
+
+def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(ray_cluster, tmp_path):
+    """Two tiny members (seeds 0 and 1) on the synthetic run: one model folder, one ranking."""
+    import numpy as np
+    import torch
+
+    from actors.predictor import Predictor, Query
+    from deepinterestgr.recommender.beam_search import beam_search
+    from deepinterestgr.recommender.ensemble import Ensemble
+
+    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.members=2", "sft.num_workers=1", "sft.epochs=2",
+                                    "sft.item_tokens=true", "sft.item_head=0.5", "evaluate.sasrec.enabled=false",
+                                    "pipeline.stages=[prepare,tokenize,sft,evaluate]"])
+    store = RunStore(cfg)
+    prepare.run(cfg, store)
+    tokenize.run(cfg, store)
+    report = sft.run(cfg, store).report
+    assert [m["seed"] for m in report["members"]] == [0, 1]
+    assert report["val_ndcg@10"] == report["members"][0]["val_ndcg@10"], "the top-level figures are the first member's"
+    model = load_model(store, "sft")
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    first, second = (m.get_input_embeddings().weight for m in model.members)
+    assert not torch.equal(first, second), "each member trains from its own seed"
+
+    catalog = load_catalog(store)
+    fmt = load_format(store, "sft", catalog)
+    seqs = catalog.sequences
+    users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
+    histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
+    prompts = [fmt.prompt(h) for h in histories]
+    exclude = histories if cfg.evaluate.exclude_history else None
+    ranks = target_ranks(model, prompts, seqs.test[users], catalog.trie, fmt.vocab, cfg.evaluate.beam_width, exclude=exclude,
+                         item_weight=fmt.item_weight)
+    alone = target_ranks(model.members[0], prompts, seqs.test[users], catalog.trie, fmt.vocab, cfg.evaluate.beam_width,
+                         exclude=exclude, item_weight=fmt.item_weight)
+    assert not np.array_equal(ranks, alone), "the second member changes the test ranking"
+    results = evaluate.run(cfg, store).report["results"]
+    assert results["GR (sft)"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks)), "evaluate ranks with the ensemble"
+
+    user = seqs.user_ids[users[0]]
+    served = Predictor(cfg).recommend([Query(k=5, user_id=user)])[0]
+    history = seqs.train[users[0]] + [int(x) for x in (seqs.valid[users[0]], seqs.test[users[0]]) if x >= 0]
+    width = max(cfg.serve.beam_width, 5)
+    expected = beam_search(model, [fmt.prompt(history)], catalog.trie, fmt.vocab, width, width, pad_id=fmt.pad_id,
+                           item_weight=fmt.item_weight).items[0][:5]
+    assert [item["item_id"] for item in served["items"]] == [catalog.item_ids[r] for r in expected]
+
+    with pytest.raises(DataError, match="ensemble of 2 members .*sft.members=1"):
+        grpo.run(cfg, store)

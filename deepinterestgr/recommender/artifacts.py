@@ -13,6 +13,7 @@ from pyarrow import fs as pafs
 
 from deepinterestgr.errors import DataError
 from deepinterestgr.interests.labels import good_descriptors
+from deepinterestgr.recommender.ensemble import Ensemble
 from deepinterestgr.recommender.formats import META_FILE, ItemText, RecommenderMeta, make_format
 from deepinterestgr.recommender.sequences import UserSequences, build_sequences
 from deepinterestgr.storage.runstore import RunStore
@@ -67,10 +68,17 @@ def user_interests(store: RunStore) -> dict[str, str]:
     return dict(zip(table.column("user_id").to_pylist(), table.column("interests").to_pylist()))
 
 
-def _fetch(store: RunStore, stage: str, folder: str, weights: bool) -> None:
-    source = store.table_path(stage, "model")
+def member_folder(member: int) -> str:
+    """Where a model folder's member is kept, relative to the stage (`sft.members`)."""
+    return "model" if member == 0 else f"model/members/{member}"
+
+
+def _fetch(store: RunStore, stage: str, folder: str, weights: bool, member: int = 0) -> None:
+    source = store.table_path(stage, member_folder(member))
     selector = pafs.FileSelector(source, recursive=False)
     for info in store.fs.get_file_info(selector):
+        if info.type == pafs.FileType.Directory:
+            continue
         if weights or not info.base_name.endswith((".safetensors", ".bin")):
             pafs.copy_files(info.path, f"{folder}/{info.base_name}", source_filesystem=store.fs,
                             destination_filesystem=pafs.LocalFileSystem())
@@ -86,11 +94,16 @@ def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
 
 
 def load_model(store: RunStore, stage: str):
-    """The committed model of a stage (sft or grpo), ready for inference."""
+    """The committed model of a stage (sft or grpo), ready for inference: an `Ensemble` when it has members."""
+    members = [_load_member(store, stage, k) for k in range(load_meta(store, stage).members)]
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
+
+
+def _load_member(store: RunStore, stage: str, member: int):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     with tempfile.TemporaryDirectory() as folder:
-        _fetch(store, stage, folder, weights=True)
+        _fetch(store, stage, folder, weights=True, member=member)
         seq2seq = AutoConfig.from_pretrained(folder).is_encoder_decoder
         return (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(folder).eval()
 
@@ -128,14 +141,16 @@ def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: st
     return meta
 
 
-def save_model(attempt, model, meta: RecommenderMeta, tokenizer=None) -> None:
-    """Write a model folder (weights, config, tokenizer, recommender.json) into a stage attempt."""
+def save_model(attempt, model, meta: RecommenderMeta, tokenizer=None, member: int = 0) -> None:
+    """Write a model folder (weights, config, tokenizer, recommender.json) into a stage attempt; member
+    k > 0 of an ensemble (`sft.members`) goes below the first member's folder."""
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         with open(f"{folder}/{META_FILE}", "wb") as handle:
             handle.write(meta.to_json())
-        attempt.store.fs.create_dir(attempt.path("model"), recursive=True)
-        pafs.copy_files(folder, attempt.path("model"), source_filesystem=pafs.LocalFileSystem(),
+        target = attempt.path(member_folder(member))
+        attempt.store.fs.create_dir(target, recursive=True)
+        pafs.copy_files(folder, target, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=attempt.store.fs)

@@ -49,6 +49,10 @@ def beam_search(
     log-probability so far plus the best item-head term below it, an upper bound of every item under it
     (the SID tokens still to come have log-probabilities <= 0), so items the head favours are not
     pruned early and the result is exact when the beam covers the catalog.
+
+    `model` may be an `Ensemble`: its log-probabilities are the sum of its members', so an item's SID
+    term is the sum of the members' and its item-head term is the members' heads multiplied and
+    renormalised; every user's items rank as by the sum of the members' own scores.
     """
     if list(trie.sizes) != list(vocab.sizes):
         raise ValueError(f"the trie's codebook sizes {trie.sizes} differ from the vocabulary's {list(vocab.sizes)}")

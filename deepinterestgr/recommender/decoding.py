@@ -4,7 +4,8 @@ Decoder-only models read prompt and SID as one left-padded sequence; encoder-dec
 prompt once with a bidirectional encoder and generate the SID with the decoder (started from the pad
 token, T5's convention). Either way a prompt's cache is computed once and shared by its beams. Beam search, GRPO, the SFT loop
 and the exact reference scorer call these functions, never the model directly, so each works with
-both.
+both, and with an `Ensemble` of either: each member keeps its own cache and the returned
+log-probabilities are the sum of the members'.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from deepinterestgr.recommender.ensemble import Ensemble
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import PAD
 from deepinterestgr.recommender.prefix_attention import CrossCache, PrefixCache, cross_step, prefix_step
@@ -59,8 +61,19 @@ class DecodeState:
     mask: torch.Tensor
 
 
-def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
-    """Run the prompts once; returns the state and the log-probabilities of the first SID token [B, V]."""
+@dataclass
+class EnsembleState:
+    """An ensemble's decoding state: each member's own."""
+
+    members: list[DecodeState]
+
+
+def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[DecodeState | EnsembleState, torch.Tensor]:
+    """Run the prompts once; returns the state and the log-probabilities of the first SID token [B, V]
+    (for an `Ensemble`, the sum of its members')."""
+    if isinstance(model, Ensemble):
+        states, logprobs = zip(*(prefill(member, ids, mask) for member in model.members))
+        return EnsembleState(list(states)), torch.stack(logprobs).sum(0)
     if is_encoder_decoder(model):
         encoder_states = getattr(model, "module", model).get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         cache = CrossCache.from_encoder(model, encoder_states, mask)
@@ -72,12 +85,16 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tu
     return state, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
-def step(model: torch.nn.Module, state: DecodeState, beam_index: torch.Tensor, tokens: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
+def step(model: torch.nn.Module, state: DecodeState | EnsembleState, beam_index: torch.Tensor,
+         tokens: torch.Tensor) -> tuple[DecodeState | EnsembleState, torch.Tensor]:
     """Feed one token per beam; beam `beam_index[i]` is new beam i's parent. Returns the new state and [N, V] log-probs.
 
     Beams are grouped by prompt, the same number per prompt (row b * W + p is prompt b's beam p); the
     prompt's cache is shared by all of its beams (`prefix_attention`).
     """
+    if isinstance(state, EnsembleState):
+        steps = [step(member, s, beam_index, tokens) for member, s in zip(model.members, state.members)]
+        return EnsembleState([s for s, _ in steps]), torch.stack([lp for _, lp in steps]).sum(0)
     batch, before = len(state.mask), state.cache.beam_keys[0].shape[1]
     after = len(beam_index) // batch
     parents = beam_index.view(batch, after) - torch.arange(batch, device=beam_index.device)[:, None] * before
@@ -90,7 +107,10 @@ def completion_logits(model: torch.nn.Module, prompts: list[list[int]], completi
     """Teacher-forced logits for completions [N, L] after their prompts: [N, L + 1, V].
 
     Position i predicts completion token i; the last position predicts the token after the completion.
+    One model only: an ensemble's summed log-probabilities are not one distribution to sample from.
     """
+    if isinstance(model, Ensemble):
+        raise TypeError("completion_logits takes one model, not an ensemble (completion_logprobs sums an ensemble's)")
     device = completions.device
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
@@ -105,7 +125,10 @@ def completion_logits(model: torch.nn.Module, prompts: list[list[int]], completi
 
 
 def completion_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Log-probability of each completion token after its prompt: completions [N, L] -> [N, L]."""
+    """Log-probability of each completion token after its prompt: completions [N, L] -> [N, L] (an
+    `Ensemble`'s: the sum of its members')."""
+    if isinstance(model, Ensemble):
+        return torch.stack([completion_logprobs(member, prompts, completions, pad_id) for member in model.members]).sum(0)
     steps = completions.shape[1]
     logprobs = torch.log_softmax(completion_logits(model, prompts, completions, pad_id)[:, :steps].float(), dim=-1)
     return logprobs.gather(2, completions.unsqueeze(-1)).squeeze(-1)

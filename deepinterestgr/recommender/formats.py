@@ -37,6 +37,8 @@ class RecommenderMeta:
     item_tokens: int = 0
     # Weight of the item head's log-probability in every ranking (sft.item_head; 0 = SID log-probability only).
     item_weight: float = 0.0
+    # Models in the folder (sft.members): the first in `model/`, member k in `model/members/<k>/`.
+    members: int = 1
 
     @property
     def vocab(self) -> SIDVocab:
