@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray
@@ -111,6 +112,11 @@ class TrainedMember:
     validation: MemberValidation
 
 
+def member_record(member: int) -> str:
+    """The file in an sft attempt that marks a member as trained and saved, with its validation figures."""
+    return f"trained_members/{member}.json"
+
+
 def train_member(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, storage_path: str, fs, member: int) -> TrainedMember:
     """One Ray Train fit with seed `cfg.seed + member`; returns its best validation epoch's weights."""
     s, catalog = cfg.sft, data.catalog
@@ -148,11 +154,20 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     data = sft_inputs(cfg, store)
     seqs = data.catalog.sequences
     train = ray.data.from_items(data.rows()).materialize()
-    with store.stage(STAGE, config_hash, inputs) as attempt:
+    # Resumable: a rerun after a crash keeps the members already saved, and Ray Train resumes the
+    # member that was training from its latest epoch checkpoint in the same folder.
+    with store.stage(STAGE, config_hash, inputs, resumable=True) as attempt:
         trained = []
         for member in range(s.members):
+            record = attempt.read_text(member_record(member))
+            if record is not None:
+                print(f"sft: member {member + 1}/{s.members} was saved by an earlier attempt in {attempt.dir}; kept", file=sys.stderr)
+                trained.append(MemberValidation(**json.loads(record)))
+                continue
             fit = train_member(cfg, data, train, f"{attempt.dir}/ray_train", store.fs, member)
             save_model(attempt, fit.model, data.meta, data.tokenizer, member=member)
+            # Written after the weights: its presence means the member is saved whole.
+            attempt.write_atomic(member_record(member), json.dumps(asdict(fit.validation)).encode())
             trained.append(fit.validation)
         first = trained[0]
         report = {

@@ -82,6 +82,30 @@ def test_orphans_of_a_killed_run_are_removed(ray_cluster, tmp_path):
     assert _attempts(store) == [entry.attempt]
 
 
+def test_a_resumable_stage_keeps_a_failed_attempt_for_its_own_config_and_inputs_only(tmp_path):
+    store = RunStore(load_config(None, [f"storage.uri={tmp_path}"]))
+    with pytest.raises(RuntimeError, match="driver lost"):
+        with store.stage("sft", "config-a", {"prepare": "prepare:1"}, resumable=True) as failed:
+            failed.write_atomic("trained_members/0.json", b"{}")
+            raise RuntimeError("driver lost")
+    assert _attempts(store, "sft") == [failed.attempt], "a resumable stage's failed attempt is kept"
+
+    with store.stage("sft", "config-a", {"prepare": "prepare:1"}, resumable=True) as again:
+        assert again.resumed and again.attempt == failed.attempt
+        assert again.read_text("trained_members/0.json") == "{}"
+        again.commit({}, {})
+    assert store.entry("sft").attempt == failed.attempt
+
+    with pytest.raises(RuntimeError):
+        with store.stage("sft", "config-a", {"prepare": "prepare:2"}, resumable=True) as other_inputs:
+            raise RuntimeError("driver lost")
+    with store.stage("sft", "config-b", {"prepare": "prepare:2"}, resumable=True) as other_config:
+        assert not other_config.resumed and other_config.read_text("trained_members/0.json") is None
+        assert set(_attempts(store, "sft")) == {failed.attempt, other_config.attempt}, \
+            "an attempt of other inputs is removed, the commit kept"
+    assert other_inputs.attempt not in (failed.attempt, other_config.attempt)
+
+
 def test_s3_round_trip_through_moto(ray_cluster, s3_bucket):
     endpoint, bucket = s3_bucket
     cfg = load_config(None, SMALL + [f"storage.uri=s3://{bucket}/runs/demo", f"storage.s3_endpoint={endpoint}"])

@@ -119,8 +119,9 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
         evaluate.run(changed, RunStore(changed))
 
 
-def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(ray_cluster, tmp_path):
-    """Two tiny members (seeds 0 and 1) on the synthetic run: one model folder, one ranking."""
+def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(ray_cluster, tmp_path, monkeypatch):
+    """Two tiny members (seeds 0 and 1) on the synthetic run: one model folder, one ranking; a crash
+    during the second member's fit keeps the first for the rerun."""
     import numpy as np
     import torch
 
@@ -134,7 +135,24 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     store = RunStore(cfg)
     prepare.run(cfg, store)
     tokenize.run(cfg, store)
+    fits, train_member = [], sft.train_member
+
+    def crash_in_the_second_members_first_fit(cfg, data, train, storage_path, fs, member):
+        fits.append(member)
+        if fits == [0, 1]:
+            raise RuntimeError("driver lost")
+        return train_member(cfg, data, train, storage_path, fs, member)
+
+    monkeypatch.setattr(sft, "train_member", crash_in_the_second_members_first_fit)
+    with pytest.raises(RuntimeError, match="driver lost"):
+        sft.run(cfg, store)
+    assert store.entry("sft") is None
+    [kept] = (Path(store.root) / "sft").iterdir()
+    first_weights = (kept / "model" / "model.safetensors").read_bytes()
     report = sft.run(cfg, store).report
+    assert fits == [0, 1, 1], "the rerun trains only the member that had not been saved"
+    assert store.entry("sft").attempt == kept.name
+    assert (kept / "model" / "model.safetensors").read_bytes() == first_weights
     assert [m["seed"] for m in report["members"]] == [0, 1]
     assert report["val_ndcg@10"] == report["members"][0]["val_ndcg@10"], "the top-level figures are the first member's"
     model = load_model(store, "sft")

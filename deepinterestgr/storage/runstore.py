@@ -7,12 +7,15 @@ Layout under the run root:
 
 A stage writes into a fresh attempt folder and commits by writing its manifest entry; readers only
 follow the manifest. A crash therefore leaves the previous commit intact, and the orphaned attempt
-is deleted the next time the stage starts. This works the same on S3, where renames are not atomic
-but a single object PUT is.
+is deleted the next time the stage starts, unless the stage is resumable and starts again with the
+same config and inputs: then it continues in that folder (sft keeps its finished members there, and
+Ray Train resumes an unfinished fit from its latest checkpoint). This works the same on S3, where
+renames are not atomic but a single object PUT is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -30,6 +33,7 @@ from deepinterestgr.errors import StorageError
 from deepinterestgr.storage.filesystem import resolve
 
 VERSIONED_PACKAGES = ("deepinterestgr", "ray", "torch", "transformers", "pyarrow")
+RESUME_FILE = "_resume_key"  # in a resumable attempt: which config and inputs it belongs to
 
 
 def package_versions() -> dict[str, str]:
@@ -64,9 +68,10 @@ class ManifestEntry:
 class StageAttempt:
     """One attempt at a stage: a private folder that becomes visible only on commit."""
 
-    def __init__(self, store: RunStore, stage: str, config_hash: str, inputs: dict[str, str]):
+    def __init__(self, store: RunStore, stage: str, config_hash: str, inputs: dict[str, str], attempt: str | None = None):
         self.store, self.stage, self.config_hash, self.inputs = store, stage, config_hash, inputs
-        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.resumed = attempt is not None
+        self.attempt = attempt or f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.dir = f"{store.root}/{stage}/{self.attempt}"
         self.entry: ManifestEntry | None = None
 
@@ -86,6 +91,14 @@ class StageAttempt:
         self.store.fs.create_dir(self.path(name).rsplit("/", 1)[0], recursive=True)
         with self.store.fs.open_output_stream(self.path(name)) as handle:
             handle.write(data)
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """A small file that a resumed attempt reads whole or not at all (a record of finished work)."""
+        self.store.write_atomic(f"{self.stage}/{self.attempt}/{name}", data)
+
+    def read_text(self, name: str) -> str | None:
+        """A file this attempt (or the failed run it resumes) wrote, or None."""
+        return self.store.read_text(f"{self.stage}/{self.attempt}/{name}")
 
     def commit(self, rows: dict[str, int], report: dict) -> ManifestEntry:
         """Make this attempt the stage's output by writing its manifest entry."""
@@ -185,23 +198,37 @@ class RunStore:
     def read_table(self, stage: str, name: str) -> pa.Table:
         return pq.read_table(self.table_path(stage, name), filesystem=self.fs)
 
-    def _remove_uncommitted(self, stage: str) -> None:
+    def _uncommitted(self, stage: str) -> list[str]:
         entry = self.entry(stage)
         selector = pafs.FileSelector(f"{self.root}/{stage}", allow_not_found=True)
-        for info in self.fs.get_file_info(selector):
-            if info.type == pafs.FileType.Directory and (entry is None or info.base_name != entry.attempt):
-                self.fs.delete_dir(info.path)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.Directory and (entry is None or info.base_name != entry.attempt))
+
+    def _remove_uncommitted(self, stage: str, keep: str | None = None) -> None:
+        for attempt in self._uncommitted(stage):
+            if attempt != keep:
+                self.fs.delete_dir(f"{self.root}/{stage}/{attempt}")
 
     @contextmanager
-    def stage(self, stage: str, config_hash: str, inputs: dict[str, str]) -> Iterator[StageAttempt]:
-        """Run a stage's writes in a private attempt; it is deleted unless `commit` was called."""
-        self._remove_uncommitted(stage)
-        attempt = StageAttempt(self, stage, config_hash, inputs)
+    def stage(self, stage: str, config_hash: str, inputs: dict[str, str], resumable: bool = False) -> Iterator[StageAttempt]:
+        """Run a stage's writes in a private attempt; it is deleted unless `commit` was called.
+
+        A `resumable` stage's failed attempt is kept instead, and the next run of the stage with the
+        same config and inputs continues in it (`StageAttempt.resumed`); any other config starts afresh.
+        """
+        key = hashlib.sha256(json.dumps([config_hash, inputs], sort_keys=True).encode()).hexdigest()[:16]
+        kept = None
+        if resumable:
+            kept = next((a for a in reversed(self._uncommitted(stage)) if self.read_text(f"{stage}/{a}/{RESUME_FILE}") == key), None)
+        self._remove_uncommitted(stage, keep=kept)
+        attempt = StageAttempt(self, stage, config_hash, inputs, attempt=kept)
+        if resumable and kept is None:
+            attempt.write_atomic(RESUME_FILE, key.encode())
         try:
             yield attempt
         finally:
             if attempt.entry is None:
-                if self._exists(attempt.dir):
+                if not resumable and self._exists(attempt.dir):
                     self.fs.delete_dir(attempt.dir)
             else:
                 self._remove_uncommitted(stage)
