@@ -221,7 +221,7 @@ def main() -> int:
         f"tokenize.text_encoder={models['text_encoder']}", f"tokenize.embed_num_gpus={0.25 if gpu else 0}",
         f"tokenize.rqvae.use_gpu={str(gpu).lower()}", f"tokenize.rqvae.epochs={size.rqvae_epochs}",
         f"sft.use_gpu={str(gpu).lower()}", f"sft.epochs={size.sft_epochs}", "sft.eval_every=5",
-        f"sft.batch_size={size.sft_batch}", "sft.cpus_per_worker=1",
+        f"sft.batch_size={size.sft_batch}", "sft.cpus_per_worker=1", "sft.members=1",  # grpo tunes one model
         f"grpo.use_gpu={str(gpu).lower()}", "grpo.epochs=1",
         f"evaluate.num_gpus={0.25 if gpu else 0}", "evaluate.sasrec.enabled=false", "evaluate.batch_size=256",
         *([f"ray.address={args.address}"] if args.address else []),

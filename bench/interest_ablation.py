@@ -165,7 +165,8 @@ def main() -> int:
     for seed in range(args.seeds):
         for position, arm in enumerate(arms):
             run = out / f"seed{seed}" / arm
-            overrides = ["data.synthetic.interest_text=indirect", *args.set, f"seed={seed}", f"storage.uri={run}"]
+            # One model per arm: GRPO, which this ablation runs, tunes one model, not an ensemble.
+            overrides = ["data.synthetic.interest_text=indirect", "sft.members=1", *args.set, f"seed={seed}", f"storage.uri={run}"]
             # SASRec and most-popular depend on the split only: scored once per seed, in the first arm.
             cfg = load_config(args.config, overrides + ([] if position == 0 else ["evaluate.sasrec.enabled=false"]))
             if cfg.data.loader != "synthetic":
