@@ -38,7 +38,7 @@ def recommender_meta(cfg: RunConfig, sizes: list[int], items: int):
 
     path = resolve_llm(s.llm.model)
     meta = RecommenderMeta("llm", list(sizes), AutoConfig.from_pretrained(path).vocab_size, s.max_items,
-                           s.llm.template, s.llm.windows_per_user)
+                           s.llm.template, s.llm.windows_per_user, members=s.members)
     return meta, AutoTokenizer.from_pretrained(path)
 
 

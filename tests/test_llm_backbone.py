@@ -1,5 +1,6 @@
 """The pretrained-LLM backbone with SmolLM2-135M-Instruct's real weights: SID tokens, LoRA, sft + evaluate."""
 
+import pytest
 import torch
 
 from deepinterestgr.config import LLMBackboneConfig, load_config
@@ -57,3 +58,11 @@ def test_llm_sft_with_two_workers_then_evaluate_with_text_prompts(ray_cluster, t
     results = evaluate.run(cfg, store).report["results"]
     gr = results["GR (sft)"]
     assert 0 <= gr["ndcg@10"] <= gr["hr@10"] <= 1 and set(results) == {"GR (sft)", "most-popular"}
+
+
+@pytest.mark.parametrize("backbone", ["compact", "encoder_decoder", "llm"])
+def test_the_model_folders_metadata_counts_the_members_of_every_backbone(backbone):
+    """recommender.json's `members` is what load_model reads: a backbone that dropped it would rank with member 0 alone."""
+    cfg = load_config(None, [f"sft.backbone={backbone}", "sft.members=3", "pipeline.stages=[prepare,tokenize,sft,evaluate]"])
+    meta, _ = sft.recommender_meta(cfg, [8, 8], 24)
+    assert (meta.backbone, meta.members) == (backbone, 3)

@@ -216,13 +216,13 @@ class RunStore:
         A `resumable` stage's failed attempt is kept instead, and the next run of the stage with the
         same config and inputs continues in it (`StageAttempt.resumed`); any other config starts afresh.
         """
-        key = hashlib.sha256(json.dumps([config_hash, inputs], sort_keys=True).encode()).hexdigest()[:16]
-        kept = None
+        kept = key = None
         if resumable:
+            key = hashlib.sha256(json.dumps([config_hash, inputs], sort_keys=True).encode()).hexdigest()[:16]
             kept = next((a for a in reversed(self._uncommitted(stage)) if self.read_text(f"{stage}/{a}/{RESUME_FILE}") == key), None)
         self._remove_uncommitted(stage, keep=kept)
         attempt = StageAttempt(self, stage, config_hash, inputs, attempt=kept)
-        if resumable and kept is None:
+        if key is not None and kept is None:
             attempt.write_atomic(RESUME_FILE, key.encode())
         try:
             yield attempt
