@@ -98,7 +98,7 @@ def run_arm(arm: str, cfg, store: RunStore, truth: dict[str, list[str]], noise: 
     sft.run(cfg, store)
     grpo.run(cfg, store)
     report = evaluate.run(cfg, store).report
-    gr = report["results"][f"GR ({report['model_stage']})"]
+    gr = next(m for name, m in report["results"].items() if name.startswith("GR"))
     sids = store.read_table("tokenize", "sids").to_pylist()
     purity = normalised_mutual_information(np.array([r["sid"][0] for r in sids]), np.array([truth[r["item_id"]][0] for r in sids]))
     used = used_descriptors(store)

@@ -8,10 +8,16 @@ every arm. For each seed, each arm runs prepare -> tokenize -> sft [-> grpo] -> 
 run folder under `--out`; an arm whose prepare/tokenize settings equal an earlier arm's of the same
 seed starts from a copy of those stages instead of recomputing them. SASRec and most-popular depend
 on the split only, so they are trained and scored once per seed (in the first arm's evaluate) on the
-same split as every arm. A rerun with the same `--out` skips what is already committed there.
-Prints one JSON line (per arm: mean and std of HR@5/10 and NDCG@5/10 over the seeds, and the mean
-seconds this invocation spent on it, near 0 for reused stages) and writes `quality.md` (the table)
-and `quality_val.png` (validation NDCG@10 per SFT epoch per arm) into `--out`.
+same split as every arm: SASRec's grid is searched on validation users, and as many SASRec seeds are
+trained as the arm with the most members has, so each arm meets SASRec with its own member count
+(equal cost) and SASRec x1 is shown for reference. A rerun with the same `--out` skips what is
+already committed there.
+
+Every figure is given on the validation users (where arms are compared: the winner is the arm with the
+best mean validation NDCG@10) and on the test users (reported, never used to choose). Prints one
+JSON line (per arm and baseline: mean and std of HR@5/10 and NDCG@5/10 over the seeds on both splits,
+the mean seconds this invocation spent on it, near 0 for reused stages; the arm validation chose) and
+writes `quality.md` (the table) and `quality_val.png` (validation NDCG@10 per SFT epoch per arm) into `--out`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from ray_jobs import pipeline
 from ray_jobs.common import start_ray
 
 METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
-BASELINES = ("SASRec", "most-popular")
 
 
 def parse_arm(spec: str) -> tuple[str, list[str]]:
@@ -52,22 +57,41 @@ def reuse_upstream(store: RunStore, source: RunStore | None, first: Path | None)
         shutil.copytree(first / "cache" / "tokenize", Path(store.root) / "cache" / "tokenize")
 
 
-def summarise(values: list[dict[str, float]]) -> dict[str, float]:
+def summarise(values: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Mean and std over seeds of each metric on each split (`val_` and plain test keys)."""
     out = {}
-    for metric in METRICS:
-        column = [v[metric] for v in values]
-        out[f"{metric}_mean"], out[f"{metric}_std"] = round(float(np.mean(column)), 4), round(float(np.std(column)), 4)
+    for split, prefix in (("validation", "val_"), ("test", "")):
+        for metric in METRICS:
+            column = [v[split][metric] for v in values if split in v]
+            if column:
+                out[f"{prefix}{metric}_mean"] = round(float(np.mean(column)), 4)
+                out[f"{prefix}{metric}_std"] = round(float(np.std(column)), 4)
     return out
 
 
-def markdown(config: str, seeds: list[int], rows: dict[str, dict]) -> str:
-    sasrec = rows.get("SASRec", {}).get("ndcg@10_mean")
-    lines = [f"Quality benchmark: `{config}`, seeds {seeds}, test split, full ranking (mean ± std over seeds).", "",
-             "| arm | HR@5 | HR@10 | NDCG@5 | NDCG@10 | NDCG@10 / SASRec | seconds |", "|---|---|---|---|---|---|---|"]
+def chosen_arm(rows: dict[str, dict], arms: list[str]) -> str | None:
+    """The arm with the best mean validation NDCG@10 (None without validation figures)."""
+    scored = [a for a in arms if "val_ndcg@10_mean" in rows.get(a, {})]
+    return max(scored, key=lambda a: rows[a]["val_ndcg@10_mean"]) if scored else None
+
+
+def markdown(config: str, seeds: list[int], rows: dict[str, dict], members: dict[str, int], winner: str | None) -> str:
+    lines = [f"Quality benchmark: `{config}`, seeds {seeds}, full ranking (mean ± std over seeds). Arms are compared on "
+             "validation NDCG@10; test figures are reported. Ratios are to SASRec with as many models as the arm has.", "",
+             "| arm | models | val NDCG@10 | val / SASRec | HR@5 | HR@10 | NDCG@5 | NDCG@10 | NDCG@10 / SASRec | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
+        k = members.get(name)
+        sasrec = rows.get(f"SASRec x{k}", {}) if k else {}
+
+        def ratio(key: str) -> str:
+            return f"{row[key] / sasrec[key]:.3f}" if key in row and sasrec.get(key) else "-"
+
+        val = f"{row['val_ndcg@10_mean']:.4f} ± {row['val_ndcg@10_std']:.4f}" if "val_ndcg@10_mean" in row else "-"
         cells = [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}" for m in METRICS]
-        ratio = f"{row['ndcg@10_mean'] / sasrec:.2f}" if sasrec else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {row.get('seconds', 0):.0f} |")
+        mark = " (chosen)" if name == winner else ""
+        lines.append(f"| {name}{mark} | {k or '-'} | {val} | {ratio('val_ndcg@10_mean')} | " + " | ".join(cells)
+                     + f" | {ratio('ndcg@10_mean')} | {row.get('seconds', 0):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,8 +130,8 @@ def main() -> int:
     out = Path(args.out or f"bench/out/{Path(args.config).stem}").resolve()
     stages = ["prepare", "tokenize", "sft", *(["grpo"] if args.grpo else []), "evaluate"]
     seeds = list(range(args.seeds))
+    members = {name: load_config(args.config, [*args.set, *overrides]).sft.members for name, overrides in arms}
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
-    results.update({name: [] for name in BASELINES})
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}
     curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name, _ in arms}
     started_ray, first_run = False, None
@@ -115,9 +139,9 @@ def main() -> int:
         upstream: dict[str, RunStore] = {}
         for index, (name, overrides) in enumerate(arms):
             run_dir = out / f"seed{seed}" / name
+            sasrec = [f"evaluate.sasrec.members={max(members.values())}"] if index == 0 else ["evaluate.sasrec.enabled=false"]
             cfg = load_config(args.config, [*args.set, *overrides, f"seed={seed}", f"storage.uri={run_dir}",
-                                            f"pipeline.stages=[{','.join(stages)}]",
-                                            f"evaluate.sasrec.enabled={'true' if index == 0 else 'false'}"])
+                                            f"pipeline.stages=[{','.join(stages)}]", *sasrec])
             if not started_ray:
                 start_ray(cfg)
                 ray.data.DataContext.get_current().enable_progress_bars = False
@@ -134,18 +158,26 @@ def main() -> int:
             seconds[name].append(time.perf_counter() - began)
             upstream.setdefault(key, store)
             report = store.require("evaluate").report
+            validation = report.get("validation", {})
             for model, metrics in report["results"].items():
-                target = name if model.startswith("GR") else model
-                results[target].append({m: metrics[m] for m in METRICS})
+                if model.startswith("GR"):
+                    results[name].append({"test": metrics, **({"validation": validation[model]} if model in validation else {})})
+                elif model == "most-popular":
+                    results.setdefault(model, []).append({"test": metrics, **({"validation": validation[model]} if model in validation else {})})
+            for size, figures in report.get("sasrec_by_members", {}).items():
+                results.setdefault(f"SASRec x{size}", []).append({"test": figures["test"], **({"validation": figures["valid"]} if "valid" in figures else {})})
             curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in store.require("sft").report["history"]])
             print(f"quality: seed {seed} arm {name}: " + json.dumps(report["results"]), file=sys.stderr, flush=True)
-    rows = {name: {**summarise(values), **({"seconds": round(float(np.mean(seconds[name])), 1)} if name in seconds else {})}
-            for name, values in results.items() if values}
+    shown = [*members, *sorted({f"SASRec x{k}" for k in members.values()} | {"SASRec x1"}), "most-popular"]
+    rows = {name: {**summarise(results[name]), **({"seconds": round(float(np.mean(seconds[name])), 1)} if name in seconds else {})}
+            for name in shown if results.get(name)}
+    winner = chosen_arm(rows, list(members))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.md").write_text(markdown(args.config, seeds, rows))
+    (out / "quality.md").write_text(markdown(args.config, seeds, rows, members, winner))
     plot(curves, out / "quality_val.png")
     print(json.dumps({"bench": "quality", "config": args.config, "seeds": seeds, "grpo": args.grpo,
-                      "arms": {name: overrides for name, overrides in arms}, "results": rows, "out": str(out)}))
+                      "arms": {name: overrides for name, overrides in arms}, "members": members,
+                      "chosen_by_validation": winner, "results": rows, "out": str(out)}))
     return 0
 
 

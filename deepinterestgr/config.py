@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -126,7 +126,11 @@ class SASRecShape(Section):
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
+    # Feed-forward width of each layer; 0 = 2 x hidden_size.
+    inner_size: int = Field(0, ge=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Positions the model reads; training cuts each history into windows of max_len + 1 items that make
+    # every training interaction after a user's first a target once.
     max_len: int = Field(50, ge=2)
     epochs: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -449,6 +453,28 @@ class SASRecConfig(SASRecShape):
     """The SASRec baseline trained and scored in the evaluate stage."""
 
     enabled: bool = True
+    # Models trained with seeds seed..seed+K-1, ranked by the sum of their log-softmaxes: None = as many
+    # as sft.members, so GR and SASRec are compared at equal cost (SASRec x1 is reported beside it).
+    members: int | None = Field(None, ge=1)
+    # Settings tried, every combination, each trained with `seed`; the one with the best validation
+    # NDCG@10 is kept (the report lists them all with their cost). Keys are this section's keys; {} = the
+    # settings above as they are.
+    grid: dict[str, list[int | float]] = {"dropout": [0.2, 0.5], "hidden_size": [64, 128], "lr": [1e-3, 3e-3]}
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_within_range(cls, grid: dict[str, list[int | float]]) -> dict[str, list[int | float]]:
+        for key, values in grid.items():
+            if key not in SASRecShape.model_fields:
+                raise ValueError(f"grid.{key}: not a SASRec setting (one of {', '.join(SASRecShape.model_fields)})")
+            if not values:
+                raise ValueError(f"grid.{key}: give at least one value")
+            for value in values:
+                try:
+                    SASRecShape.model_validate({key: value})
+                except ValidationError as exc:
+                    raise ValueError(f"grid.{key}: {value!r} is out of range ({exc.errors()[0]['msg']})") from None
+        return grid
 
 
 class EvaluateConfig(Section):
@@ -466,6 +492,9 @@ class EvaluateConfig(Section):
     # often their target occurs in training (tail to head; 0 = off): SID models and ID models fail on
     # different items, which one overall figure hides.
     popularity_groups: int = Field(4, ge=0)
+    # Also rank the validation users (history: training items; target: the validation item) and report
+    # every model on them: arms and settings are compared there, test figures are only reported.
+    validation: bool = True
     sasrec: SASRecConfig = SASRecConfig()
 
 

@@ -47,6 +47,18 @@ def _metrics(evaluate: dict) -> list[str]:
              "|---|" + "---|" * len(names)]
     for model, metrics in results.items():
         lines.append(f"| {model} | " + " | ".join(_fmt(metrics[n]) for n in names) + " |")
+    if "validation" in evaluate:
+        lines += ["", "Validation users (settings are compared here):", "", "| model | " + " | ".join(n.upper() for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        lines += [f"| {model} | " + " | ".join(_fmt(metrics[n]) for n in names) + " |" for model, metrics in evaluate["validation"].items()]
+    else:
+        lines += ["", "This run was evaluated before validation users were ranked: no validation figures."]
+    sasrec = evaluate.get("sasrec")
+    if sasrec and sasrec.get("grid"):
+        lines += ["", f"SASRec settings tried (each with the run's seed; kept: {sasrec['chosen']}, then {sasrec['members']} seed(s); "
+                      f"{sasrec['fits']} fits in {sasrec['seconds']:.0f} s):", "",
+                  "| settings | validation NDCG@10 | epochs | seconds |", "|---|---|---|---|"]
+        lines += [f"| {point['settings']} | {point['val_ndcg@10']:.4f} | {point['epochs_run']} | {point['seconds']:.0f} |" for point in sasrec["grid"]]
     return lines
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import ray
 
 from actors.recommender import TargetRanker
-from deepinterestgr.baselines.sasrec import epoch_progress, fit_sasrec, sasrec_ranks
+from deepinterestgr.baselines.sasrec import fit_sasrec_members, sasrec_ranks
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
 from deepinterestgr.recommender.artifacts import Catalog, load_catalog, load_format, load_model, user_interests
@@ -48,14 +48,25 @@ def popularity_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_rows(catalog: Catalog, fmt, interests: dict[str, str]) -> list[dict]:
-    """One row per user with a test target: the prompt from their training and validation items (the
-    history), and the target."""
+def split_rows(catalog: Catalog, fmt, interests: dict[str, str], split: str = "test") -> list[dict]:
+    """One row per user with a target in `split`: the prompt from the items before it (test: training and
+    validation items; valid: training items), the history, and the target."""
     seqs = catalog.sequences
-    users = [u for u in range(len(seqs.user_ids)) if seqs.test[u] >= 0]
-    histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
-    return [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(seqs.test[u])}
+    targets = seqs.test if split == "test" else seqs.valid
+    users = [u for u in range(len(seqs.user_ids)) if targets[u] >= 0]
+    histories = [seqs.train[u] + ([int(seqs.valid[u])] if split == "test" and seqs.valid[u] >= 0 else []) for u in users]
+    return [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(targets[u])}
             for u, h in zip(users, histories)]
+
+
+def test_rows(catalog: Catalog, fmt, interests: dict[str, str]) -> list[dict]:
+    """`split_rows` of the test split."""
+    return split_rows(catalog, fmt, interests, "test")
+
+
+def sasrec_members(cfg: RunConfig) -> int:
+    """How many SASRec models rank together: evaluate.sasrec.members, else as many as GR has (equal cost)."""
+    return cfg.evaluate.sasrec.members or cfg.sft.members
 
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
@@ -70,11 +81,14 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     fmt = load_format(store, model_stage, catalog, cfg.sft.backbone)
     interests = user_interests(store)
     seqs = catalog.sequences
-    rows = test_rows(catalog, fmt, interests)
-    histories = [r["history"] for r in rows]
-    targets = np.array([r["target"] for r in rows], dtype=np.int64)
+    splits = ("valid", "test") if e.validation else ("test",)
+    rows = {split: split_rows(catalog, fmt, interests, split) for split in splits}
+    histories = {split: [r["history"] for r in rows[split]] for split in splits}
+    targets = {split: np.array([r["target"] for r in rows[split]], dtype=np.int64) for split in splits}
+    gr = f"GR ({model_stage}) x{cfg.sft.members}"
     with store.stage(STAGE, config_hash, inputs) as attempt:
-        ranked = ray.data.from_items(rows).map_batches(
+        every = [{**r, "key": k, "split": split} for split in splits for k, r in enumerate(rows[split])]
+        ranked = ray.data.from_items(every).map_batches(
             TargetRanker,
             fn_constructor_kwargs={
                 "load_model": functools.partial(load_model, store, model_stage), "trie_bytes": catalog.trie_bytes,
@@ -83,28 +97,54 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             },
             batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.num_gpus,
         )
-        table = collect(ranked.select_columns(["user", "rank"]), f"evaluate: GR ({model_stage}) ranking", "users", len(rows)).sort_by("user")
-        gr_ranks = table.column("rank").to_numpy()
-        pop = popularity_ranks(most_popular(seqs, len(catalog.item_ids)), targets, histories if e.exclude_history else None)
-        ranks = {f"GR ({model_stage})": gr_ranks, "most-popular": pop}
+        table = collect(ranked.select_columns(["split", "key", "rank"]), f"evaluate: GR ({model_stage}) ranking "
+                        f"({' and '.join(splits)} users)", "users", len(every)).sort_by([("split", "ascending"), ("key", "ascending")])
+        split_of = table.column("split").to_numpy(zero_copy_only=False)
+        popular = most_popular(seqs, len(catalog.item_ids))
+        ranks = {split: {gr: table.column("rank").to_numpy()[split_of == split],
+                         "most-popular": popularity_ranks(popular, targets[split], histories[split] if e.exclude_history else None)}
+                 for split in splits}
         details = {}
         if e.sasrec.enabled:
-            sasrec, details["sasrec_history"] = fit_sasrec(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, cfg.seed,
-                                                           on_epoch=epoch_progress("evaluate: SASRec", e.sasrec.epochs))
-            ranks["SASRec"] = sasrec_ranks(sasrec, histories, targets, exclude_history=e.exclude_history)
-        results = {name: ranking_metrics(r, e.ks) for name, r in ranks.items()}
+            k = sasrec_members(cfg)
+            fit = fit_sasrec_members(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, e.sasrec.grid, k, cfg.seed,
+                                     label="evaluate: SASRec")
+            chosen = {key: getattr(fit.shape, key) for key in e.sasrec.grid}
+            print(f"evaluate: SASRec x{k}: {chosen or 'the configured settings'} (best validation NDCG@10 of {len(fit.grid) or 1} "
+                  f"settings); {fit.fits} fits in {fit.seconds:.0f} s", file=sys.stderr)
+            # Every ensemble size 1..K, so a benchmark can set GR with fewer members against SASRec at equal cost.
+            by_members = {}
+            for size in range(k, 0, -1):
+                by_members[str(size)] = {}
+                for split in splits:
+                    r = sasrec_ranks(fit.models[:size], histories[split], targets[split], exclude_history=e.exclude_history)
+                    by_members[str(size)][split] = ranking_metrics(r, e.ks)
+                    if size in (1, k):
+                        ranks[split][f"SASRec x{size}"] = r
+            details["sasrec_by_members"] = by_members
+            for split in splits:
+                ranks[split]["most-popular"] = ranks[split].pop("most-popular")
+            details["sasrec_history"] = fit.history
+            details["sasrec"] = {"members": k, "chosen": chosen,
+                                 "grid": fit.grid, "fits": fit.fits, "seconds": round(fit.seconds, 1)}
+        results = {name: ranking_metrics(r, e.ks) for name, r in ranks["test"].items()}
+        if e.validation:
+            details["validation"] = {name: ranking_metrics(r, e.ks) for name, r in ranks["valid"].items()}
         if e.popularity_groups:
-            counts = training_counts(seqs, len(catalog.item_ids))[targets]
-            details["by_target_popularity"] = metrics_by_popularity(ranks, counts, e.popularity_groups, e.ks)
-        report = {"model_stage": model_stage, "test_users": len(rows), "items": len(catalog.item_ids),
-                  "beam_width": e.beam_width, "exclude_history": e.exclude_history, "results": results, **details}
+            counts = training_counts(seqs, len(catalog.item_ids))[targets["test"]]
+            details["by_target_popularity"] = metrics_by_popularity(ranks["test"], counts, e.popularity_groups, e.ks)
+        report = {"model_stage": model_stage, "members": cfg.sft.members, "test_users": len(rows["test"]),
+                  "items": len(catalog.item_ids), "beam_width": e.beam_width, "exclude_history": e.exclude_history,
+                  "results": results, **details}
         attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
-        markdown = markdown_table(results)
+        markdown = "Test users:\n\n" + markdown_table(results)
+        if e.validation:
+            markdown = f"Validation users:\n\n{markdown_table(details['validation'])}\n{markdown}"
         if e.popularity_groups:
             markdown += "\n" + popularity_table(details["by_target_popularity"], f"ndcg@{max(e.ks)}")
         attempt.write_bytes("report.md", markdown.encode())
         print(markdown, file=sys.stderr)
-        return attempt.commit({"test_users": len(rows)}, report)
+        return attempt.commit({"test_users": len(rows["test"])}, report)
 
 
 def main(argv: list[str] | None = None) -> int:

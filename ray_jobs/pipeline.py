@@ -77,14 +77,19 @@ def summary(store: RunStore) -> dict:
     if (entry := store.entry("evaluate")) is not None:
         out["test"] = {name: {k: round(v, 4) for k, v in metrics.items() if k.endswith("@10")}
                        for name, metrics in entry.report["results"].items()}
+        if "validation" in entry.report:
+            out["validation"] = {name: {k: round(v, 4) for k, v in metrics.items() if k.endswith("@10")}
+                                 for name, metrics in entry.report["validation"].items()}
     return out
 
 
 def table(result: dict) -> str:
     """The summary a person reads at the end of the demo."""
-    lines = ["", "| model | HR@10 | NDCG@10 |", "|---|---|---|"]
+    validation = result.get("validation", {})
+    lines = ["", "| model | validation NDCG@10 | test HR@10 | test NDCG@10 |", "|---|---|---|---|"]
     for name, metrics in result.get("test", {}).items():
-        lines.append(f"| {name} | {metrics['hr@10']:.4f} | {metrics['ndcg@10']:.4f} |")
+        chosen_on = f"{validation[name]['ndcg@10']:.4f}" if name in validation else "-"
+        lines.append(f"| {name} | {chosen_on} | {metrics['hr@10']:.4f} | {metrics['ndcg@10']:.4f} |")
     if "mining" in result:
         m = result["mining"]
         lines.append(f"\nmining: {m['items_with_descriptors']}/{m['items_mined']} items got descriptors "

@@ -26,6 +26,10 @@ def test_yaml_file_and_overrides_are_typed(tmp_path):
         ("data.loader=csv", "data.loader"),
         ("data.synthetic.min_sequence=30", "min_sequence (30) exceeds max_sequence"),
         ("nosuchsection.x=1", "nosuchsection: unknown key"),
+        ("evaluate.sasrec.members=0", "evaluate.sasrec.members"),
+        ("evaluate.sasrec.grid={dropout: [0.2, 1.5]}", "evaluate.sasrec.grid: .*grid.dropout: 1.5 is out of range"),
+        ("evaluate.sasrec.grid={hidden: [64]}", "grid.hidden: not a SASRec setting"),
+        ("evaluate.sasrec.grid={lr: []}", "grid.lr: give at least one value"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(override, named):

@@ -89,7 +89,7 @@ def test_grpo_stage_on_two_workers_logs_every_term_and_feeds_evaluate_and_resume
     assert trained["reward_valid"] == 1.0, "constrained beams are always valid SIDs"
     assert trained["steps"] == 2, "40 prompts, 20 per worker, batches of 10"
     assert report["val_ndcg@10"] == max(h["val_ndcg@10"] for h in report["history"])
-    assert "GR (grpo)" in evaluate.run(cfg, store).report["results"]
+    assert "GR (grpo) x1" in evaluate.run(cfg, store).report["results"]
 
     # resume: a Ray Train run stopped after epoch 0, started again on the same storage, goes on at epoch 1
     short = load_config(None, TINY + [f"storage.uri={tmp_path / 'run'}", "grpo.epochs=1"])

@@ -56,8 +56,8 @@ def test_llm_sft_with_two_workers_then_evaluate_with_text_prompts(ray_cluster, t
     assert isinstance(load_format(store, "sft", catalog), TextFormat), "the tokenizer travels with the model"
 
     results = evaluate.run(cfg, store).report["results"]
-    gr = results["GR (sft)"]
-    assert 0 <= gr["ndcg@10"] <= gr["hr@10"] <= 1 and set(results) == {"GR (sft)", "most-popular"}
+    gr = results["GR (sft) x1"]
+    assert 0 <= gr["ndcg@10"] <= gr["hr@10"] <= 1 and set(results) == {"GR (sft) x1", "most-popular"}
 
 
 @pytest.mark.parametrize("backbone", ["compact", "encoder_decoder", "llm"])

@@ -17,7 +17,7 @@ TINY = [
     "tokenize.method=rkmeans", "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2",
     "sft.hidden_size=32", "sft.layers=1", "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=3",
     "sft.patience=5", "sft.num_workers=2", "sft.beam_width=10", "evaluate.beam_width=10",
-    "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16", "grpo.epochs=1", "grpo.batch_size=30",
+    "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16", "evaluate.sasrec.grid={lr: [0.00001, 0.01]}", "grpo.epochs=1", "grpo.batch_size=30",
     "grpo.beam_width=10", "grpo.max_degradation=1.0",
 ]
 
@@ -68,7 +68,14 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
 
     evaluated = evaluate.run(cfg, store)
     results = evaluated.report["results"]
-    assert set(results) == {"GR (sft)", "most-popular", "SASRec"}
+    assert list(results) == ["GR (sft) x1", "SASRec x1", "most-popular"]
+    validation = evaluated.report["validation"]
+    assert list(validation) == list(results)
+    grid = evaluated.report["sasrec"]["grid"]
+    assert [p["settings"] for p in grid] == [{"lr": 0.00001}, {"lr": 0.01}]
+    chosen = max(grid, key=lambda p: p["val_ndcg@10"])
+    assert evaluated.report["sasrec"]["chosen"] == chosen["settings"] == {"lr": 0.01}, "the grid point validation prefers is kept"
+    assert validation["SASRec x1"]["ndcg@10"] == pytest.approx(chosen["val_ndcg@10"]), "the kept model is that grid point's"
     for metrics in results.values():
         assert metrics["hr@5"] <= metrics["hr@10"] and metrics["ndcg@10"] <= metrics["hr@10"]
     # evaluate ranks with the item head: its GR figures are those of the library's ranking with the weight
@@ -78,7 +85,12 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     ranks = target_ranks(model, [fmt.prompt(h) for h in histories], seqs.test[users], catalog.trie, fmt.vocab,
                          cfg.evaluate.beam_width, exclude=histories if cfg.evaluate.exclude_history else None,
                          item_weight=fmt.item_weight)
-    assert results["GR (sft)"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks))
+    assert results["GR (sft) x1"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks))
+    # and its validation figures rank each validation user's training items by the same search
+    valid_users = [u for u in range(len(seqs.user_ids)) if seqs.valid[u] >= 0]
+    valid_ranks = target_ranks(model, [fmt.prompt(seqs.train[u]) for u in valid_users], seqs.valid[valid_users], catalog.trie,
+                               fmt.vocab, cfg.evaluate.beam_width, item_weight=fmt.item_weight)
+    assert validation["GR (sft) x1"] == pytest.approx(ranking_metrics(valid_ranks, cfg.evaluate.ks))
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"
     md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md
@@ -105,10 +117,10 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     catalog.codes = catalog.codes[:-1]
     with pytest.raises(DataError, match="item tokens for 60 items but the SID table has 59: .* rerun `dig sft`"):
         check_vocabulary(store, "sft", catalog)
-    assert "GR (sft)" in evaluate.run(encdec, RunStore(encdec)).report["results"]
+    assert "GR (sft) x1" in evaluate.run(encdec, RunStore(encdec)).report["results"]
     tuned = grpo.run(encdec, RunStore(encdec)).report
     assert [h["epoch"] for h in tuned["history"]] == [-1, 0] and tuned["history"][1]["reward_valid"] == 1.0
-    assert "GR (grpo)" in evaluate.run(encdec, RunStore(encdec)).report["results"], "GRPO and evaluate take the encoder-decoder"
+    assert "GR (grpo) x1" in evaluate.run(encdec, RunStore(encdec)).report["results"], "GRPO and evaluate take the encoder-decoder"
     _check_run_report(RunStore(encdec))
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
@@ -130,7 +142,7 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     from deepinterestgr.recommender.ensemble import Ensemble
 
     cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.members=2", "sft.num_workers=1", "sft.epochs=2",
-                                    "sft.item_tokens=true", "sft.item_head=0.5", "evaluate.sasrec.enabled=false",
+                                    "sft.item_tokens=true", "sft.item_head=0.5", "evaluate.sasrec.grid={}",
                                     "pipeline.stages=[prepare,tokenize,sft,evaluate]"])
     store = RunStore(cfg)
     prepare.run(cfg, store)
@@ -172,8 +184,15 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     alone = target_ranks(model.members[0], prompts, seqs.test[users], catalog.trie, fmt.vocab, cfg.evaluate.beam_width,
                          exclude=exclude, item_weight=fmt.item_weight)
     assert not np.array_equal(ranks, alone), "the second member changes the test ranking"
-    results = evaluate.run(cfg, store).report["results"]
-    assert results["GR (sft)"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks)), "evaluate ranks with the ensemble"
+    evaluated = evaluate.run(cfg, store).report
+    results = evaluated["results"]
+    assert results["GR (sft) x2"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks)), "evaluate ranks with the ensemble"
+    assert list(results) == ["GR (sft) x2", "SASRec x2", "SASRec x1", "most-popular"], "SASRec at equal cost, and one alone"
+    assert (evaluated["sasrec"]["members"], evaluated["sasrec"]["fits"]) == (2, 2)
+    for size in ("1", "2"):
+        assert evaluated["sasrec_by_members"][size]["test"] == results[f"SASRec x{size}"]
+        assert evaluated["sasrec_by_members"][size]["valid"] == evaluated["validation"][f"SASRec x{size}"]
+    assert results["SASRec x2"] != results["SASRec x1"], "the second SASRec seed changes the ranking"
 
     user = seqs.user_ids[users[0]]
     served = Predictor(cfg).recommend([Query(k=5, user_id=user)])[0]

@@ -17,3 +17,26 @@ def test_a_balanced_judge_reports_its_held_out_agreement():
     assert label_balance(_label(0.4)) == (0.4, False)
     text = build_report({"label": _label(0.4)}, "run").markdown
     assert "degenerate" not in text and "held-out pairs: 0.8" in text
+
+
+def _metrics(ndcg):
+    return {"hr@10": 2 * ndcg, "ndcg@10": ndcg}
+
+
+def test_a_run_evaluated_before_validation_ranking_still_reports_and_says_what_it_lacks():
+    old = {"test_users": 10, "items": 5, "results": {"GR (sft)": _metrics(0.2), "SASRec": _metrics(0.1)}}
+    text = build_report({"evaluate": old}, "run").markdown
+    assert "| GR (sft) | 0.4000 | 0.2000 |" in text and "| SASRec | 0.2000 | 0.1000 |" in text
+    assert "evaluated before validation users were ranked" in text
+
+
+def test_a_run_with_validation_figures_and_a_sasrec_grid_lists_both():
+    new = {"test_users": 10, "items": 5, "results": {"GR (sft) x2": _metrics(0.2), "SASRec x2": _metrics(0.1)},
+           "validation": {"GR (sft) x2": _metrics(0.3), "SASRec x2": _metrics(0.15)},
+           "sasrec": {"members": 2, "chosen": {"lr": 0.01}, "fits": 3, "seconds": 12.0,
+                      "grid": [{"settings": {"lr": 0.001}, "val_ndcg@10": 0.12, "epochs_run": 20, "seconds": 4.0},
+                               {"settings": {"lr": 0.01}, "val_ndcg@10": 0.15, "epochs_run": 10, "seconds": 3.0}]}}
+    text = build_report({"evaluate": new}, "run").markdown
+    validation = text[text.index("Validation users"):]
+    assert "| SASRec x2 | 0.3000 | 0.1500 |" in validation and "before validation" not in text
+    assert "| {'lr': 0.01} | 0.1500 | 10 | 3 |" in text and "kept: {'lr': 0.01}, then 2 seed(s)" in text

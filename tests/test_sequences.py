@@ -77,6 +77,58 @@ def test_sasrec_learns_a_deterministic_successor():
     assert excluded[0] == len(above - {3, 0, 1, 2})
 
 
+def test_windows_make_every_training_interaction_after_the_first_a_target_once():
+    from deepinterestgr.baselines.sasrec import training_windows
+    from deepinterestgr.recommender.sequences import window_spans
+
+    for length in range(0, 40):
+        spans = window_spans(length, 6)
+        targets = [position for start, end in spans for position in range(start + 1, end)]
+        assert targets == list(range(1, length)), length
+        assert all(end - start <= 6 for start, end in spans)
+    windows = training_windows([list(range(12)), [7], [3, 4]], max_len=5)
+    assert windows == [[0, 1], [1, 2, 3, 4, 5, 6], [6, 7, 8, 9, 10, 11], [3, 4]]
+
+
+def test_sasrec_masks_padding_as_keys_so_padded_positions_cannot_change_the_scores_with_a_tiny_random_model():
+    """Left padding reaches no real position: the position rows only padded slots use do not move a short
+    history's scores (an unmasked model reads them through attention), and an empty history gives finite scores."""
+    from deepinterestgr.baselines.sasrec import SASRec, _left_pad
+    from deepinterestgr.config import SASRecShape
+
+    torch.manual_seed(0)
+    model = SASRec(9, SASRecShape(hidden_size=16, heads=2, max_len=8, dropout=0.0)).eval()
+    ids = _left_pad([[1, 2, 3], []], 8)
+    with torch.no_grad():
+        before = model.scores(ids)
+        model.positions.weight[:5] += torch.randn(5, 16)  # rows of the first 5 slots: padding for [1, 2, 3]
+        after = model.scores(ids)
+        assert torch.allclose(before[0], after[0], atol=1e-5)
+        assert torch.isfinite(after[1]).all(), "a fully padded row has no NaN"
+        model.positions.weight[6] += torch.randn(16)  # a real position's row does move them
+        assert not torch.allclose(after[0], model.scores(ids)[0], atol=1e-5)
+
+
+def test_sasrec_members_keep_the_grid_point_validation_prefers_and_rank_by_summed_log_softmax():
+    from deepinterestgr.baselines.sasrec import _left_pad, fit_sasrec_members, sasrec_ranks
+    from deepinterestgr.config import SASRecShape
+
+    n = 10
+    train = [[(s + k) % n for k in range(6)] for s in range(n)] * 3
+    valid = np.array([(s + 6) % n for s in range(n)] * 3)
+    cfg = SASRecShape(hidden_size=16, heads=2, epochs=20, eval_every=5, dropout=0.0, patience=10)
+    fit = fit_sasrec_members(train, valid, n, cfg, {"lr": [1e-6, 1e-2]}, members=2, seed=0)
+    assert [p["settings"] for p in fit.grid] == [{"lr": 1e-6}, {"lr": 1e-2}]
+    assert fit.grid[1]["val_ndcg@10"] > fit.grid[0]["val_ndcg@10"] and fit.shape.lr == 1e-2
+    assert (len(fit.models), fit.fits) == (2, 3)
+    assert not torch.equal(fit.models[0].items.weight, fit.models[1].items.weight), "each member has its own seed"
+    histories, targets = [[0, 1, 2], [4, 5], [9]], np.array([3, 6, 2])
+    with torch.no_grad():
+        summed = sum(torch.log_softmax(m.eval().scores(_left_pad(histories, m.max_len)), -1) for m in fit.models).numpy()
+    expected = [(summed[row] >= summed[row, t]).sum() - 1 for row, t in enumerate(targets)]
+    assert sasrec_ranks(fit.models, histories, targets).tolist() == expected
+
+
 def test_epoch_order_caps_each_group_with_a_fresh_sample_per_epoch():
     from deepinterestgr.recommender.training import epoch_order
 

@@ -34,7 +34,7 @@ def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with
     for stage in (prepare, tokenize, sft):
         stage.run(cfg, store)
     trained = store.require("sft").report
-    tested = evaluate.run(cfg, store).report["results"]["GR (sft)"]
+    tested = evaluate.run(cfg, store).report["results"]["GR (sft) x1"]
 
     packed = str(tmp_path / "runs.pkl")
     assert sweep("pack", "--run", str(tmp_path / "run"), "--out", packed)["packed"] == ["default:" + f"{tmp_path.name}/run"]

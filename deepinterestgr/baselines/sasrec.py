@@ -1,12 +1,17 @@
 """SASRec (Kang & McAuley, 2018): a causal self-attention encoder over item ids, full-catalog scores.
 
-Trained sequence-at-once with cross-entropy over the whole catalog, early-stopped on validation
-NDCG@10, and scored by full ranking through the shared metrics module.
+The strong form of the baseline: trained with cross-entropy over the whole catalog on every next-item
+target of every training sequence (windows over the whole history, as the compact GR trains), padding
+masked as attention keys, settings chosen from a grid on validation NDCG@10, early-stopped on it, and
+K seeds ranked by the sum of their log-softmaxes (`SASRecFit`), so GR with K members meets it at equal cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,15 +20,16 @@ from torch import nn
 from deepinterestgr.config import SASRecShape
 from deepinterestgr.metrics import ranking_metrics, ranks_from_scores
 from deepinterestgr.progress import Progress
+from deepinterestgr.recommender.sequences import window_spans
 
 
 class SASRec(nn.Module):
     def __init__(self, num_items: int, cfg: SASRecShape):
         super().__init__()
-        self.max_len = cfg.max_len
+        self.max_len, self.heads = cfg.max_len, cfg.heads
         self.items = nn.Embedding(num_items + 1, cfg.hidden_size, padding_idx=0)  # row 0 = padding
         self.positions = nn.Embedding(cfg.max_len, cfg.hidden_size)
-        layer = nn.TransformerEncoderLayer(cfg.hidden_size, cfg.heads, cfg.hidden_size * 2, cfg.dropout,
+        layer = nn.TransformerEncoderLayer(cfg.hidden_size, cfg.heads, cfg.inner_size or 2 * cfg.hidden_size, cfg.dropout,
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.hidden_size)
@@ -35,12 +41,14 @@ class SASRec(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Hidden state per position for left-padded item ids (item row + 1; 0 = padding)."""
         length = ids.shape[1]
+        padding = ids == 0
         x = self.items(ids) * self.items.embedding_dim**0.5 + self.positions(torch.arange(length, device=ids.device))
-        # Padded positions are zeroed rather than masked as keys: a fully masked attention row (the
-        # first positions of a left-padded sequence) would yield NaN that then leaks into valid rows.
-        x = x * (ids != 0).unsqueeze(-1)
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=ids.device), diagonal=1)
-        return self.norm(self.encoder(self.dropout(x), mask=causal))
+        # Padding is masked as a key; every position may still attend to itself, so the leading padding
+        # positions of a left-padded row keep one key (a fully masked row gives NaN) and, being masked as
+        # keys, never reach a real position.
+        blocked = torch.ones(length, length, dtype=torch.bool, device=ids.device).triu(1) | padding.unsqueeze(1)
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=ids.device)
+        return self.norm(self.encoder(self.dropout(x), mask=blocked.repeat_interleave(self.heads, dim=0)))
 
     def scores(self, ids: torch.Tensor) -> torch.Tensor:
         """Scores of every catalog item (rows 0..N-1) after each sequence's last position."""
@@ -56,16 +64,27 @@ def _left_pad(sequences: list[list[int]], length: int) -> torch.Tensor:
     return out
 
 
+def training_windows(train: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
+    """Every user's training sequence cut into windows of `max_len + 1` items that together make every
+    item after a user's first a next-item target exactly once (`window_spans`)."""
+    return [list(seq[start:end]) for seq in train for start, end in window_spans(len(seq), max_len + 1)]
+
+
 @torch.no_grad()
 def sasrec_ranks(
-    model: SASRec, histories: list[list[int]], targets: np.ndarray, batch_size: int = 256, exclude_history: bool = False
+    models: SASRec | Sequence[SASRec], histories: list[list[int]], targets: np.ndarray, batch_size: int = 256,
+    exclude_history: bool = False,
 ) -> np.ndarray:
-    """Full-ranking 0-based rank of each target after its history (history items removed if asked)."""
-    model.eval()
+    """Full-ranking 0-based rank of each target after its history (history items removed if asked).
+
+    Several models rank by the sum of their log-softmaxes over the catalog (one model: its own order)."""
+    models = [models] if isinstance(models, SASRec) else list(models)
+    for model in models:
+        model.eval()
     ranks = []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start: start + batch_size]
-        scores = model.scores(_left_pad(chunk, model.max_len)).numpy()
+        scores = sum(torch.log_softmax(m.scores(_left_pad(chunk, m.max_len)), dim=-1) for m in models).numpy()
         if exclude_history:
             for row, seen in enumerate(chunk):
                 others = [i for i in set(seen) if i != targets[start + row]]
@@ -84,24 +103,24 @@ def epoch_progress(label: str, epochs: int) -> Callable[[int, dict | None], None
     return report
 
 
-def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape, seed: int,
+def fit_sasrec(train: Sequence[Sequence[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape, seed: int,
                on_epoch: Callable[[int, dict | None], None] | None = None) -> tuple[SASRec, list[dict]]:
-    """Train on the training sequences; keep the epoch with the best validation NDCG@10.
+    """Train on every next-item target of the training sequences; keep the epoch with the best validation NDCG@10.
 
     `on_epoch(epoch, validation)` is called after every epoch (validation: the history entry, or None).
     """
     torch.manual_seed(seed)
     model = SASRec(num_items, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sequences = [s for s in train if len(s) >= 2]
-    valid_users = [u for u in range(len(train)) if valid_targets[u] >= 0 and train[u]]
+    windows = training_windows(train, cfg.max_len)
+    valid_users = [u for u in range(len(train)) if valid_targets[u] >= 0 and len(train[u])]
     generator = torch.Generator().manual_seed(seed)
     best, best_state, stale, history = -1.0, None, 0, []
     for epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(sequences), generator=generator).tolist()
+        order = torch.randperm(len(windows), generator=generator).tolist()
         for start in range(0, len(order), cfg.batch_size):
-            batch = _left_pad([sequences[i] for i in order[start: start + cfg.batch_size]], cfg.max_len + 1)
+            batch = _left_pad([windows[i] for i in order[start: start + cfg.batch_size]], cfg.max_len + 1)
             inputs, labels = batch[:, :-1], batch[:, 1:] - 1  # labels: next item row, -1 where padding
             logits = model.forward(inputs) @ model.items.weight[1:].T
             loss = nn.functional.cross_entropy(logits.reshape(-1, num_items), labels.reshape(-1), ignore_index=-1)
@@ -112,7 +131,7 @@ def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int
             if on_epoch is not None:
                 on_epoch(epoch, None)
             continue
-        ranks = sasrec_ranks(model, [train[u] for u in valid_users], valid_targets[valid_users])
+        ranks = sasrec_ranks(model, [list(train[u]) for u in valid_users], valid_targets[valid_users])
         ndcg = ranking_metrics(ranks, (10,))["ndcg@10"]
         history.append({"epoch": epoch, "loss": float(loss.detach()), "val_ndcg@10": ndcg})
         if on_epoch is not None:
@@ -126,3 +145,45 @@ def fit_sasrec(train: list[list[int]], valid_targets: np.ndarray, num_items: int
                 break
     model.load_state_dict(best_state)
     return model, history
+
+
+def grid_points(cfg: SASRecShape, grid: dict[str, list]) -> list[SASRecShape]:
+    """`cfg` with every combination of the grid's values (the first key varies slowest); no grid: `cfg` alone."""
+    keys = list(grid)
+    return [cfg.model_validate({**cfg.model_dump(), **dict(zip(keys, values))}) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+@dataclass
+class SASRecFit:
+    """The chosen setting's K models (seeds seed..seed+K-1), the grid it was chosen from and what it all cost."""
+
+    models: list[SASRec]
+    shape: SASRecShape
+    grid: list[dict] = field(default_factory=list)  # per grid point: its settings, validation NDCG@10, epochs, seconds
+    history: list[dict] = field(default_factory=list)  # the chosen setting's first model's validation history
+    seconds: float = 0.0
+    fits: int = 0
+
+
+def fit_sasrec_members(train: Sequence[Sequence[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape,
+                       grid: dict[str, list], members: int, seed: int, label: str = "SASRec") -> SASRecFit:
+    """Fit every grid point with `seed`, keep the one with the best validation NDCG@10 (ties: the first),
+    then fit it with seeds seed+1..seed+members-1: the models that rank together (`sasrec_ranks`)."""
+    began = time.perf_counter()
+    points = grid_points(cfg, grid)
+    tried, best = [], None
+    for index, point in enumerate(points):
+        name = label if len(points) == 1 else f"{label} grid {index + 1}/{len(points)}"
+        started = time.perf_counter()
+        model, history = fit_sasrec(train, valid_targets, num_items, point, seed, on_epoch=epoch_progress(name, point.epochs))
+        score = max(h["val_ndcg@10"] for h in history)
+        tried.append({"settings": {k: getattr(point, k) for k in grid}, "val_ndcg@10": score,
+                      "epochs_run": history[-1]["epoch"] + 1, "seconds": round(time.perf_counter() - started, 1)})
+        if best is None or score > best[0]:
+            best = (score, point, model, history)
+    _, shape, first, history = best
+    models = [first]
+    for member in range(1, members):
+        name = f"{label} member {member + 1}/{members}"
+        models.append(fit_sasrec(train, valid_targets, num_items, shape, seed + member, on_epoch=epoch_progress(name, shape.epochs))[0])
+    return SASRecFit(models, shape, tried if grid else [], history, time.perf_counter() - began, len(points) + members - 1)

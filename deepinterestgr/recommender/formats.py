@@ -16,7 +16,7 @@ import numpy as np
 
 from deepinterestgr.prompts import load_template, render
 from deepinterestgr.recommender.model import PAD
-from deepinterestgr.recommender.sequences import tokens
+from deepinterestgr.recommender.sequences import tokens, window_spans
 from deepinterestgr.recommender.vocab import SIDVocab
 
 
@@ -99,12 +99,9 @@ class CompactFormat:
         return tokens(rows, self.codes, self.vocab, self.max_items, self.item_tokens)
 
     def user_examples(self, rows: list[int], interests: str | None = None) -> list[Example]:
-        examples = []
-        for end in range(len(rows), 1, -self.max_items):
-            window = rows[max(0, end - self.max_items - 1): end]
-            examples.append(Example(tokens(window, self.codes, self.vocab, 0, self.item_tokens), 1,
-                                    self.vocab.size if self.item_tokens else 0))
-        return examples[::-1]
+        return [Example(tokens(rows[start:end], self.codes, self.vocab, 0, self.item_tokens), 1,
+                        self.vocab.size if self.item_tokens else 0)
+                for start, end in window_spans(len(rows), self.max_items + 1)]
 
     def item_examples(self, items: list[ItemText]) -> list[Example]:
         return []

@@ -86,6 +86,13 @@ def build_sequences(interactions: pa.Table, item_ids: list[str]) -> UserSequence
                          int((~known).sum()))
 
 
+def window_spans(length: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) slices that cut a sequence of `length` items into windows of at most `size` items,
+    oldest first: the last ends at the last item, consecutive windows share one item (the context of the
+    next window's first target), so every item after the first is a next-item target exactly once."""
+    return [(max(0, end - size), end) for end in range(length, 1, -(size - 1))][::-1]
+
+
 def tokens(rows: list[int], codes: np.ndarray, vocab: SIDVocab, max_items: int, item_tokens: bool = False) -> list[int]:
     """BOS followed by the SID tokens of the last `max_items` items (each then followed by its item token
     `vocab.size + row` with `item_tokens`)."""
