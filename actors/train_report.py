@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
 import ray.train
 import torch
+
+from deepinterestgr.errors import DataError
 
 
 def set_worker_log_level(level: str) -> None:
@@ -52,7 +55,14 @@ def read_checkpoint(checkpoint: ray.train.Checkpoint, filename: str) -> dict:
     """The state a worker saved with `report_epoch`, with every tensor on the CPU.
 
     GPU workers save CUDA tensors (optimizer moments, RQ-VAE weights); the driver that reads the best
-    checkpoint, or a resumed worker before it moves its model, may have no GPU.
+    checkpoint, or a resumed worker before it moves its model, may have no GPU. Only tensors and plain
+    values are unpickled (`weights_only`): a run folder on a shared bucket must not be a way to run code
+    on every worker that resumes from it, so a file holding anything else is refused.
     """
     with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, filename), map_location="cpu", weights_only=False)
+        path = os.path.join(folder, filename)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise DataError(f"checkpoint {checkpoint.path}/{filename} holds more than tensors and plain values "
+                            f"and was not loaded (written by another program, or tampered with): {str(exc).splitlines()[0]}") from None
