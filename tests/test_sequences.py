@@ -98,9 +98,12 @@ def test_sasrec_masks_padding_as_keys_so_padded_positions_cannot_change_the_scor
 
     torch.manual_seed(0)
     model = SASRec(9, SASRecShape(hidden_size=16, heads=2, max_len=8, dropout=0.0)).eval()
-    ids = _left_pad([[1, 2, 3], []], 8)
+    ids = torch.tensor([[0, 0, 0, 0, 0, 2, 3, 4], [0] * 8])  # [1, 2, 3] and an empty history, full width
     with torch.no_grad():
         before = model.scores(ids)
+        trimmed = model.scores(_left_pad([[1, 2, 3], [5]], 8))
+        assert _left_pad([[1, 2, 3], [5]], 8).shape == (2, 3), "a batch is padded to its longest row only"
+        assert torch.allclose(before[0], trimmed[0], atol=1e-5), "and its scores are those of full-width padding"
         model.positions.weight[:5] += torch.randn(5, 16)  # rows of the first 5 slots: padding for [1, 2, 3]
         after = model.scores(ids)
         assert torch.allclose(before[0], after[0], atol=1e-5)

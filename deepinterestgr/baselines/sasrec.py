@@ -39,10 +39,13 @@ class SASRec(nn.Module):
         nn.init.normal_(self.positions.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Hidden state per position for left-padded item ids (item row + 1; 0 = padding)."""
+        """Hidden state per position for left-padded item ids (item row + 1; 0 = padding), at most `max_len` wide.
+
+        Positions count back from the last column (the last item is always position max_len - 1), so
+        a batch padded only to its longest row gives its real positions what full-width padding would."""
         length = ids.shape[1]
         padding = ids == 0
-        x = self.items(ids) * self.items.embedding_dim**0.5 + self.positions(torch.arange(length, device=ids.device))
+        x = self.items(ids) * self.items.embedding_dim**0.5 + self.positions(torch.arange(self.max_len - length, self.max_len, device=ids.device))
         # Padding is masked as a key; every position may still attend to itself, so the leading padding
         # positions of a left-padded row keep one key (a fully masked row gives NaN) and, being masked as
         # keys, never reach a real position.
@@ -56,6 +59,8 @@ class SASRec(nn.Module):
 
 
 def _left_pad(sequences: list[list[int]], length: int) -> torch.Tensor:
+    """Item rows + 1, left-padded with 0 to the longest sequence's width, cut to the last `length`."""
+    length = max(1, min(length, max((len(seq) for seq in sequences), default=1)))
     out = torch.zeros((len(sequences), length), dtype=torch.long)
     for row, seq in enumerate(sequences):
         seq = seq[-length:]
@@ -81,16 +86,20 @@ def sasrec_ranks(
     models = [models] if isinstance(models, SASRec) else list(models)
     for model in models:
         model.eval()
-    ranks = []
-    for start in range(0, len(histories), batch_size):
-        chunk = histories[start: start + batch_size]
+    targets = np.asarray(targets)
+    ranks = np.empty(len(histories), dtype=np.int64)
+    # Batches of similar length pad little: the order changes no row's scores.
+    order = np.argsort([min(len(h), models[0].max_len) for h in histories], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start: start + batch_size]
+        chunk = [list(histories[r]) for r in rows]
         scores = sum(torch.log_softmax(m.scores(_left_pad(chunk, m.max_len)), dim=-1) for m in models).numpy()
         if exclude_history:
             for row, seen in enumerate(chunk):
-                others = [i for i in set(seen) if i != targets[start + row]]
+                others = [i for i in set(seen) if i != targets[rows[row]]]
                 scores[row, others] = -np.inf
-        ranks.append(ranks_from_scores(scores, targets[start: start + batch_size]))
-    return np.concatenate(ranks)
+        ranks[rows] = ranks_from_scores(scores, targets[rows])
+    return ranks
 
 
 def epoch_progress(label: str, epochs: int) -> Callable[[int, dict | None], None]:
