@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline", "report"]
+STAGES = ["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate", "serve", "pipeline", "report", "config"]
 
 USAGE = """usage: dig <stage> [--config FILE] [--set key=value ...] [--run URI]
 
@@ -20,6 +20,7 @@ stages, in pipeline order:
   serve     Ray Serve HTTP endpoint
   pipeline  every stage above in one Ray job
   report    report.md + plots in the run, from its stage reports
+  config    print the effective config (defaults filled in, overrides applied)
 """
 
 

@@ -45,3 +45,17 @@ def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
     assert "logging_progress" not in result.stderr and "streaming_executor" not in result.stderr, result.stderr[-2000:]
     log = (run / "logs" / "prepare.log").read_text()
     assert "streaming_executor" in log and '"evaluated_users": 20' in log, "Ray's INFO lines and the console's, in the log"
+
+
+def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line():
+    import yaml
+
+    result = _dig("config", "--config", "configs/amazon_office.yaml", "--set", "seed=3", "--run", "runs/x",
+                  cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert (shown["seed"], shown["storage"]["uri"], shown["sft"]["members"]) == (3, "runs/x", 4), "file and overrides applied"
+    assert shown["evaluate"]["sasrec"]["grid"]["dropout"] == [0.2, 0.5] and shown["evaluate"]["sasrec"]["members"] is None, "defaults filled in"
+    bad = _dig("config", "--set", "evaluate.sasrec.members=0")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "dig config: error:" in bad.stderr and "evaluate.sasrec.members" in bad.stderr

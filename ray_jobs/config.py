@@ -1,0 +1,24 @@
+"""`dig config`: the effective run config (defaults filled in, file and overrides applied) as YAML."""
+
+from __future__ import annotations
+
+import sys
+
+from ray_jobs.common import USER_ERRORS, arg_parser, config_from
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arg_parser("config", "Print the effective run config as YAML: every key, defaults filled in, "
+                                  "the --config file and --set overrides applied. Starts nothing.")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from(args)
+    except USER_ERRORS as exc:
+        print(f"dig config: error: {exc}", file=sys.stderr)
+        return 2
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
