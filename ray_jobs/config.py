@@ -10,6 +10,7 @@ from ray_jobs.common import USER_ERRORS, arg_parser, config_from
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser("config", "Print the effective run config as YAML: every key, defaults filled in, "
                                   "the --config file and --set overrides applied. Starts nothing.")
+    parser.add_argument("--show", action="store_true", help="print the effective config (what `dig config` does; kept for scripts that say so)")
     args = parser.parse_args(argv)
     try:
         cfg = config_from(args)

@@ -56,6 +56,6 @@ def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line():
     shown = yaml.safe_load(result.stdout)
     assert (shown["seed"], shown["storage"]["uri"], shown["sft"]["members"]) == (3, "runs/x", 4), "file and overrides applied"
     assert shown["evaluate"]["sasrec"]["grid"]["dropout"] == [0.2, 0.5] and shown["evaluate"]["sasrec"]["members"] is None, "defaults filled in"
-    bad = _dig("config", "--set", "evaluate.sasrec.members=0")
+    bad = _dig("config", "--show", "--set", "evaluate.sasrec.members=0")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "dig config: error:" in bad.stderr and "evaluate.sasrec.members" in bad.stderr
