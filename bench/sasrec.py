@@ -17,13 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import ray
 
-from deepinterestgr.baselines.sasrec import fit_sasrec_members, sasrec_ranks
+from deepinterestgr.baselines.sasrec import ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.sequences import build_sequences
+from deepinterestgr.recommender.sequences import build_sequences, split_histories
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import pipeline
 from ray_jobs.common import start_ray
@@ -48,16 +47,12 @@ def main() -> int:
     seqs = build_sequences(store.read_table("prepare", "interactions"), item_ids)
     fit = fit_sasrec_members(seqs.train, seqs.valid, len(item_ids), cfg.evaluate.sasrec, cfg.evaluate.sasrec.grid, members,
                              cfg.seed, label="bench: SASRec")
-    splits = {}
-    valid_users = [u for u in range(len(seqs.train)) if seqs.valid[u] >= 0]
-    splits["validation"] = ([seqs.train[u] for u in valid_users], seqs.valid[valid_users])
-    test_users = [u for u in range(len(seqs.train)) if seqs.test[u] >= 0]
-    splits["test"] = ([seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in test_users], seqs.test[test_users])
-    by_members = {}
-    for size in range(1, members + 1):
-        by_members[size] = {split: {k: round(v, 4) for k, v in ranking_metrics(
-            sasrec_ranks(fit.models[:size], histories, np.asarray(targets)), cfg.evaluate.ks).items()}
-            for split, (histories, targets) in splits.items()}
+    splits = {name: split_histories(seqs, split)[1:] for name, split in (("validation", "valid"), ("test", "test"))}
+    by_members = {size: {} for size in range(1, members + 1)}
+    for name, (histories, targets) in splits.items():
+        sized = ensemble_ranks(fit.models, histories, targets)
+        for size in by_members:
+            by_members[size][name] = {k: round(v, 4) for k, v in ranking_metrics(sized[size - 1], cfg.evaluate.ks).items()}
     print(json.dumps({"bench": "sasrec", "config": args.config, "seed": cfg.seed, "users": len(seqs.train), "items": len(item_ids),
                       "grid": fit.grid, "chosen": {k: getattr(fit.shape, k) for k in cfg.evaluate.sasrec.grid},
                       "fits": fit.fits, "seconds": round(fit.seconds, 1), "members": by_members}))

@@ -50,7 +50,7 @@ def pack(config: str | None, runs: list[str], sets: list[str], out: str) -> None
     pickle; each run's settings come from `config`, else from the config.yaml the run saved."""
     from deepinterestgr.config import load_config
     from deepinterestgr.storage.runstore import RunStore
-    from ray_jobs.evaluate import test_rows
+    from ray_jobs.evaluate import split_rows
     from ray_jobs.sft import item_content_vectors, sft_inputs
 
     packed = []
@@ -60,7 +60,7 @@ def pack(config: str | None, runs: list[str], sets: list[str], out: str) -> None
             raise SystemExit(f"sft_sweep: {run} has no config.yaml; name its config with --config")
         cfg = load_config(config or str(saved), [*sets, f"storage.uri={run}"])
         data = sft_inputs(cfg, RunStore(cfg))
-        tests = test_rows(data.catalog, data.fmt, data.interests)
+        tests = split_rows(data.catalog, data.fmt, data.interests, "test")
         packed.append({
             # The --set's are part of the name: packs of the same runs with other settings are other runs.
             "name": " ".join([f"{cfg.name}:{Path(run).parent.name}/{Path(run).name}", *sets]), "sft": cfg.sft.model_dump(), "seed": cfg.seed,

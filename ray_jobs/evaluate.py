@@ -10,11 +10,11 @@ import numpy as np
 import ray
 
 from actors.recommender import TargetRanker
-from deepinterestgr.baselines.sasrec import fit_sasrec_members, sasrec_ranks
+from deepinterestgr.baselines.sasrec import ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
 from deepinterestgr.recommender.artifacts import Catalog, load_catalog, load_format, load_model, user_interests
-from deepinterestgr.recommender.sequences import most_popular, training_counts
+from deepinterestgr.recommender.sequences import most_popular, split_histories, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import accelerator, collect, stage_main
 
@@ -49,19 +49,12 @@ def popularity_table(rows: list[dict], metric: str) -> str:
 
 
 def split_rows(catalog: Catalog, fmt, interests: dict[str, str], split: str = "test") -> list[dict]:
-    """One row per user with a target in `split`: the prompt from the items before it (test: training and
-    validation items; valid: training items), the history, and the target."""
+    """One row per user with a target in `split` (`split_histories`): the prompt from the items before it,
+    the history, and the target."""
     seqs = catalog.sequences
-    targets = seqs.test if split == "test" else seqs.valid
-    users = [u for u in range(len(seqs.user_ids)) if targets[u] >= 0]
-    histories = [seqs.train[u] + ([int(seqs.valid[u])] if split == "test" and seqs.valid[u] >= 0 else []) for u in users]
-    return [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(targets[u])}
-            for u, h in zip(users, histories)]
-
-
-def test_rows(catalog: Catalog, fmt, interests: dict[str, str]) -> list[dict]:
-    """`split_rows` of the test split."""
-    return split_rows(catalog, fmt, interests, "test")
+    users, histories, targets = split_histories(seqs, split)
+    return [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(t)}
+            for u, h, t in zip(users, histories, targets)]
 
 
 def sasrec_members(cfg: RunConfig) -> int:
@@ -101,9 +94,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
                         f"({' and '.join(splits)} users)", "users", len(every)).sort_by([("split", "ascending"), ("key", "ascending")])
         split_of = table.column("split").to_numpy(zero_copy_only=False)
         popular = most_popular(seqs, len(catalog.item_ids))
-        ranks = {split: {gr: table.column("rank").to_numpy()[split_of == split],
-                         "most-popular": popularity_ranks(popular, targets[split], histories[split] if e.exclude_history else None)}
-                 for split in splits}
+        ranks = {split: {gr: table.column("rank").to_numpy()[split_of == split]} for split in splits}
         details = {}
         if e.sasrec.enabled:
             k = sasrec_members(cfg)
@@ -113,20 +104,18 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             print(f"evaluate: SASRec x{k}: {chosen or 'the configured settings'} (best validation NDCG@10 of {len(fit.grid) or 1} "
                   f"settings); {fit.fits} fits in {fit.seconds:.0f} s", file=sys.stderr)
             # Every ensemble size 1..K, so a benchmark can set GR with fewer members against SASRec at equal cost.
-            by_members = {}
-            for size in range(k, 0, -1):
-                by_members[str(size)] = {}
-                for split in splits:
-                    r = sasrec_ranks(fit.models[:size], histories[split], targets[split], exclude_history=e.exclude_history)
-                    by_members[str(size)][split] = ranking_metrics(r, e.ks)
-                    if size in (1, k):
-                        ranks[split][f"SASRec x{size}"] = r
-            details["sasrec_by_members"] = by_members
+            by_members = {str(size): {} for size in range(k, 0, -1)}
             for split in splits:
-                ranks[split]["most-popular"] = ranks[split].pop("most-popular")
+                sized = ensemble_ranks(fit.models, histories[split], targets[split], exclude_history=e.exclude_history)
+                for size in range(k, 0, -1):
+                    by_members[str(size)][split] = ranking_metrics(sized[size - 1], e.ks)
+                ranks[split].update({f"SASRec x{size}": sized[size - 1] for size in dict.fromkeys((k, 1))})
+            details["sasrec_by_members"] = by_members
             details["sasrec_history"] = fit.history
             details["sasrec"] = {"members": k, "chosen": chosen,
                                  "grid": fit.grid, "fits": fit.fits, "seconds": round(fit.seconds, 1)}
+        for split in splits:
+            ranks[split]["most-popular"] = popularity_ranks(popular, targets[split], histories[split] if e.exclude_history else None)
         results = {name: ranking_metrics(r, e.ks) for name, r in ranks["test"].items()}
         if e.validation:
             details["validation"] = {name: ranking_metrics(r, e.ks) for name, r in ranks["valid"].items()}

@@ -130,6 +130,12 @@ def test_sasrec_members_keep_the_grid_point_validation_prefers_and_rank_by_summe
         summed = sum(torch.log_softmax(m.eval().scores(_left_pad(histories, m.max_len)), -1) for m in fit.models).numpy()
     expected = [(summed[row] >= summed[row, t]).sum() - 1 for row, t in enumerate(targets)]
     assert sasrec_ranks(fit.models, histories, targets).tolist() == expected
+    from deepinterestgr.baselines.sasrec import ensemble_ranks
+
+    for exclude in (False, True):
+        every_size = ensemble_ranks(fit.models, histories, targets, exclude_history=exclude)
+        for size in (1, 2):
+            assert every_size[size - 1].tolist() == sasrec_ranks(fit.models[:size], histories, targets, exclude_history=exclude).tolist()
 
 
 def test_epoch_order_caps_each_group_with_a_fresh_sample_per_epoch():

@@ -76,6 +76,35 @@ def training_windows(train: Sequence[Sequence[int]], max_len: int) -> list[list[
 
 
 @torch.no_grad()
+def ensemble_ranks(
+    models: Sequence[SASRec], histories: list[list[int]], targets: np.ndarray, batch_size: int = 256,
+    exclude_history: bool = False,
+) -> np.ndarray:
+    """[len(models), users]: row k is each target's 0-based full-ranking rank under the first k + 1 models,
+    which rank by the sum of their log-softmaxes over the catalog (history items removed if asked).
+    One forward pass per model and batch serves every ensemble size."""
+    for model in models:
+        model.eval()
+    targets = np.asarray(targets)
+    ranks = np.empty((len(models), len(histories)), dtype=np.int64)
+    # Batches of similar length pad little: the order changes no row's scores.
+    order = np.argsort([min(len(h), models[0].max_len) for h in histories], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start: start + batch_size]
+        chunk = [list(histories[r]) for r in rows]
+        removed = [[i for i in set(seen) if i != targets[r]] for seen, r in zip(chunk, rows)] if exclude_history else None
+        summed = None
+        for size, model in enumerate(models):
+            log_probs = torch.log_softmax(model.scores(_left_pad(chunk, model.max_len)), dim=-1)
+            summed = log_probs if summed is None else summed + log_probs
+            scores = summed.numpy().copy()
+            if removed is not None:
+                for row, others in enumerate(removed):
+                    scores[row, others] = -np.inf
+            ranks[size, rows] = ranks_from_scores(scores, targets[rows])
+    return ranks
+
+
 def sasrec_ranks(
     models: SASRec | Sequence[SASRec], histories: list[list[int]], targets: np.ndarray, batch_size: int = 256,
     exclude_history: bool = False,
@@ -84,22 +113,7 @@ def sasrec_ranks(
 
     Several models rank by the sum of their log-softmaxes over the catalog (one model: its own order)."""
     models = [models] if isinstance(models, SASRec) else list(models)
-    for model in models:
-        model.eval()
-    targets = np.asarray(targets)
-    ranks = np.empty(len(histories), dtype=np.int64)
-    # Batches of similar length pad little: the order changes no row's scores.
-    order = np.argsort([min(len(h), models[0].max_len) for h in histories], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start: start + batch_size]
-        chunk = [list(histories[r]) for r in rows]
-        scores = sum(torch.log_softmax(m.scores(_left_pad(chunk, m.max_len)), dim=-1) for m in models).numpy()
-        if exclude_history:
-            for row, seen in enumerate(chunk):
-                others = [i for i in set(seen) if i != targets[rows[row]]]
-                scores[row, others] = -np.inf
-        ranks[rows] = ranks_from_scores(scores, targets[rows])
-    return ranks
+    return ensemble_ranks(models, histories, targets, batch_size, exclude_history)[-1]
 
 
 def epoch_progress(label: str, epochs: int) -> Callable[[int, dict | None], None]:

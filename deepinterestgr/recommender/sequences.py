@@ -86,6 +86,18 @@ def build_sequences(interactions: pa.Table, item_ids: list[str]) -> UserSequence
                          int((~known).sum()))
 
 
+def split_histories(sequences: UserSequences, split: str) -> tuple[list[int], list[list[int]], np.ndarray]:
+    """(users, histories, targets) of the users with a target in `split`: "valid" ranks the validation item
+    after the training items, "test" the test item after the training and validation items."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    targets = sequences.test if split == "test" else sequences.valid
+    users = [u for u in range(len(sequences.user_ids)) if targets[u] >= 0]
+    histories = [sequences.train[u] + ([int(sequences.valid[u])] if split == "test" and sequences.valid[u] >= 0 else [])
+                 for u in users]
+    return users, histories, np.asarray(targets[users], dtype=np.int64)
+
+
 def window_spans(length: int, size: int) -> list[tuple[int, int]]:
     """(start, end) slices that cut a sequence of `length` items into windows of at most `size` items,
     oldest first: the last ends at the last item, consecutive windows share one item (the context of the
