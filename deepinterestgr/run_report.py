@@ -62,20 +62,50 @@ def _metrics(evaluate: dict) -> list[str]:
     return lines
 
 
-def _validation_plot(reports: dict) -> bytes | None:
-    curves = {}
+def _points(history: list[dict]) -> list[tuple[int, float]]:
+    return [(h["epoch"] + 1, h["val_ndcg@10"]) for h in history]
+
+
+def validation_curves(reports: dict) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Validation NDCG@10 per epoch, by panel (sft, grpo, SASRec) and line: every sft member has its own
+    line (runs from before members kept their history show the first member only)."""
+    curves: dict[str, dict[str, list]] = {}
     if "sft" in reports:
-        curves["sft"] = [(h["epoch"] + 1, h["val_ndcg@10"]) for h in reports["sft"].get("history", [])]
+        members = [m for m in reports["sft"].get("members", []) if m.get("history")]
+        curves["sft"] = ({f"member {k + 1} (seed {m['seed']})": _points(m["history"]) for k, m in enumerate(members)} if members
+                         else {"sft": _points(reports["sft"].get("history", []))})
     if "grpo" in reports:
-        curves["grpo"] = [(h["epoch"] + 1, h["val_ndcg@10"]) for h in reports["grpo"].get("history", [])]
+        curves["grpo"] = {"grpo": _points(reports["grpo"].get("history", []))}
     if "evaluate" in reports and reports["evaluate"].get("sasrec_history"):
-        curves["SASRec"] = [(h["epoch"] + 1, h["val_ndcg@10"]) for h in reports["evaluate"]["sasrec_history"]]
-    curves = {k: v for k, v in curves.items() if v}
+        curves["SASRec"] = {"SASRec": _points(reports["evaluate"]["sasrec_history"])}
+    return {panel: {name: p for name, p in lines.items() if p} for panel, lines in curves.items() if any(lines.values())}
+
+
+def _examples(examples: list[dict]) -> list[str]:
+    """Each example test user: last items, GR's top 5 with the items' mined interests, the target."""
+    lines = []
+    for example in examples:
+        rank = f"GR ranked it {example['rank']}" if example["rank"] else "not in GR's beam"
+        lines += [f"**User {example['user_id']}**" + (f" (mined interests: {example['interests']})" if example.get("interests") else ""), "",
+                  "Last items: " + "; ".join(i["title"] or i["item_id"] for i in example["history"]), "",
+                  "| GR's top 5 | mined interests of the item |", "|---|---|"]
+        lines += [f"| {'**' if i['item_id'] == example['target']['item_id'] else ''}{i['title'] or i['item_id']}"
+                  f"{'**' if i['item_id'] == example['target']['item_id'] else ''} | {', '.join(i['interests']) or '-'} |"
+                  for i in example["top"]]
+        lines += ["", f"Target: {example['target']['title'] or example['target']['item_id']} ({rank}).", ""]
+    return lines
+
+
+def _validation_plot(reports: dict) -> bytes | None:
+    curves = validation_curves(reports)
     if not curves:
         return None
     figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
-    for ax, (name, points) in zip(axes[0], curves.items()):
-        ax.plot(*zip(*points), marker="o")
+    for ax, (name, lines) in zip(axes[0], curves.items()):
+        for label, points in lines.items():
+            ax.plot(*zip(*points), marker="o", label=label)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
         ax.set_title(f"{name}: validation NDCG@10")
         ax.set_xlabel("epoch (0 = before training)" if name == "grpo" else "epoch")
         ax.grid(alpha=0.3)
@@ -140,6 +170,8 @@ def build_report(reports: dict[str, dict], run_uri: str) -> Report:
     if "grpo" in reports and (png := _reward_plot(reports["grpo"])) is not None:
         plots["grpo_rewards.png"] = png
         lines += ["## GRPO reward terms", "", "![GRPO reward terms per epoch](grpo_rewards.png)", ""]
+    if "evaluate" in reports and reports["evaluate"].get("examples"):
+        lines += ["## Example users", "", *_examples(reports["evaluate"]["examples"]), ""]
     if "tokenize" in reports:
         t = reports["tokenize"]
         lines += ["## Semantic IDs", "", f"Method {t.get('method')}, {t.get('items')} items, collision rate "

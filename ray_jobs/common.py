@@ -75,10 +75,11 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
     try:
         cfg = parse_config(stage, argv)
         store = RunStore(cfg)
-        store.save_config(cfg)
-        start_ray(cfg)
-        route_ray_logs(log_file(store, stage))
-        result = run(cfg, store)
+        with store.lease(stage):
+            store.save_config(cfg)
+            start_ray(cfg)
+            route_ray_logs(log_file(store, stage))
+            result = run(cfg, store)
         report = getattr(result, "entry", result).report
     except USER_ERRORS as exc:
         print(f"dig {stage}: error: {exc}", file=sys.stderr)

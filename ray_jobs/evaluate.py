@@ -13,7 +13,7 @@ from actors.recommender import TargetRanker
 from deepinterestgr.baselines.sasrec import ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import RunConfig
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
-from deepinterestgr.recommender.artifacts import Catalog, load_catalog, load_format, load_model, user_interests
+from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular, split_histories, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import accelerator, collect, stage_main
@@ -57,6 +57,29 @@ def split_rows(catalog: Catalog, fmt, interests: dict[str, str], split: str = "t
             for u, h, t in zip(users, histories, targets)]
 
 
+def example_users(store: RunStore, catalog: Catalog, rows: list[dict], top: np.ndarray, ranks: np.ndarray,
+                  interests: dict[str, str], count: int, seed: int) -> list[dict]:
+    """`count` seeded test users as a person reads them: last items, GR's top items with their mined
+    interests, the target and where GR ranked it (1-based; None = not in the beam)."""
+    if not count or not rows:
+        return []
+    texts = {t.row: t for t in item_texts(store, catalog.item_ids)}
+
+    def item(row: int, descriptors: bool = False) -> dict:
+        text = texts.get(row)
+        out = {"item_id": catalog.item_ids[row], "title": text.title if text else ""}
+        return {**out, "interests": list(text.descriptors[:3]) if text else []} if descriptors else out
+
+    chosen = sorted(np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False).tolist())
+    out = []
+    for k in chosen:
+        user_id = catalog.sequences.user_ids[rows[k]["user"]]
+        out.append({"user_id": user_id, "history": [item(r) for r in rows[k]["history"][-5:]], "interests": interests.get(user_id),
+                    "top": [item(int(r), descriptors=True) for r in top[k] if r >= 0], "target": item(rows[k]["target"]),
+                    "rank": int(ranks[k]) + 1 if ranks[k] >= 0 else None})
+    return out
+
+
 def sasrec_members(cfg: RunConfig) -> int:
     """How many SASRec models rank together: evaluate.sasrec.members, else as many as GR has (equal cost)."""
     return cfg.evaluate.sasrec.members or cfg.sft.members
@@ -90,12 +113,13 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             },
             batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.num_gpus,
         )
-        table = collect(ranked.select_columns(["split", "key", "rank"]), f"evaluate: GR ({model_stage}) ranking "
+        table = collect(ranked.select_columns(["split", "key", "rank", "top"]), f"evaluate: GR ({model_stage}) ranking "
                         f"({' and '.join(splits)} users)", "users", len(every)).sort_by([("split", "ascending"), ("key", "ascending")])
         split_of = table.column("split").to_numpy(zero_copy_only=False)
         popular = most_popular(seqs, len(catalog.item_ids))
         ranks = {split: {gr: table.column("rank").to_numpy()[split_of == split]} for split in splits}
-        details = {}
+        test_top = np.stack([np.asarray(t, dtype=np.int64) for t in table.column("top").to_pylist()])[split_of == "test"]
+        details = {"examples": example_users(store, catalog, rows["test"], test_top, ranks["test"][gr], interests, e.examples, cfg.seed)}
         if e.sasrec.enabled:
             k = sasrec_members(cfg)
             fit = fit_sasrec_members(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, e.sasrec.grid, k, cfg.seed,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ def run_llm_task(
     done = cache.load()
     pending = [r for r in requests if (r["id"], r["request_hash"]) not in done]
     fresh = len(pending)
+    print(f"{task} ({gen.name}): {fresh} of {len(requests)} rows to answer ({len(requests) - fresh} from the cache), "
+          f"batches of {gen.batch_size} on the {gen.backend} backend; rate and ETA follow the first batch", file=sys.stderr, flush=True)
     outcome = TaskOutcome()
     tokens = {"prompt_tokens": 0, "completion_tokens": 0}
     retried = 0

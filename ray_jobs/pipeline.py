@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from(args, *([f"pipeline.stages=[{args.stages}]"] if args.stages else []))
         store = RunStore(cfg)
         check_stages(cfg, store)
-        store.save_config(cfg)
-        start_ray(cfg)
-        route_ray_logs(log_file(store, "pipeline"))
-        result = run(cfg, store)
+        with store.lease("pipeline"):
+            store.save_config(cfg)
+            start_ray(cfg)
+            route_ray_logs(log_file(store, "pipeline"))
+            result = run(cfg, store)
     except (*USER_ERRORS, ValueError) as exc:
         print(f"dig pipeline: error: {exc}", file=sys.stderr)
         return 2

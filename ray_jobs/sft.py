@@ -182,7 +182,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         if s.members > 1:
             # The figures above are the first member's; the ensemble's are evaluate's.
             report["members"] = [{"seed": cfg.seed + k, "best_epoch": m.best["epoch"], "val_hr@10": m.best["val_hr@10"],
-                                  "val_ndcg@10": m.best["val_ndcg@10"], "epochs_run": m.history[-1]["epoch"] + 1}
+                                  "val_ndcg@10": m.best["val_ndcg@10"], "epochs_run": m.history[-1]["epoch"] + 1,
+                                  "history": [{key: h[key] for key in ("epoch", "val_ndcg@10")} for h in m.history]}
                                  for k, m in enumerate(trained)]
         return attempt.commit({"examples": len(data.grouped), "members": s.members}, report)
 

@@ -85,7 +85,7 @@ def test_http_backend_retries_429_and_5xx_and_records_garbage_and_timeouts(monke
         assert sum("[500]" in c for c in calls) == 3 and sum("[garbage]" in c for c in calls) == 1, "no retry of a 200 that is garbage"
 
 
-def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cluster, tmp_path, catalog):
+def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cluster, tmp_path, catalog, capfd):
     with ChatServer() as server:
         cfg = _config(tmp_path, catalog, server)
         store = RunStore(cfg)
@@ -122,7 +122,11 @@ def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cl
         # A rerun under a changed stage config asks again only for what failed.
         asked = len(server.requests)
         cfg2 = _config(tmp_path, catalog, server, "mine.parse_retries=0")
+        capfd.readouterr()
         again = mine.run(cfg2, store)
+        rows = again.entry.report["miners"]["alpha"]["rows"]
+        assert f"items (alpha): {rows - 6} of {rows} rows to answer (6 from the cache)" in capfd.readouterr().err, \
+            "the stage says at its start how much is left to mine"
         new_titles = {json.dumps(p["messages"][-1]["content"]) for p in server.requests[asked:]}
         assert new_titles and all(any(tag in t for tag in ("[prose]", "[500]", "[garbage]")) for t in new_titles)
         assert again.entry.report["miners"]["alpha"]["from_cache"] == 6

@@ -9,6 +9,7 @@ from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_format, load_model
 from deepinterestgr.recommender.training import target_ranks
+from deepinterestgr.run_report import build_report, validation_curves
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, prepare, sft, tokenize
 
@@ -193,6 +194,19 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
         assert evaluated["sasrec_by_members"][size]["test"] == results[f"SASRec x{size}"]
         assert evaluated["sasrec_by_members"][size]["valid"] == evaluated["validation"][f"SASRec x{size}"]
     assert results["SASRec x2"] != results["SASRec x1"], "the second SASRec seed changes the ranking"
+    # The report's example users: GR's top 5 is the ensemble's beam for that user, the target ranked as above.
+    assert len(evaluated["examples"]) == min(cfg.evaluate.examples, len(users))
+    for example in evaluated["examples"]:
+        i = [seqs.user_ids[u] for u in users].index(example["user_id"])
+        beam = beam_search(model, [prompts[i]], catalog.trie, fmt.vocab, cfg.evaluate.beam_width, cfg.evaluate.beam_width,
+                           pad_id=fmt.pad_id, item_weight=fmt.item_weight).items[0]
+        assert [item["item_id"] for item in example["top"]] == [catalog.item_ids[r] for r in beam[:5]]
+        assert example["target"]["item_id"] == catalog.item_ids[int(seqs.test[users[i]])]
+        assert example["rank"] == (int(ranks[i]) + 1 if ranks[i] >= 0 else None)
+    curves = validation_curves({"sft": report, "evaluate": evaluated})
+    assert list(curves["sft"]) == ["member 1 (seed 0)", "member 2 (seed 1)"] and all(curves["sft"].values()), \
+        "every member's validation curve is in the report"
+    assert "## Example users" in build_report({"sft": report, "evaluate": evaluated}, "run").markdown
 
     user = seqs.user_ids[users[0]]
     served = Predictor(cfg).recommend([Query(k=5, user_id=user)])[0]

@@ -40,3 +40,17 @@ def test_a_run_with_validation_figures_and_a_sasrec_grid_lists_both():
     validation = text[text.index("Validation users"):]
     assert "| SASRec x2 | 0.3000 | 0.1500 |" in validation and "before validation" not in text
     assert "| {'lr': 0.01} | 0.1500 | 10 | 3 |" in text and "kept: {'lr': 0.01}, then 2 seed(s)" in text
+
+
+def test_example_users_show_history_top_items_with_interests_and_mark_the_target():
+    item = lambda i, interests=(): {"item_id": i, "title": f"title {i}", "interests": list(interests)}  # noqa: E731
+    hit = {"user_id": "u1", "interests": "night reading", "history": [item("a"), item("b")], "rank": 2,
+           "top": [item("c", ["camping"]), item("t", ["reading lamp"])], "target": {"item_id": "t", "title": "title t"}}
+    miss = {**hit, "user_id": "u2", "interests": None, "rank": None, "top": [item("c")]}
+    text = build_report({"evaluate": {"test_users": 2, "items": 4, "results": {"GR (sft)": _metrics(0.2)},
+                                      "examples": [hit, miss]}}, "run").markdown
+    section = text[text.index("## Example users"):]
+    assert "**User u1** (mined interests: night reading)" in section and "Last items: title a; title b" in section
+    assert "| **title t** | reading lamp |" in section and "| title c | camping |" in section
+    assert "Target: title t (GR ranked it 2)" in section and "Target: title t (not in GR's beam)" in section
+    assert "| title c | - |" in section, "an item without mined interests says so"

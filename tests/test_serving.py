@@ -248,3 +248,8 @@ def test_dig_serve_answers_http_from_a_trained_run_until_terminated(served, tmp_
             process.wait(timeout=120)
     text = log.read_text()
     assert process.returncode == 0 and f"ready at http://127.0.0.1:{port}" in text and "stopping" in text, text[-2000:]
+    serve_logs = Path(cfg.storage.uri) / "logs" / "serve"
+    kept = "".join(p.read_text(errors="replace") for p in serve_logs.rglob("*.log"))
+    assert "/v1/recommend" in kept, "Serve's per-request lines are kept in the run's logs"
+    per_request = [line for line in text.splitlines() if "/v1/recommend" in line and "curl" not in line]
+    assert not per_request and "will not be applied" not in text, f"...and not on the console: {text[-2000:]}"

@@ -10,10 +10,9 @@ from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 
-def target_ranks(
+def beam_items(
     model: torch.nn.Module,
     prompts: list[list[int]],
-    targets: np.ndarray,
     trie: SIDTrie,
     vocab: SIDVocab,
     beam_width: int,
@@ -22,8 +21,9 @@ def target_ranks(
     pad_id: int = 0,
     item_weight: float = 0.0,
 ) -> np.ndarray:
-    """0-based rank of each target among the beam's items (-1 when not retrieved); `item_weight` as in `beam_search`."""
-    ranks = np.full(len(prompts), -1, dtype=np.int64)
+    """Each prompt's items (catalog rows) in beam order, [len(prompts), beam_width], -1 where a beam holds
+    fewer items; `item_weight` as in `beam_search`."""
+    out = np.full((len(prompts), beam_width), -1, dtype=np.int64)
     was_training = model.training
     model.eval()
     for start in range(0, len(prompts), batch_size):
@@ -31,11 +31,21 @@ def target_ranks(
         result = beam_search(model, chunk, trie, vocab, beam_width=beam_width, top_k=beam_width, pad_id=pad_id,
                              exclude=exclude[start : start + batch_size] if exclude else None, item_weight=item_weight)
         for offset, items in enumerate(result.items):
-            row = start + offset
-            hits = np.flatnonzero(items == targets[row])
-            ranks[row] = hits[0] if len(hits) else -1
+            out[start + offset, : len(items)] = items
     model.train(was_training)
-    return ranks
+    return out
+
+
+def target_ranks(model: torch.nn.Module, prompts: list[list[int]], targets: np.ndarray, trie: SIDTrie, vocab: SIDVocab,
+                 beam_width: int, **search) -> np.ndarray:
+    """0-based rank of each target among the beam's items (-1 when not retrieved); `search` as in `beam_items`."""
+    return ranks_in(beam_items(model, prompts, trie, vocab, beam_width, **search), targets)
+
+
+def ranks_in(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based position of each target in its row of `items` (-1 when absent)."""
+    hits = items == np.asarray(targets, dtype=np.int64)[:, None]
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
 
 
 def average_weights(average: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -51,6 +52,18 @@ def resolve(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str]:
     filesystem = pafs.LocalFileSystem()
     filesystem.create_dir(root, recursive=True)
     return filesystem, root, root
+
+
+def storage_fault(exc: OSError) -> str | None:
+    """What a storage failure was, in a few words (a full disk, an unreachable or failing object store),
+    or None when `exc` is not a storage failure. Ray task errors wrapping one are recognised too."""
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return "no space left on the device"
+    failing = [line.strip() for line in text.splitlines() if "AWS Error" in line or "curlCode" in line]
+    if failing:
+        return f"the object store failed ({failing[-1][:240]})"
+    return None
 
 
 def pinned(cfg: RunConfig) -> RunConfig:

@@ -30,7 +30,8 @@ from pyarrow import fs as pafs
 
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import StorageError
-from deepinterestgr.storage.filesystem import resolve
+from deepinterestgr.storage.filesystem import resolve, storage_fault
+from deepinterestgr.storage.lease import RunLease, run_lease
 
 VERSIONED_PACKAGES = ("deepinterestgr", "ray", "torch", "transformers", "pyarrow")
 RESUME_FILE = "_resume_key"  # in a resumable attempt: which config and inputs it belongs to
@@ -103,6 +104,7 @@ class StageAttempt:
     def commit(self, rows: dict[str, int], report: dict) -> ManifestEntry:
         """Make this attempt the stage's output by writing its manifest entry."""
         entry = ManifestEntry(self.stage, self.config_hash, self.inputs, self.attempt, rows, report)
+        self.store.lease(self.stage).check()
         self.store.write_atomic(f"manifest/{self.stage}.json", json.dumps(asdict(entry), indent=2).encode())
         self.entry = entry
         return entry
@@ -114,6 +116,10 @@ class RunStore:
     def __init__(self, cfg: RunConfig):
         self.filesystem_spec = cfg.storage
         self.fs, self.root, self.uri = resolve(cfg.storage.uri, cfg.storage)
+
+    def lease(self, command: str) -> RunLease:
+        """This process's lease on the run (re-entrant; `with store.lease("dig sft"):` holds it)."""
+        return run_lease(self.root, self.uri, self.filesystem_spec, command if command.startswith("dig") else f"dig {command}")
 
     def uri_of(self, path: str) -> str:
         """A URI for a path inside the store, as other tools (and image loaders) open it."""
@@ -216,6 +222,10 @@ class RunStore:
         A `resumable` stage's failed attempt is kept instead, and the next run of the stage with the
         same config and inputs continues in it (`StageAttempt.resumed`); any other config starts afresh.
         """
+        with self.lease(stage):
+            yield from self._stage(stage, config_hash, inputs, resumable)
+
+    def _stage(self, stage: str, config_hash: str, inputs: dict[str, str], resumable: bool) -> Iterator[StageAttempt]:
         kept = key = None
         if resumable:
             key = hashlib.sha256(json.dumps([config_hash, inputs], sort_keys=True).encode()).hexdigest()[:16]
@@ -226,9 +236,18 @@ class RunStore:
             attempt.write_atomic(RESUME_FILE, key.encode())
         try:
             yield attempt
+        except OSError as exc:
+            reason = storage_fault(exc)
+            if reason is None:
+                raise
+            raise StorageError(f"{stage}: {reason} while writing {self.uri_of(attempt.dir)}; nothing was committed and the "
+                               "previous commit is intact: rerun once the storage is back") from exc
         finally:
-            if attempt.entry is None:
-                if not resumable and self._exists(attempt.dir):
-                    self.fs.delete_dir(attempt.dir)
-            else:
-                self._remove_uncommitted(stage)
+            try:
+                if attempt.entry is None:
+                    if not resumable and self._exists(attempt.dir):
+                        self.fs.delete_dir(attempt.dir)
+                else:
+                    self._remove_uncommitted(stage)
+            except OSError:
+                pass  # storage is down: the stage's next attempt removes what is left
