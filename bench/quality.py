@@ -2,6 +2,8 @@
 
     python bench/quality.py --config configs/amazon_office.yaml --seeds 3 \
         --arm "compact" --arm "encdec sft.backbone=encoder_decoder sft.item_head=0" [--set sft.epochs=20 ...] [--out bench/out/office]
+    python bench/quality.py --config configs/amazon_office.yaml --mined runs/office_mined \
+        --arm "plain" --arm "interests pipeline.stages=[prepare,mine,label,tokenize,sft,evaluate]"
 
 An arm is a name followed by config overrides (`key=value`, space separated); `--set` applies to
 every arm. For each seed, each arm runs prepare -> tokenize -> sft [-> grpo] -> evaluate in its own
@@ -123,6 +125,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], help="override for every arm")
     parser.add_argument("--grpo", action="store_true", help="run GRPO after SFT in every arm")
     parser.add_argument("--out", help="folder for the runs and the table (default bench/out/<config name>)")
+    parser.add_argument("--mined", help="a run whose mining cache answers the mine stage of arms that run it "
+                                        "(arm override pipeline.stages=[prepare,mine,label,...]): its LLM answers are "
+                                        "copied into each new run folder and its miners configured, so no arm mines again")
     args = parser.parse_args()
     arms = [parse_arm(spec) for spec in (args.arm or ["default"])]
     if len({name for name, _ in arms}) != len(arms):
@@ -130,6 +135,10 @@ def main() -> int:
     out = Path(args.out or f"bench/out/{Path(args.config).stem}").resolve()
     stages = ["prepare", "tokenize", "sft", *(["grpo"] if args.grpo else []), "evaluate"]
     seeds = list(range(args.seeds))
+    mined = []
+    if args.mined:
+        source = load_config(Path(args.mined) / "config.yaml")
+        mined = [f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}", f"mine.prompts={source.mine.prompts}"]
     members = {name: load_config(args.config, [*args.set, *overrides]).sft.members for name, overrides in arms}
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}
@@ -140,8 +149,8 @@ def main() -> int:
         for index, (name, overrides) in enumerate(arms):
             run_dir = out / f"seed{seed}" / name
             sasrec = [f"evaluate.sasrec.members={max(members.values())}"] if index == 0 else ["evaluate.sasrec.enabled=false"]
-            cfg = load_config(args.config, [*args.set, *overrides, f"seed={seed}", f"storage.uri={run_dir}",
-                                            f"pipeline.stages=[{','.join(stages)}]", *sasrec])
+            cfg = load_config(args.config, [f"pipeline.stages=[{','.join(stages)}]", *mined, *args.set, *overrides, f"seed={seed}",
+                                            f"storage.uri={run_dir}", *sasrec])
             if not started_ray:
                 start_ray(cfg)
                 ray.data.DataContext.get_current().enable_progress_bars = False
@@ -151,6 +160,8 @@ def main() -> int:
             store = RunStore(cfg)
             if new:
                 reuse_upstream(store, upstream.get(key), first_run)
+                if args.mined and "mine" in cfg.pipeline.stages:
+                    shutil.copytree(Path(args.mined) / "cache" / "mine", Path(store.root) / "cache" / "mine")
             first_run = first_run or run_dir
             store.save_config(cfg)
             began = time.perf_counter()

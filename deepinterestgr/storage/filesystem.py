@@ -62,7 +62,7 @@ def storage_fault(exc: OSError) -> str | None:
         return "no space left on the device"
     failing = [line.strip() for line in text.splitlines() if "AWS Error" in line or "curlCode" in line]
     if failing:
-        return f"the object store failed ({failing[-1][:240]})"
+        return f"the object store failed ({failing[-1].split('; Details')[0][:240]})"
     return None
 
 
