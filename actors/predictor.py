@@ -14,25 +14,8 @@ import torch
 from deepinterestgr.config import RunConfig
 from deepinterestgr.recommender.artifacts import item_texts, load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.beam_search import beam_search
+from deepinterestgr.recommender.request import RecommendRequest, RequestError
 from deepinterestgr.storage.runstore import RunStore
-
-
-class RequestError(ValueError):
-    """A request names something the run does not know; `status` is the HTTP code to answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Query:
-    """One validated request: a known user or an explicit history (item ids), and how many items."""
-
-    k: int
-    user_id: str | None = None
-    history: list[str] | None = None
-    exclude_history: bool = False
 
 
 @dataclass
@@ -97,7 +80,7 @@ class Predictor:
             out["score"] = score
         return out
 
-    def _resolve(self, query: Query) -> Resolved:
+    def _resolve(self, query: RecommendRequest) -> Resolved:
         if query.user_id is not None:
             rows = self.histories.get(query.user_id)
             if rows is None:
@@ -115,7 +98,7 @@ class Predictor:
             raise RequestError(422, f"history is empty{detail}: send at least one known item_id")
         return Resolved(rows, ignored)
 
-    def recommend(self, queries: list[Query]) -> list[dict | RequestError]:
+    def recommend(self, queries: list[RecommendRequest]) -> list[dict | RequestError]:
         """One answer per query, in order: a result dict, or the RequestError to send back."""
         answers: list[dict | RequestError] = [None] * len(queries)
         todo = []

@@ -120,6 +120,9 @@ class TrainerScaling(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    # A worker group that fails (a killed worker, a lost node) is restarted this many times within the same
+    # job, from the latest epoch checkpoint (bench/chaos.py --scenario train_worker).
+    max_failures: int = Field(2, ge=0)
 
 
 class RQVAEConfig(TrainerScaling):

@@ -15,6 +15,7 @@ from ray.train import RunConfig as TrainRunConfig
 from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.progress import progress
+from deepinterestgr.storage.filesystem import storage_fault
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs.console import log_file, route_ray_logs
 
@@ -84,6 +85,12 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
     except USER_ERRORS as exc:
         print(f"dig {stage}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        reason = storage_fault(exc)
+        if reason is None:
+            raise
+        print(f"dig {stage}: error: {reason}; what was committed before is intact: rerun once the storage is back", file=sys.stderr)
+        return 2
     print(json.dumps(report, indent=2, default=str))
     return 0
 
@@ -105,8 +112,8 @@ def collect(dataset: ray.data.Dataset, label: str, unit: str, total: int | None 
 
 
 def train_run_config(cfg: RunConfig, name: str, storage_path: str, fs, score: str, order: str,
-                     max_failures: int = 0) -> TrainRunConfig:
-    """Where a trainer keeps its checkpoints (all kept, ranked by `score`), its retries and log level."""
+                     max_failures: int) -> TrainRunConfig:
+    """Where a trainer keeps its checkpoints (all kept, ranked by `score`), its restarts and log level."""
     return TrainRunConfig(
         name=name, storage_path=storage_path, storage_filesystem=fs,
         checkpoint_config=CheckpointConfig(checkpoint_score_attribute=score, checkpoint_score_order=order),

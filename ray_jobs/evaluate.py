@@ -12,6 +12,7 @@ import ray
 from actors.recommender import TargetRanker
 from deepinterestgr.baselines.sasrec import ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import RunConfig
+from deepinterestgr.errors import StorageError
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
 from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, load_format, load_model, user_interests
 from deepinterestgr.recommender.sequences import most_popular, split_histories, training_counts
@@ -115,6 +116,10 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         )
         table = collect(ranked.select_columns(["split", "key", "rank", "top"]), f"evaluate: GR ({model_stage}) ranking "
                         f"({' and '.join(splits)} users)", "users", len(every)).sort_by([("split", "ascending"), ("key", "ascending")])
+        # Exactly once: a ranking actor that died is replaced and its batch ranked again, never twice.
+        pairs = set(zip(table.column("split").to_pylist(), table.column("key").to_pylist()))
+        if table.num_rows != len(every) or len(pairs) != len(every):
+            raise StorageError(f"evaluate: ranking returned {table.num_rows} rows ({len(pairs)} distinct) for {len(every)} users")
         split_of = table.column("split").to_numpy(zero_copy_only=False)
         popular = most_popular(seqs, len(catalog.item_ids))
         ranks = {split: {gr: table.column("rank").to_numpy()[split_of == split]} for split in splits}

@@ -78,7 +78,7 @@ def make_trainer(cfg: RunConfig, loop_config: dict, storage_path: str, fs) -> To
         train_grpo,
         train_loop_config=loop_config,
         scaling_config=scaling_config(g),
-        run_config=train_run_config(cfg, "grpo", storage_path, fs, "val_ndcg@10", "max", max_failures=2),
+        run_config=train_run_config(cfg, "grpo", storage_path, fs, "val_ndcg@10", "max", max_failures=cfg.grpo.max_failures),
     )
 
 

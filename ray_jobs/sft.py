@@ -133,7 +133,7 @@ def train_member(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, stora
         datasets={"train": train},
         dataset_config=TrainDataConfig(datasets_to_split=[]),
         run_config=train_run_config(cfg, STAGE if member == 0 else f"{STAGE}_member{member}", storage_path, fs,
-                                    "val_ndcg@10", "max", max_failures=2),
+                                    "val_ndcg@10", "max", max_failures=cfg.sft.max_failures),
     )
     result = trainer.fit()
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])

@@ -148,7 +148,8 @@ def train(cfg: RunConfig, store: RunStore, attempt_dir: str, embeddings: ray.dat
         datasets={"train": embeddings.select_columns(columns).materialize()},
         dataset_config=TrainDataConfig(datasets_to_split=[]),
         # Every evaluation keeps its (small) checkpoint: the metrics history is read from them.
-        run_config=train_run_config(cfg, "rqvae", f"{attempt_dir}/ray_train", store.fs, "collision_rate", "min"),
+        run_config=train_run_config(cfg, "rqvae", f"{attempt_dir}/ray_train", store.fs, "collision_rate", "min",
+                                    max_failures=cfg.tokenize.rqvae.max_failures),
     )
     result = trainer.fit()
     checkpoint, metrics = min(result.best_checkpoints, key=lambda pair: (pair[1]["collision_rate"], -pair[1]["epoch"]))

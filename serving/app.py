@@ -16,16 +16,15 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 import ray
 from ray import serve
 
-from actors.predictor import Predictor, Query, RequestError
+from actors.predictor import Predictor
 from deepinterestgr.config import ConfigError, RunConfig, load_config
+from deepinterestgr.recommender.request import RecommendRequest, RequestError
 from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import RunStore
-from serving.bodies import BodyError, read_json_body
-from serving.schemas import RecommendRequest, describe_errors
+from serving.bodies import read_json_body
 
 api = FastAPI(title="DeepInterestGR", description="Generative recommendation with deep interests")
 
@@ -72,7 +71,7 @@ class Recommender:
                 print(f"model watcher: {error!r}; keeping {current.version}")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _recommend_batch(self, queries: list[Query]) -> list[dict | RequestError]:
+    async def _recommend_batch(self, queries: list[RecommendRequest]) -> list[dict | RequestError]:
         predictor = self.predictor
         return await asyncio.to_thread(predictor.recommend, queries)
 
@@ -81,16 +80,10 @@ class Recommender:
         began = time.perf_counter()
         limits = self.cfg.serve
         try:
-            parsed = RecommendRequest.model_validate(await read_json_body(request, limits.max_body_bytes))
-        except BodyError as error:
+            parsed = RecommendRequest.parse(await read_json_body(request, limits.max_body_bytes), limits)
+        except RequestError as error:
             return _error(error.status, str(error))
-        except ValidationError as error:
-            return _error(422, describe_errors(error))
-        if parsed.k > limits.max_k:
-            return _error(422, f"k: {parsed.k} is above the maximum of {limits.max_k}")
-        if parsed.history is not None and len(parsed.history) > limits.max_history:
-            return _error(422, f"history: {len(parsed.history)} items is above the maximum of {limits.max_history}")
-        answer = await self._recommend_batch(Query(parsed.k, parsed.user_id, parsed.history, parsed.exclude_history))
+        answer = await self._recommend_batch(parsed)
         if isinstance(answer, RequestError):
             return _error(answer.status, str(answer))
         answer["latency_ms"] = round((time.perf_counter() - began) * 1000, 2)

@@ -4,13 +4,7 @@ import json
 
 from starlette.requests import Request
 
-
-class BodyError(ValueError):
-    """A request body that cannot be taken as JSON: `status` is the HTTP code to answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+from deepinterestgr.recommender.request import RequestError
 
 
 async def read_json_body(request: Request, limit: int) -> object:
@@ -22,22 +16,22 @@ async def read_json_body(request: Request, limit: int) -> object:
     """
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise BodyError(415, f"content-type must be application/json, got {media or 'none'!r}")
+        raise RequestError(415, f"content-type must be application/json, got {media or 'none'!r}")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyError(413, f"body is {declared} bytes; the limit is {limit}")
+        raise RequestError(413, f"body is {declared} bytes; the limit is {limit}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise BodyError(413, f"body is over {limit} bytes; the limit is {limit}")
+            raise RequestError(413, f"body is over {limit} bytes; the limit is {limit}")
     try:
         text = bytes(body).decode("utf-8")
     except UnicodeDecodeError as error:
-        raise BodyError(400, f"body is not UTF-8 text (byte {error.start} is invalid)") from None
+        raise RequestError(400, f"body is not UTF-8 text (byte {error.start} is invalid)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise BodyError(400, f"body is not valid JSON: {error}") from None
+        raise RequestError(400, f"body is not valid JSON: {error}") from None
     except (ValueError, RecursionError) as error:  # integers over 4,300 digits, nesting past the recursion limit
-        raise BodyError(400, f"body is not usable JSON: {error}") from None
+        raise RequestError(400, f"body is not usable JSON: {error}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ray_jobs.cli import STAGES
-from serving.schemas import RecommendRequest
+from deepinterestgr.recommender.request import RecommendRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

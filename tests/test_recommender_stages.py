@@ -138,7 +138,8 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     import numpy as np
     import torch
 
-    from actors.predictor import Predictor, Query
+    from actors.predictor import Predictor
+    from deepinterestgr.recommender.request import RecommendRequest
     from deepinterestgr.recommender.beam_search import beam_search
     from deepinterestgr.recommender.ensemble import Ensemble
 
@@ -209,7 +210,7 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     assert "## Example users" in build_report({"sft": report, "evaluate": evaluated}, "run").markdown
 
     user = seqs.user_ids[users[0]]
-    served = Predictor(cfg).recommend([Query(k=5, user_id=user)])[0]
+    served = Predictor(cfg).recommend([RecommendRequest(k=5, user_id=user)])[0]
     history = seqs.train[users[0]] + [int(x) for x in (seqs.valid[users[0]], seqs.test[users[0]]) if x >= 0]
     width = max(cfg.serve.beam_width, 5)
     expected = beam_search(model, [fmt.prompt(history)], catalog.trie, fmt.vocab, width, width, pad_id=fmt.pad_id,
