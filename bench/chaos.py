@@ -325,25 +325,51 @@ def serve_replica(args) -> dict:
             "status_codes_after_kill": sorted(set(after_kill))}
 
 
-TRAIN_TINY = [*TINY, "tokenize.method=rqvae", "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "tokenize.rqvae.epochs=80",
-              "tokenize.rqvae.eval_every=10", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2", "sft.intermediate_size=64",
-              "sft.epochs=8", "sft.eval_every=1", "sft.beam_width=5", "evaluate.sasrec.enabled=false", "evaluate.batch_size=8"]
+# Big enough that an epoch outlasts Ray Train's 2 s report polling (RQ-VAE: small batches; SFT: 2,000 users).
+TRAIN_TINY = ["data.synthetic.num_items=600", "data.synthetic.num_users=2000", "data.synthetic.images=false",
+              "tokenize.method=rqvae", "tokenize.rqvae.codebook_size=16", "tokenize.rqvae.levels=2", "tokenize.rqvae.epochs=240",
+              "tokenize.rqvae.eval_every=30", "tokenize.rqvae.batch_size=16", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2",
+              "sft.intermediate_size=64", "sft.epochs=8", "sft.eval_every=1", "sft.batch_size=8", "sft.beam_width=5",
+              "sft.patience=8", "sft.valid_users=200", "evaluate.sasrec.enabled=false", "evaluate.batch_size=8"]
+# Ray Train's controller collects workers' reports every 2 s: a report younger than that dies with its worker.
+SETTLE_S = 2.5
 
 
-def _kill_once(pattern: str, after_s: float, killed: dict) -> threading.Thread:
-    """Kill the first process whose command line matches `pattern`, `after_s` seconds after it appears."""
+def _kill_at_checkpoint(pattern: str, folder: Path, checkpoints: int, killed: dict) -> threading.Thread:
+    """SIGKILL the process matching `pattern` SETTLE_S after `folder` holds `checkpoints` Ray Train
+    checkpoints: the kill lands in a later epoch, after the controller has registered the checkpoint."""
+
+    def count() -> int:
+        return sum(1 for p in folder.rglob("checkpoint_*") if p.is_dir())
+
+    def watch():
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            if count() >= checkpoints:
+                time.sleep(SETTLE_S)
+                pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+                if pids:
+                    killed.update(checkpoints=count())
+                    os.kill(int(pids[0]), signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _kill_once(pattern: str, killed: dict) -> threading.Thread:
+    """SIGKILL the first process matching `pattern`, a moment after it appears."""
 
     def watch():
         deadline = time.time() + 600
-        while time.time() < deadline:
+        while time.time() < deadline and not killed:
             pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
             if pids:
-                time.sleep(after_s)
-                pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-                if pids:
-                    os.kill(int(pids[0]), signal.SIGKILL)
-                    killed.update(pid=int(pids[0]), at=time.time())
-                return
+                time.sleep(1.0)
+                os.kill(int(pids[0]), signal.SIGKILL)
+                killed.update(pid=int(pids[0]), at=time.time())
             time.sleep(0.1)
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -368,10 +394,10 @@ def train_worker(args) -> dict:
         calm, hurt = RunStore(clean), RunStore(hit)
         prepare.run(clean, calm)
         prepare.run(hit, hurt)
-        for stage, name in ((tokenize, "rqvae"), (sft, "sft")):
+        for stage, name, total in ((tokenize, "rqvae", 8), (sft, "sft", 8)):
             baseline, baseline_s = _timed(stage, clean, calm)
             killed: dict = {}
-            watcher = _kill_once("RayTrainWorker", baseline_s / 2, killed)
+            watcher = _kill_at_checkpoint("RayTrainWorker", Path(hurt.root) / stage.STAGE, total // 2, killed)
             disturbed, disturbed_s = _timed(stage, hit, hurt)
             watcher.join(timeout=1)
             a, b = getattr(baseline, "entry", baseline).report, getattr(disturbed, "entry", disturbed).report
@@ -380,13 +406,17 @@ def train_worker(args) -> dict:
                 figures = {"collision_rate": [a.get("collision_rate_after"), b.get("collision_rate_after")], "same_sids": same}
             else:
                 figures = {"val_ndcg@10": [a["val_ndcg@10"], b["val_ndcg@10"]], "within_0.002": abs(a["val_ndcg@10"] - b["val_ndcg@10"]) <= 0.002,
-                           "epochs_run": [a["epochs_run"], b["epochs_run"]], "epoch_s": round(baseline_s / a["epochs_run"], 2)}
-            out[name] = {"killed": bool(killed), "undisturbed_s": round(baseline_s, 1),
+                           "epochs_run": [a["epochs_run"], b["epochs_run"]]}
+            # Every evaluation writes a checkpoint (all kept): one more than the twin's is one evaluation
+            # interval trained twice (its checkpoint died with the worker before the controller took it).
+            dirs = [sum(1 for p in (Path(store.root) / stage.STAGE).rglob("checkpoint_*") if p.is_dir()) for store in (calm, hurt)]
+            figures["intervals_trained_twice"] = dirs[1] - dirs[0]
+            out[name] = {"killed_at_checkpoints": killed.get("checkpoints"), "undisturbed_s": round(baseline_s, 1),
                          "disturbed_s": round(disturbed_s, 1), **figures}
         # Ranking actors: the evaluate stage ranks every user exactly once (it checks) and equals the twin.
         baseline, _ = _timed(evaluate, clean, calm)
         killed = {}
-        watcher = _kill_once("TargetRanker", 1.0, killed)
+        watcher = _kill_once("TargetRanker", killed)
         disturbed, _ = _timed(evaluate, hit, hurt)
         watcher.join(timeout=1)
         out["evaluate_ranking_actor"] = {"killed": bool(killed), "users": disturbed.report["test_users"],

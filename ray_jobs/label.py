@@ -29,13 +29,13 @@ from deepinterestgr.interests.labels import (agreement, choose_threshold, cosine
 from deepinterestgr.interests.parsing import parse_label, parse_label_probability
 from deepinterestgr.interests.requests import judge_request
 from deepinterestgr.interests.schemas import LABEL_SCHEMA
+from deepinterestgr.interests.tables import FAILURE_SCHEMA
 from deepinterestgr.prompts import load_template
 from deepinterestgr.run_report import label_balance
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import stage_main, to_table
 from ray_jobs.llm_batch import cache_key, run_llm_task
-from ray_jobs.mine import FAILURE_SCHEMA
 
 STAGE = "label"
 LABELLED_TYPE = pa.list_(pa.struct([("descriptor", pa.string()), ("confidence", pa.float64()), ("sources", pa.list_(pa.string())),

@@ -23,6 +23,7 @@ from deepinterestgr.errors import DataError
 from deepinterestgr.interests.parsing import example_descriptors, merge_descriptors, parse_caption, parse_descriptors, parse_user_interests
 from deepinterestgr.interests.requests import caption_request, item_request, user_request
 from deepinterestgr.interests.schemas import USER_INTERESTS_SCHEMA, descriptors_schema
+from deepinterestgr.interests.tables import DESCRIPTOR_TYPE, FAILURE_SCHEMA
 from deepinterestgr.prompts import load_template
 from deepinterestgr.recommender.sequences import build_sequences
 from deepinterestgr.storage.filesystem import read_uri
@@ -32,8 +33,6 @@ from ray_jobs.common import stage_main, to_table
 from ray_jobs.llm_batch import TaskOutcome, cache_key, run_llm_task
 
 STAGE = "mine"
-DESCRIPTOR_TYPE = pa.list_(pa.struct([("descriptor", pa.string()), ("confidence", pa.float64()), ("sources", pa.list_(pa.string()))]))
-FAILURE_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "source", "id", "error", "raw")])
 
 
 @dataclass

@@ -57,8 +57,11 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
     device = next(model.parameters()).device
     model.train()
     order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, seed))
-    # Seeded per worker and epoch, so a resumed run drops the same item tokens as an uninterrupted one.
+    # Seeded per worker and epoch, so a run resumed from a checkpoint (a restarted Ray Train worker) drops
+    # the same item tokens, and draws the same dropout masks from torch's global generator, as an
+    # uninterrupted one.
     item_drop = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
     for step, start in enumerate(range(0, len(order), cfg.batch_size)):
         batch = training_batch([examples[i] for i in order[start: start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
