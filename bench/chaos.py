@@ -15,9 +15,10 @@
   process is killed; failed requests and seconds until 2 replicas serve again; then a hot reload under
   the same load.
 
-- train_worker: the Ray Train worker SIGKILLed half-way through tokenize's RQ-VAE and through sft (the
-  same job restarts it from its latest checkpoint, `max_failures`), then a ranking actor of evaluate
-  killed; each against an undisturbed twin run with the same seed.
+- train_worker: tokenize's text-embedding actor (Ray Data) killed a second after it starts; the Ray Train
+  worker SIGKILLed half-way through tokenize's RQ-VAE and through sft (the same job restarts it from its
+  latest checkpoint, `max_failures`); then a ranking actor of evaluate killed; each against an
+  undisturbed twin run with the same seed.
 
 Every scenario uses a tiny synthetic catalog; figures go into the README's reliability section.
 """
@@ -387,7 +388,7 @@ def train_worker(args) -> dict:
     """A Ray Train worker SIGKILLed mid-training (RQ-VAE in tokenize, then SFT), against an undisturbed twin."""
     from ray_jobs import evaluate, sft, tokenize
 
-    out = {"scenario": "train_worker", "injected": "SIGKILL of the Ray Train worker half-way through tokenize's RQ-VAE and through sft"}
+    out = {"scenario": "train_worker", "injected": "SIGKILL of tokenize's text-embedding actor, of the Ray Train worker half-way through the RQ-VAE and through sft, and of evaluate's ranking actor"}
     with tempfile.TemporaryDirectory() as folder:
         clean = load_config(None, [*TRAIN_TINY, f"storage.uri={folder}/clean"])
         hit = load_config(None, [*TRAIN_TINY, f"storage.uri={folder}/hit"])
@@ -398,12 +399,17 @@ def train_worker(args) -> dict:
             baseline, baseline_s = _timed(stage, clean, calm)
             killed: dict = {}
             watcher = _kill_at_checkpoint("RayTrainWorker", Path(hurt.root) / stage.STAGE, total // 2, killed)
+            # tokenize: its text-embedding actor (Ray Data) is killed too, a moment after it starts.
+            embedder: dict = {}
+            if name == "rqvae":
+                _kill_once("TextEmbedder", embedder)
             disturbed, disturbed_s = _timed(stage, hit, hurt)
             watcher.join(timeout=1)
             a, b = getattr(baseline, "entry", baseline).report, getattr(disturbed, "entry", disturbed).report
             if name == "rqvae":
                 same = calm.read_table("tokenize", "sids").to_pylist() == hurt.read_table("tokenize", "sids").to_pylist()
-                figures = {"collision_rate": [a.get("collision_rate_after"), b.get("collision_rate_after")], "same_sids": same}
+                figures = {"embedding_actor_killed": bool(embedder), "items": hurt.read_table("tokenize", "sids").num_rows,
+                           "collision_rate": [a.get("collision_rate_after"), b.get("collision_rate_after")], "same_sids": same}
             else:
                 figures = {"val_ndcg@10": [a["val_ndcg@10"], b["val_ndcg@10"]], "within_0.002": abs(a["val_ndcg@10"] - b["val_ndcg@10"]) <= 0.002,
                            "epochs_run": [a["epochs_run"], b["epochs_run"]]}

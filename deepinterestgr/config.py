@@ -446,6 +446,10 @@ class SFTConfig(TrainerScaling):
     valid_users: int = Field(2000, ge=0)
     # Validate (and checkpoint) every this many epochs and after the last; patience counts validations.
     eval_every: int = Field(1, ge=1)
+    # Decoder-only backbones (compact, llm): pack each batch's examples into rows of up to this many tokens
+    # (0 = one right-padded row per example). Attention stays within each example (a block-diagonal causal
+    # mask, positions restarting per example), so the loss is the unpacked one; padding, and its compute, shrink.
+    pack_tokens: int = Field(0, ge=0)
 
     @property
     def ranking_item_weight(self) -> float:
@@ -478,6 +482,8 @@ class SFTConfig(TrainerScaling):
             raise ValueError("sft.item_token_dropout needs sft.item_tokens=true (it drops item tokens from the prompts)")
         if not self.item_head and self.item_score_weight != defaults.item_score_weight:
             raise ValueError("sft.item_score_weight applies only with sft.item_head > 0")
+        if self.pack_tokens and self.backbone == "encoder_decoder":
+            raise ValueError("sft.pack_tokens applies only to the decoder-only backbones (compact, llm), not encoder_decoder")
         if self.backbone != "llm" and self.hidden_size % self.heads:
             raise ValueError(f"sft.heads ({self.heads}) must divide sft.hidden_size ({self.hidden_size})")
         return self

@@ -33,3 +33,33 @@ def test_a_run_resumed_after_its_first_epoch_ends_with_the_uninterrupted_runs_we
     resumed = _state_after(range(1, 3), first, disturb=True)
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_packed_rows_give_the_unpacked_loss_and_gradients_with_item_tokens_and_head_tiny_random_model():
+    from deepinterestgr.recommender.decoding import sft_loss, training_batch
+
+    cfg = SFTConfig(hidden_size=16, layers=2, heads=2, intermediate_size=32, dropout=0.0, item_tokens=True, item_head=0.5)
+    sizes, items = [4, 4], 6
+    model, vocab, _ = build_model(cfg, sizes, seed=0, items=items)
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 4, size=(items, 2))
+
+    def example(length: int) -> Example:
+        ids = [1]  # BOS, then per item: its SID codes and its item token
+        for item in rng.integers(0, items, size=length):
+            ids += [int(vocab.starts[0] + codes[item][0]), int(vocab.starts[1] + codes[item][1]), vocab.size + int(item)]
+        return Example(ids, 1, vocab.size)
+
+    examples = [example(n) for n in (5, 2, 3, 1, 4, 2, 6)]
+    plain = training_batch(examples, 0, False)
+    packed = training_batch(examples, 0, False, pack_tokens=24)
+    assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0], "fewer rows"
+    assert int((packed["labels"] != -100).sum()) == int((plain["labels"] != -100).sum())
+    grads = []
+    for batch in (plain, packed):
+        model.zero_grad()
+        loss = sft_loss(model, batch, False, item_head=0.5, vocab=vocab)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][1], grads[1][1]))

@@ -134,14 +134,17 @@ def completion_logprobs(model: torch.nn.Module, prompts: list[list[int]], comple
     return logprobs.gather(2, completions.unsqueeze(-1)).squeeze(-1)
 
 
-def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) -> dict[str, torch.Tensor]:
+def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool, pack_tokens: int = 0) -> dict[str, torch.Tensor]:
     """Model inputs with labels for a batch of SFT examples.
 
     Decoder-only: right-padded ids, attention mask and labels covering each example from its
-    `loss_start`. Encoder-decoder: the context (ids before `loss_start`) goes to the encoder and the
-    rest becomes the labels (the model shifts them into decoder inputs). Masks come from lengths, not
-    from `pad_id`: an LLM's pad token is often its EOS, which real examples contain.
+    `loss_start`; with `pack_tokens`, the examples packed into rows (`packed_batch`). Encoder-decoder:
+    the context (ids before `loss_start`) goes to the encoder and the rest becomes the labels (the model
+    shifts them into decoder inputs). Masks come from lengths, not from `pad_id`: an LLM's pad token is
+    often its EOS, which real examples contain.
     """
+    if pack_tokens and not encoder_decoder:
+        return packed_batch(examples, pad_id, pack_tokens)
     if encoder_decoder:
         sources = [e.ids[: e.loss_start] for e in examples]
         targets = [e.ids[e.loss_start:] for e in examples]
@@ -156,6 +159,48 @@ def training_batch(examples: list[Example], pad_id: int, encoder_decoder: bool) 
     read_only = torch.tensor([e.read_only_from or torch.iinfo(torch.long).max for e in examples])
     labels = labels.masked_fill(labels >= read_only[:, None], IGNORE)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _labels(example: Example) -> list[int]:
+    """One example's labels: its ids from `loss_start` on, except read-only (item) tokens."""
+    read_only = example.read_only_from or torch.iinfo(torch.long).max
+    return [IGNORE if i < example.loss_start or token >= read_only else token for i, token in enumerate(example.ids)]
+
+
+def packed_batch(examples: list[Example], pad_id: int, pack_tokens: int) -> dict[str, torch.Tensor]:
+    """Decoder-only inputs with several examples per row (first fit, longest first, rows of up to
+    `pack_tokens` tokens or the longest example). A 4-D boolean mask lets each token attend only to
+    earlier tokens of its own example, and positions restart at 0 per example, so every example is
+    computed as if it were alone in its row; a padding token attends only to itself. Each example's first
+    token has no label (it is context: `loss_start` >= 1), so no loss crosses from one example to the next."""
+    capacity = max(pack_tokens, max(len(e.ids) for e in examples))
+    rows: list[list[Example]] = []
+    used: list[int] = []
+    for example in sorted(examples, key=lambda e: -len(e.ids)):
+        fit = next((r for r, n in enumerate(used) if n + len(example.ids) <= capacity), None)
+        if fit is None:
+            rows.append([example])
+            used.append(len(example.ids))
+        else:
+            rows[fit].append(example)
+            used[fit] += len(example.ids)
+    width = max(used)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = -torch.arange(1, width + 1).repeat(len(rows), 1)  # padding: a segment of its own per position
+    for r, packed in enumerate(rows):
+        at = 0
+        for k, example in enumerate(packed):
+            n = len(example.ids)
+            ids[r, at: at + n] = torch.tensor(example.ids, dtype=torch.long)
+            labels[r, at: at + n] = torch.tensor(_labels(example), dtype=torch.long)
+            positions[r, at: at + n] = torch.arange(n)
+            segments[r, at: at + n] = k
+            at += n
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    mask = (segments[:, :, None] == segments[:, None, :]) & causal
+    return {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": positions, "labels": labels}
 
 
 def drop_item_tokens(ids: torch.Tensor, vocab: SIDVocab, rate: float, generator: torch.Generator) -> torch.Tensor:

@@ -64,7 +64,8 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
     torch.manual_seed(seed)
     began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
     for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-        batch = training_batch([examples[i] for i in order[start: start + cfg.batch_size].tolist()], pad_id, encoder_decoder)
+        chunk = [examples[i] for i in order[start: start + cfg.batch_size].tolist()]
+        batch = training_batch(chunk, pad_id, encoder_decoder, cfg.pack_tokens)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
             loss = sft_loss(model, batch, encoder_decoder, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop)
@@ -76,7 +77,7 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
                 average_weights(average, average_of or model, cfg.ema_decay)
-        tokens += int(batch["attention_mask"].sum())
+        tokens += sum(len(e.ids) for e in chunk)
         loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
     return EpochStats(loss_sum / max(steps, 1), tokens, time.perf_counter() - began)
 
