@@ -78,8 +78,8 @@ def stage_main(stage: str, run, argv: list[str] | None) -> int:
         store = RunStore(cfg)
         with store.lease(stage):
             store.save_config(cfg)
-            start_ray(cfg)
             route_ray_logs(log_file(store, stage))
+            start_ray(cfg)
             result = run(cfg, store)
         report = getattr(result, "entry", result).report
     except USER_ERRORS as exc:

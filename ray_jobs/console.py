@@ -17,6 +17,9 @@ from pyarrow import fs as pafs
 from deepinterestgr.storage.runstore import RunStore
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
+# Warnings that ask nothing of the user here (token auth on a private local cluster, the progress bars we
+# turn off ourselves, Ray Data storing a list column as Python objects): in the run's log, not on the console.
+HARMLESS = ("Token authentication is enabled for this Ray cluster", "Progress bars disabled", "Failed to convert column")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -56,8 +59,18 @@ def route_ray_logs(path: Path | None) -> None:
                 logger.removeHandler(existing)
             elif isinstance(existing, logging.StreamHandler) and not isinstance(existing, logging.FileHandler):
                 existing.setLevel(max(existing.level, logging.WARNING))
+                if not any(isinstance(f, _Harmless) for f in existing.filters):
+                    existing.addFilter(_Harmless())
         if handler is not None and (name in ("ray", "ray.data") or not logger.propagate):
             logger.addHandler(handler)
+
+class _Harmless(logging.Filter):
+    """Drops the HARMLESS warnings from a console handler (the log file's handler keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in HARMLESS)
+
 
 class _Tee:
     """A text stream that also writes to a log file; a terminal stays a terminal (isatty, fileno)."""

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         check_stages(cfg, store)
         with store.lease("pipeline"):
             store.save_config(cfg)
-            start_ray(cfg)
             route_ray_logs(log_file(store, "pipeline"))
+            start_ray(cfg)
             result = run(cfg, store)
     except (*USER_ERRORS, ValueError) as exc:
         print(f"dig pipeline: error: {exc}", file=sys.stderr)

@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         # log to files only: on stderr every request would be a console line.
         os.environ.update(ingress_env(cfg))
         os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-        start_ray(cfg)
         driver_log = log_file(store, "serve")
         route_ray_logs(driver_log)
+        start_ray(cfg)
         serve_logs = driver_log.with_suffix("") if driver_log is not None else None
         logging_config = LoggingConfig(logs_dir=str(serve_logs)) if serve_logs is not None else None
         # Process managers (systemd, Kubernetes, `kill`) stop with SIGTERM: shut Serve down as on Ctrl-C.

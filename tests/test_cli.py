@@ -45,6 +45,7 @@ def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
     assert "logging_progress" not in result.stderr and "streaming_executor" not in result.stderr, result.stderr[-2000:]
     log = (run / "logs" / "prepare.log").read_text()
     assert "streaming_executor" in log and '"evaluated_users": 20' in log, "Ray's INFO lines and the console's, in the log"
+    assert "Progress bars disabled" in log and "Progress bars disabled" not in result.stderr, "a harmless warning: log only"
 
 
 def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line():
