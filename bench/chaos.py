@@ -250,11 +250,6 @@ SERVE_TINY = [*TINY, "tokenize.method=rkmeans", "tokenize.rqvae.codebook_size=8"
               "serve.num_replicas=2", "serve.cpus_per_replica=0.5", "serve.reload_interval_s=1", "serve.batch_wait_timeout_s=0.02"]
 
 
-def _replica_pids(app: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", f"ServeReplica:{app}"], capture_output=True, text=True).stdout.split()
-    return sorted(int(pid) for pid in found)
-
-
 def serve_replica(args) -> dict:
     import requests
     from ray import serve
@@ -288,12 +283,12 @@ def serve_replica(args) -> dict:
             c.start()
         try:
             time.sleep(3)
-            pids = _replica_pids("chaos")
+            pids = _own_pids("ServeReplica:chaos")
             killed_at = time.time()
             os.kill(pids[0], signal.SIGKILL)
             recovered_s = None
             while time.time() - killed_at < 120:
-                alive = [p for p in _replica_pids("chaos") if p != pids[0]]
+                alive = [p for p in _own_pids("ServeReplica:chaos") if p != pids[0]]
                 status = serve.status().applications["chaos"].deployments
                 running = sum(d.replica_states.get("RUNNING", 0) for d in status.values())
                 if len(alive) >= 2 and running >= 2:
@@ -336,6 +331,22 @@ TRAIN_TINY = ["data.synthetic.num_items=600", "data.synthetic.num_users=2000", "
 SETTLE_S = 2.5
 
 
+def _own_pids(pattern: str) -> list[int]:
+    """Processes of this bench's own Ray cluster (children of its raylet) whose command line holds `pattern`:
+    other Ray jobs on the machine are never touched."""
+    import psutil
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    found = []
+    for child in raylet.children(recursive=True):
+        try:
+            if pattern in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    return sorted(found)
+
+
 def _kill_at_checkpoint(pattern: str, folder: Path, checkpoints: int, killed: dict) -> threading.Thread:
     """SIGKILL the process matching `pattern` SETTLE_S after `folder` holds `checkpoints` Ray Train
     checkpoints: the kill lands in a later epoch, after the controller has registered the checkpoint."""
@@ -348,10 +359,10 @@ def _kill_at_checkpoint(pattern: str, folder: Path, checkpoints: int, killed: di
         while time.time() < deadline:
             if count() >= checkpoints:
                 time.sleep(SETTLE_S)
-                pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+                pids = _own_pids(pattern)
                 if pids:
                     killed.update(checkpoints=count())
-                    os.kill(int(pids[0]), signal.SIGKILL)
+                    os.kill(pids[0], signal.SIGKILL)
                 return
             time.sleep(0.05)
 
@@ -366,11 +377,11 @@ def _kill_once(pattern: str, killed: dict) -> threading.Thread:
     def watch():
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
-            pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+            pids = _own_pids(pattern)
             if pids:
                 time.sleep(1.0)
-                os.kill(int(pids[0]), signal.SIGKILL)
-                killed.update(pid=int(pids[0]), at=time.time())
+                os.kill(pids[0], signal.SIGKILL)
+                killed.update(pid=pids[0], at=time.time())
             time.sleep(0.1)
 
     thread = threading.Thread(target=watch, daemon=True)
