@@ -25,7 +25,8 @@ USER_ERRORS = (ConfigError, DataError, StorageError)
 def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
     """`--config FILE`, `--set key=value` (repeatable) and `--run URI` (= --set storage.uri=URI)."""
     parser = argparse.ArgumentParser(prog=f"dig {stage}", description=description or f"Run the '{stage}' stage.")
-    parser.add_argument("--config", help="YAML run config (default: the embedded default)")
+    parser.add_argument("--config", help="YAML run config (without one, every key takes its code default: "
+                                          "docs/config-reference.md; the demo is configs/default.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--run", help="run storage URI: a local folder or s3://bucket/prefix")
     return parser
