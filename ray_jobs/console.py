@@ -20,6 +20,11 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
 # Warnings that ask nothing of the user here (token auth on a private local cluster, the progress bars we
 # turn off ourselves, Ray Data storing a list column as Python objects): in the run's log, not on the console.
 HARMLESS = ("Token authentication is enabled for this Ray cluster", "Progress bars disabled", "Failed to convert column")
+# The same kind of lines from worker processes, which Ray prints on the driver's stderr: model-load bars,
+# Ray Core's note on actor constructor arguments, faiss asking for more k-means points on a small catalog,
+# Ray Data's per-dataset "finished" lines inside trainers. Kept in the run's log.
+WORKER_NOISE = (*HARMLESS, "Loading weights", "has constructor arguments in the object store", "please provide at least",
+                "self.exclude_resources", "Writing model shards", "execution finished in")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -77,10 +82,21 @@ class _Tee:
 
     def __init__(self, stream, log):
         self._stream, self._log = stream, log
+        self._dropped = False
 
     def write(self, text: str) -> int:
+        """Everything to the log; to the console, all but WORKER_NOISE lines (and the newline `print`
+        writes after a dropped line)."""
         self._log.write(text)
-        return self._stream.write(text)
+        if text == "\n" and self._dropped:
+            self._dropped = False
+            return len(text)
+        lines = text.splitlines(keepends=True)
+        kept = "".join(line for line in lines if not any(noise in line for noise in WORKER_NOISE))
+        self._dropped = bool(lines) and not kept
+        if kept:
+            self._stream.write(kept)
+        return len(text)
 
     def flush(self) -> None:
         self._log.flush()
