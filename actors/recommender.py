@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepinterestgr.recommender.training import beam_items, ranks_in
+from deepinterestgr.metrics import target_ranks
+from deepinterestgr.recommender.training import beam_items
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -25,6 +26,6 @@ class TargetRanker:
         history = [list(h) for h in batch["history"]] if self.exclude_history else None
         items = beam_items(self.model, prompts, self.trie, self.vocab, self.beam_width, batch_size=len(prompts), exclude=history,
                            pad_id=self.pad_id, item_weight=self.item_weight)
-        batch["rank"] = ranks_in(items, batch["target"])
+        batch["rank"] = target_ranks(items, batch["target"])
         batch["top"] = items[:, : self.top]
         return batch

@@ -103,8 +103,8 @@ def writers(args) -> dict:
         holder.kill()
         holder.wait()
         started = time.perf_counter()
-        with store.lease("dig prepare"):
-            orphan_taken = True
+        with store.lease("dig prepare") as lease:
+            orphan_taken = json.loads(Path(run, LEASE_FILE).read_text())["owner"] == lease.owner
         orphan_s = time.perf_counter() - started
         now = time.time()
         Path(run, LEASE_FILE).write_text(json.dumps({"owner": "elsewhere:1:stale", "command": "dig sft",

@@ -17,14 +17,14 @@ from pyarrow import fs as pafs
 from deepinterestgr.storage.runstore import RunStore
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
-# Warnings that ask nothing of the user here (token auth on a private local cluster, the progress bars we
-# turn off ourselves, Ray Data storing a list column as Python objects): in the run's log, not on the console.
-HARMLESS = ("Token authentication is enabled for this Ray cluster", "Progress bars disabled", "Failed to convert column")
-# The same kind of lines from worker processes, which Ray prints on the driver's stderr: model-load bars,
-# Ray Core's note on actor constructor arguments, faiss asking for more k-means points on a small catalog,
-# Ray Data's per-dataset "finished" lines inside trainers. Kept in the run's log.
-WORKER_NOISE = (*HARMLESS, "Loading weights", "has constructor arguments in the object store", "please provide at least",
-                "self.exclude_resources", "Writing model shards", "execution finished in")
+# Lines that ask nothing of the user here, from the driver's loggers and from worker processes (which Ray
+# prints on the driver's stderr): token auth on a private local cluster, the progress bars we turn off
+# ourselves, Ray Data storing a list column as Python objects, model-load bars, Ray Core's note on actor
+# constructor arguments, faiss asking for more k-means points on a small catalog, Ray Data's per-dataset
+# "finished" lines inside trainers. Kept in the run's log, not shown on the console.
+NOISE = ("Token authentication is enabled for this Ray cluster", "Progress bars disabled", "Failed to convert column",
+         "Loading weights", "has constructor arguments in the object store", "please provide at least",
+         "self.exclude_resources", "Writing model shards", "execution finished in")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -69,12 +69,16 @@ def route_ray_logs(path: Path | None) -> None:
         if handler is not None and (name in ("ray", "ray.data") or not logger.propagate):
             logger.addHandler(handler)
 
+
+def _noise(text: str) -> bool:
+    return any(noise in text for noise in NOISE)
+
+
 class _Harmless(logging.Filter):
-    """Drops the HARMLESS warnings from a console handler (the log file's handler keeps them)."""
+    """Drops NOISE from a console handler (the log file's handler keeps it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text in HARMLESS)
+        return not _noise(record.getMessage())
 
 
 class _Tee:
@@ -85,14 +89,14 @@ class _Tee:
         self._dropped = False
 
     def write(self, text: str) -> int:
-        """Everything to the log; to the console, all but WORKER_NOISE lines (and the newline `print`
-        writes after a dropped line)."""
+        """Everything to the log; to the console, all but NOISE lines (and the newline `print` writes
+        after a dropped line)."""
         self._log.write(text)
         if text == "\n" and self._dropped:
             self._dropped = False
             return len(text)
         lines = text.splitlines(keepends=True)
-        kept = "".join(line for line in lines if not any(noise in line for noise in WORKER_NOISE))
+        kept = "".join(line for line in lines if not _noise(line))
         self._dropped = bool(lines) and not kept
         if kept:
             self._stream.write(kept)

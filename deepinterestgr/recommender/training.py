@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepinterestgr import metrics
 from deepinterestgr.recommender.beam_search import beam_search
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
@@ -39,13 +40,7 @@ def beam_items(
 def target_ranks(model: torch.nn.Module, prompts: list[list[int]], targets: np.ndarray, trie: SIDTrie, vocab: SIDVocab,
                  beam_width: int, **search) -> np.ndarray:
     """0-based rank of each target among the beam's items (-1 when not retrieved); `search` as in `beam_items`."""
-    return ranks_in(beam_items(model, prompts, trie, vocab, beam_width, **search), targets)
-
-
-def ranks_in(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based position of each target in its row of `items` (-1 when absent)."""
-    hits = items == np.asarray(targets, dtype=np.int64)[:, None]
-    return np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    return metrics.target_ranks(beam_items(model, prompts, trie, vocab, beam_width, **search), targets)
 
 
 def average_weights(average: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:

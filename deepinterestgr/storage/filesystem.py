@@ -13,14 +13,20 @@ from deepinterestgr.config import RunConfig, StorageConfig
 from deepinterestgr.errors import StorageError
 
 
+def s3_endpoint_and_region(cfg: StorageConfig) -> tuple[str | None, str]:
+    """The S3 endpoint (None = AWS's) and region of `storage.s3_*`, else the environment as boto3 reads it."""
+    endpoint = cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = cfg.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return endpoint, region
+
+
 def resolve(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str]:
     """Return (filesystem, root path inside it, display URI) for a local path or `s3://bucket/prefix`."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StorageError(f"storage.uri {uri!r} names no bucket")
-        endpoint = cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = cfg.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        endpoint, region = s3_endpoint_and_region(cfg)
         kwargs: dict = {
             "region": region,
             "connect_timeout": cfg.s3_connect_timeout_s,

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 from deepinterestgr.config import StorageConfig
 from deepinterestgr.errors import StorageError
+from deepinterestgr.storage.filesystem import s3_endpoint_and_region
 
 LEASE_FILE = "_lease.json"
 LOCK_FILE = "_lease.lock"
@@ -122,15 +123,13 @@ class _S3Backend:
 
         bucket, _, prefix = root.partition("/")
         self.bucket, self.key = bucket, f"{prefix}/{LEASE_FILE}".lstrip("/")
-        endpoint = cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint, region = s3_endpoint_and_region(cfg)
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint,
-            region_name=cfg.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            "s3", endpoint_url=endpoint, region_name=region,
             config=Config(connect_timeout=cfg.s3_connect_timeout_s, read_timeout=cfg.s3_request_timeout_s,
                           retries={"max_attempts": cfg.s3_max_attempts, "mode": "standard"}))
-        self.etag: str | None = None
 
     def _read(self) -> tuple[Holder | None, str | None]:
         from botocore.exceptions import ClientError
@@ -166,12 +165,11 @@ class _S3Backend:
                 return result
             condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
             try:
-                answer = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(asdict(new)).encode(), **condition)
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(asdict(new)).encode(), **condition)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                     continue
                 raise
-            self.etag = answer["ETag"]
             return result
         raise StorageError(f"s3://{self.bucket}/{self.key}: the lease kept changing under five conditional writes")
 
@@ -199,8 +197,9 @@ class RunLease:
             if current is None or current.owner == self.owner:
                 return Holder(self.owner, self.command, now, now), None
             age = current.age()
-            if age > self.cfg.lease_timeout_s or _process_gone(current):
-                why = "its process has exited" if _process_gone(current) else f"no heartbeat for {age:.0f} s"
+            gone = _process_gone(current)
+            if gone or age > self.cfg.lease_timeout_s:
+                why = "its process has exited" if gone else f"no heartbeat for {age:.0f} s"
                 return Holder(self.owner, self.command, now, now), f"taking over the lease of {current.owner} ({current.command}): {why}"
             raise StorageError(f"run {self.uri} is being written by {current.owner} ({current.command}, heartbeat {age:.0f} s ago): "
                                f"wait for it to finish; a writer silent for storage.lease_timeout_s={self.cfg.lease_timeout_s:g} s "
