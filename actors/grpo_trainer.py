@@ -20,14 +20,17 @@ import torch.distributed as dist
 
 from actors.train_report import read_checkpoint, report_epoch, set_worker_log_level
 from deepinterestgr.config import RunConfig
+from deepinterestgr.errors import DataError
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.artifacts import load_model
+from deepinterestgr.recommender import backbones
+from deepinterestgr.recommender.artifacts import load_meta, load_model
+from deepinterestgr.recommender.backbones.base import backbone_of
 from deepinterestgr.recommender.beam_search import beam_search
 from deepinterestgr.recommender.decoding import completion_logprobs
 from deepinterestgr.recommender.grpo import constrained_samples, group_advantages, grpo_loss
-from deepinterestgr.recommender.model import add_lora, trainable_state
+from deepinterestgr.recommender.model import trainable_state
+from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.recommender.reward import reward_terms
-from deepinterestgr.recommender.training import target_ranks
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.storage.runstore import RunStore
 from deepinterestgr.tokenizer.sids import SIDTrie
@@ -36,12 +39,15 @@ CHECKPOINT_FILE = "grpo.pt"
 TERMS = ("hit", "valid", "prefix", "quality", "rank", "total")
 
 
-def load_policy(cfg: RunConfig, backbone: str, vocab: SIDVocab):
-    """The SFT model as the GRPO policy: fully trained (compact) or through fresh LoRA adapters (llm)."""
-    model = load_model(RunStore(cfg), "sft")
-    if backbone == "llm" and cfg.sft.llm.lora_r:
-        model = add_lora(model, cfg.sft.llm, list(range(vocab.offset, vocab.size)))
-    return model
+def load_policy(cfg: RunConfig, vocab: SIDVocab):
+    """The SFT model as the GRPO policy, readied by its backbone (e.g. fresh LoRA adapters); a model GRPO
+    cannot tune (an ensemble of `sft.members`) is refused here, the one place that asks."""
+    store = RunStore(cfg)
+    model = load_model(store, "sft")
+    if not backbone_of(model).tunable:
+        raise DataError(f"grpo: the sft model in {store.uri} is an ensemble of {load_meta(store, 'sft').members} members (sft.members), and GRPO "
+                        "tunes one model: rerun `dig sft` with sft.members=1 to tune it")
+    return backbones.get(cfg.sft.backbone).policy(model, cfg.sft, vocab)
 
 
 def _sum_across(values: list[float], world: int) -> torch.Tensor:
@@ -66,7 +72,7 @@ def train_grpo(config: dict) -> None:
     valid_prompts = config["valid_prompts"][rank::world]
     valid_targets = np.array(config["valid_targets"])[rank::world]
 
-    policy = load_policy(cfg, config["backbone"], vocab)
+    policy = load_policy(cfg, vocab)
     reference = load_model(RunStore(cfg), "sft").requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=g.lr, weight_decay=0.0)
     start_epoch, best = -1, -1.0

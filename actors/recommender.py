@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from deepinterestgr.metrics import target_ranks
-from deepinterestgr.recommender.training import beam_items
+from deepinterestgr.recommender.ranking import beam_items
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 

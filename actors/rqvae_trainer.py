@@ -7,9 +7,6 @@ training deterministic for a seed, and every worker can measure collisions over 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -17,34 +14,11 @@ import torch.distributed as dist
 
 from actors.train_report import read_checkpoint, report_epoch, set_worker_log_level
 from deepinterestgr.config import RQVAEConfig
+from deepinterestgr.tokenizer.embeddings import stack_embeddings
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import collision_rate, level_stats
 
 CHECKPOINT_FILE = "rqvae.pt"
-
-
-def _matrix(column: np.ndarray) -> np.ndarray:
-    """A [rows, dim] float32 array from a tensor column or from a column of per-row arrays."""
-    return np.asarray(column if column.dtype != object else np.stack(column), dtype=np.float32)
-
-
-def stack_embeddings(batches: Iterable[dict[str, np.ndarray]]) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
-    """(item ids, content embeddings, image embeddings or None) sorted by item_id, from numpy batches.
-
-    The content embedding is the text embedding, followed by the interest channel and the collaborative
-    vector when tokenize added them.
-    """
-    ids, text, image = [], [], []
-    for batch in batches:
-        ids.extend(batch["item_id"].tolist())
-        parts = [_matrix(batch[c]) for c in ("text_embedding", "interest_embedding", "cf_embedding") if c in batch]
-        text.append(np.concatenate(parts, axis=1))
-        if "image_embedding" in batch:
-            image.append(_matrix(batch["image_embedding"]))
-    order = np.argsort(np.array(ids), kind="stable")
-    text_t = torch.from_numpy(np.concatenate(text)[order]).float()
-    image_t = torch.from_numpy(np.concatenate(image)[order]).float() if image else None
-    return [ids[i] for i in order], text_t, image_t
 
 
 def collect_embeddings(shard) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:

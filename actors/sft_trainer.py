@@ -1,4 +1,4 @@
-"""The Ray Train worker loop for SFT of the generative recommender (DDP; gloo or nccl), either backbone.
+"""The Ray Train worker loop for SFT of the generative recommender (DDP; gloo or nccl), any backbone.
 
 Like the RQ-VAE loop, every worker reads the whole (small) example dataset and trains on rows
 rank::world_size, so shards are the same in every run. Validation users are split the same way and
@@ -9,7 +9,6 @@ with `sft.ema_decay` they hold the weight average, which is validated and saved,
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -21,11 +20,11 @@ import torch.distributed as dist
 from actors.train_report import read_checkpoint, report_epoch, set_worker_log_level
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import build_model, trainable_state
-from deepinterestgr.recommender.decoding import is_encoder_decoder
-from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks, weight_average
-from deepinterestgr.recommender.training import epoch_order
+from deepinterestgr.recommender.model import trainable_state
+from deepinterestgr.recommender.sft_loop import (averaged, epoch_order, epoch_seed, optimizer_and_schedule,
+                                                 train_epoch, validation_ranks, weight_average)
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 CHECKPOINT_FILE = "sft.pt"
@@ -46,7 +45,8 @@ def train_sft(config: dict) -> None:
     valid_targets = np.array(config["valid_targets"])[rank::world]
     trie = SIDTrie.from_bytes(config["trie"])
 
-    model, vocab, _ = build_model(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"], item_rows=config["item_rows"])
+    backbone = backbones.get(cfg.backbone)
+    model, vocab, _ = backbone.build(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"], item_rows=config["item_rows"])
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     start_epoch, best, stale = 0, -1.0, 0
     device = ray.train.torch.get_device()
@@ -65,14 +65,12 @@ def train_sft(config: dict) -> None:
     if checkpoint and average is not None:
         average = {n: v.to(device) for n, v in state["model"].items() if n in average}
         model.load_state_dict(state["live"], strict=False)
-    encoder_decoder = is_encoder_decoder(model)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
-    bf16 = cfg.use_gpu and cfg.backbone == "llm" and cfg.llm.bf16
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    autocast = backbone.autocast(cfg)
 
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_epoch(ddp, optimizer, scheduler, examples, groups, cfg, vocab, pad_id, epoch_seed(seed, epoch, rank),
-                            encoder_decoder, average, model, autocast)
+                            average, model, autocast)
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
 

@@ -21,9 +21,11 @@ import time
 import numpy as np
 import torch
 
+from deepinterestgr.config import SFTConfig
+from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.decoding import is_encoder_decoder, left_pad, prefill, step
-from deepinterestgr.recommender.model import BOS, PAD, SEP, CompactModelConfig, compact_model, encoder_decoder_model
+from deepinterestgr.recommender.decoding import left_pad, prefill, step
+from deepinterestgr.recommender.model import BOS, PAD, SEP
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 
@@ -32,7 +34,7 @@ def hf_generate(model, prompts, trie, vocab, beam, k):
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, PAD))
     # generate() returns the prompt and the SID (decoder-only), or the decoder start token and the SID.
-    width = 1 if is_encoder_decoder(model) else ids.shape[1]
+    width = 1 if model.config.is_encoder_decoder else ids.shape[1]
     starts = vocab.starts
 
     def allowed(_batch_id: int, sequence: torch.Tensor) -> list[int]:
@@ -73,8 +75,7 @@ def main() -> None:
     codes = np.unique(rng.integers(0, 256, size=(args.items * 2, 3)), axis=0)
     codes = codes[rng.permutation(len(codes))[: args.items]]
     trie = SIDTrie.build(codes, sizes)
-    factory = compact_model if args.backbone == "compact" else encoder_decoder_model
-    model, vocab = factory(sizes, CompactModelConfig(), seed=args.seed)
+    model, vocab, _ = backbones.get(args.backbone).build(SFTConfig(backbone=args.backbone, max_items=49), sizes, args.seed)
     model.to(device)
     prompts = [[BOS] + vocab.encode(codes[rng.choice(len(codes), args.history)]).reshape(-1).tolist() for _ in range(args.users)]
 

@@ -58,8 +58,16 @@ CPU = Size(items=120, users=150, rqvae_epochs=10, sft_epochs=2, sft_batch=64, ll
            llm_valid_users=20, bench_items=500, bench_users=8)
 
 
+# Files that every emitted line is also appended to (bench/llm_quality.py keeps its steps in its output folder).
+SINKS: list[Path] = []
+
+
 def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+    line = json.dumps(record)
+    print(line, flush=True)
+    for sink in SINKS:
+        with open(sink, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
 
 
 class GPUMemory:

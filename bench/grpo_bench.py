@@ -18,7 +18,7 @@ import ray
 from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model
-from deepinterestgr.recommender.training import target_ranks
+from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import grpo
 from ray_jobs.common import start_ray

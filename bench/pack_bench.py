@@ -1,10 +1,13 @@
-"""SFT with packed rows (`sft.pack_tokens`) against one padded row per example, on a run's own examples, in one run.
+"""SFT with packed rows (`sft.pack_tokens`) and with length-bucketed batches (`sft.length_buckets`) against one
+padded row per example, on a run's own examples, in one run.
 
     python bench/pack_bench.py --run runs/default --config configs/default.yaml --set sft.backbone=llm ... \
-        [--pack-tokens 512] [--steps 30] [--threads 2]
+        [--pack-tokens 512] [--buckets 50] [--steps 30] [--threads 2]
 
-Both arms start from the same weights and see the same batches (`sft.batch_size` examples per step, the
-stage's example order); only the layout differs. Prints one JSON line: per arm tokens/s (real tokens,
+Every arm starts from the same weights. The padded and packed arms see the same batches (`sft.batch_size`
+examples per step, the stage's example order); only the layout differs. The bucketed arm sees batches of the
+same size drawn from the same order, sorted by length in runs of `--buckets` batches (so other batches: its
+loss differs by sampling, not by computation). Prints one JSON line: per arm tokens/s (real tokens,
 padding excluded), the padding share of the positions computed, seconds, the mean loss of the steps, and
 validation HR@10 / NDCG@10 of the run's validation users after the steps (the same in both arms up to
 float noise, since packing changes the layout, not the computation). Needs a run with committed prepare
@@ -23,30 +26,28 @@ import torch
 
 from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.decoding import sft_loss, training_batch
-from deepinterestgr.recommender.model import build_model
-from deepinterestgr.recommender.sft_loop import epoch_seed, optimizer_and_schedule
-from deepinterestgr.recommender.training import epoch_order, target_ranks
+from deepinterestgr.recommender import backbones
+from deepinterestgr.recommender.inputs import sft_inputs
+from deepinterestgr.recommender.ranking import target_ranks
+from deepinterestgr.recommender.sft_loop import epoch_batches, epoch_order, epoch_seed, optimizer_and_schedule, sft_loss
 from deepinterestgr.storage.runstore import RunStore
-from ray_jobs.sft import sft_inputs
 
 
-def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int) -> dict:
+def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int = 0) -> dict:
     s = cfg.sft
     examples = [e for _, e in data.grouped]
     groups = np.array([g for g, _ in data.grouped])
     optimizer, scheduler = optimizer_and_schedule(model, s, len(examples))
     order = epoch_order(groups, s.targets_per_user, epoch_seed(seed, 0, 0))
+    batches = epoch_batches(order, np.array([len(e.ids) for e in examples]), s.batch_size, buckets, epoch_seed(seed, 0, 0))
     torch.manual_seed(epoch_seed(seed, 0, 0))
     model.train()
     real = computed = 0
     losses, began = [], time.perf_counter()
-    for step in range(steps):
-        chunk = [examples[i] for i in order[step * s.batch_size: (step + 1) * s.batch_size].tolist()]
-        if not chunk:
-            break
-        batch = training_batch(chunk, data.fmt.pad_id, False, pack_tokens)
-        loss = sft_loss(model, batch, False, s.label_smoothing, s.item_head, data.fmt.vocab)
+    for indices in batches[:steps]:
+        chunk = [examples[i] for i in indices.tolist()]
+        batch = backbones.get(s.backbone).training_batch(chunk, data.fmt.pad_id, pack_tokens)
+        loss = sft_loss(model, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -68,24 +69,28 @@ def main() -> int:
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--pack-tokens", type=int, default=512)
+    parser.add_argument("--buckets", type=int, default=50, help="batches per length-sorted run in the bucketed arm")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [*args.set, f"storage.uri={args.run}"])
-    if cfg.sft.backbone == "encoder_decoder":
-        raise SystemExit("pack_bench: packing applies to the decoder-only backbones (compact, llm)")
+    backbone = backbones.get(cfg.sft.backbone)
+    if not backbone.packs:
+        raise SystemExit(f"pack_bench: the {backbone.name} backbone does not pack examples (sft.pack_tokens)")
     data = sft_inputs(cfg, RunStore(cfg))
-    model, _, _ = build_model(cfg.sft, data.catalog.trie.sizes, cfg.seed, items=len(data.catalog.codes), item_rows=data.item_rows)
+    model, _, _ = backbone.build(cfg.sft, data.catalog.trie.sizes, cfg.seed, items=len(data.catalog.codes), item_rows=data.item_rows)
     start = copy.deepcopy(model.state_dict())
     results = {}
-    for name, pack in (("padded", 0), (f"packed_{args.pack_tokens}", args.pack_tokens)):
+    for name, pack, buckets in (("padded", 0, 0), (f"packed_{args.pack_tokens}", args.pack_tokens, 0),
+                                (f"bucketed_{args.buckets}", 0, args.buckets)):
         model.load_state_dict(start)
-        results[name] = arm(model, cfg, data, pack, args.steps, cfg.seed)
-    padded, packed = results["padded"], results[f"packed_{args.pack_tokens}"]
+        results[name] = arm(model, cfg, data, pack, args.steps, cfg.seed, buckets)
+    padded, packed, bucketed = results["padded"], results[f"packed_{args.pack_tokens}"], results[f"bucketed_{args.buckets}"]
     print(json.dumps({"bench": "pack", "run": args.run, "backbone": cfg.sft.backbone, "batch_size": cfg.sft.batch_size,
                       "examples": len(data.grouped), "valid_users": len(data.valid_users), **results,
-                      "speedup": round(packed["tokens_per_s"] / padded["tokens_per_s"], 2)}))
+                      "speedup": round(packed["tokens_per_s"] / padded["tokens_per_s"], 2),
+                      "bucketed_speedup": round(bucketed["tokens_per_s"] / padded["tokens_per_s"], 2)}))
     return 0
 
 

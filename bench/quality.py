@@ -117,29 +117,17 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="the dataset's run config")
-    parser.add_argument("--arm", action="append", default=[], help='"NAME key=value ..." (repeatable; default: one arm, the config as is)')
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--set", action="append", default=[], help="override for every arm")
-    parser.add_argument("--grpo", action="store_true", help="run GRPO after SFT in every arm")
-    parser.add_argument("--out", help="folder for the runs and the table (default bench/out/<config name>)")
-    parser.add_argument("--mined", help="a run whose mining cache answers the mine stage of arms that run it "
-                                        "(arm override pipeline.stages=[prepare,mine,label,...]): its LLM answers are "
-                                        "copied into each new run folder and its miners configured, so no arm mines again")
-    args = parser.parse_args()
-    arms = [parse_arm(spec) for spec in (args.arm or ["default"])]
-    if len({name for name, _ in arms}) != len(arms):
-        raise SystemExit("quality: arm names must differ")
-    out = Path(args.out or f"bench/out/{Path(args.config).stem}").resolve()
-    stages = ["prepare", "tokenize", "sft", *(["grpo"] if args.grpo else []), "evaluate"]
-    seeds = list(range(args.seeds))
-    mined = []
-    if args.mined:
-        source = load_config(Path(args.mined) / "config.yaml")
-        mined = [f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}", f"mine.prompts={source.mine.prompts}"]
-    members = {name: load_config(args.config, [*args.set, *overrides]).sft.members for name, overrides in arms}
+def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], common: list[str], out: Path,
+             mined: str | None = None, grpo: bool = False, on_run=None) -> dict:
+    """Every arm for every seed (see the module's docstring); `on_run(seed, arm, evaluate_report, seconds)`
+    after each run. Returns the table's rows, each arm's member count, the arm validation chose and the
+    validation curves."""
+    stages = ["prepare", "tokenize", "sft", *(["grpo"] if grpo else []), "evaluate"]
+    answers = []
+    if mined:
+        source = load_config(Path(mined) / "config.yaml")
+        answers = [f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}", f"mine.prompts={source.mine.prompts}"]
+    members = {name: load_config(config, [*common, *overrides]).sft.members for name, overrides in arms}
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}
     curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name, _ in arms}
@@ -149,8 +137,8 @@ def main() -> int:
         for index, (name, overrides) in enumerate(arms):
             run_dir = out / f"seed{seed}" / name
             sasrec = [f"evaluate.sasrec.members={max(members.values())}"] if index == 0 else ["evaluate.sasrec.enabled=false"]
-            cfg = load_config(args.config, [f"pipeline.stages=[{','.join(stages)}]", *mined, *args.set, *overrides, f"seed={seed}",
-                                            f"storage.uri={run_dir}", *sasrec])
+            cfg = load_config(config, [f"pipeline.stages=[{','.join(stages)}]", *answers, *common, *overrides, f"seed={seed}",
+                                       f"storage.uri={run_dir}", *sasrec])
             if not started_ray:
                 start_ray(cfg)
                 ray.data.DataContext.get_current().enable_progress_bars = False
@@ -160,8 +148,8 @@ def main() -> int:
             store = RunStore(cfg)
             if new:
                 reuse_upstream(store, upstream.get(key), first_run)
-                if args.mined and "mine" in cfg.pipeline.stages:
-                    shutil.copytree(Path(args.mined) / "cache" / "mine", Path(store.root) / "cache" / "mine")
+                if mined and "mine" in cfg.pipeline.stages:
+                    shutil.copytree(Path(mined) / "cache" / "mine", Path(store.root) / "cache" / "mine")
             first_run = first_run or run_dir
             store.save_config(cfg)
             began = time.perf_counter()
@@ -179,16 +167,38 @@ def main() -> int:
                 results.setdefault(f"SASRec x{size}", []).append({"test": figures["test"], **({"validation": figures["valid"]} if "valid" in figures else {})})
             curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in store.require("sft").report["history"]])
             print(f"quality: seed {seed} arm {name}: " + json.dumps(report["results"]), file=sys.stderr, flush=True)
+            if on_run is not None:
+                on_run(seed, name, report, seconds[name][-1])
     shown = [*members, *sorted({f"SASRec x{k}" for k in members.values()} | {"SASRec x1"}), "most-popular"]
     rows = {name: {**summarise(results[name]), **({"seconds": round(float(np.mean(seconds[name])), 1)} if name in seconds else {})}
             for name in shown if results.get(name)}
-    winner = chosen_arm(rows, list(members))
+    return {"rows": rows, "members": members, "winner": chosen_arm(rows, list(members)), "curves": curves}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the dataset's run config")
+    parser.add_argument("--arm", action="append", default=[], help='"NAME key=value ..." (repeatable; default: one arm, the config as is)')
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--set", action="append", default=[], help="override for every arm")
+    parser.add_argument("--grpo", action="store_true", help="run GRPO after SFT in every arm")
+    parser.add_argument("--out", help="folder for the runs and the table (default bench/out/<config name>)")
+    parser.add_argument("--mined", help="a run whose mining cache answers the mine stage of arms that run it "
+                                        "(arm override pipeline.stages=[prepare,mine,label,...]): its LLM answers are "
+                                        "copied into each new run folder and its miners configured, so no arm mines again")
+    args = parser.parse_args()
+    arms = [parse_arm(spec) for spec in (args.arm or ["default"])]
+    if len({name for name, _ in arms}) != len(arms):
+        raise SystemExit("quality: arm names must differ")
+    out = Path(args.out or f"bench/out/{Path(args.config).stem}").resolve()
+    seeds = list(range(args.seeds))
+    done = run_arms(args.config, arms, seeds, args.set, out, args.mined, args.grpo)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.md").write_text(markdown(args.config, seeds, rows, members, winner))
-    plot(curves, out / "quality_val.png")
+    (out / "quality.md").write_text(markdown(args.config, seeds, done["rows"], done["members"], done["winner"]))
+    plot(done["curves"], out / "quality_val.png")
     print(json.dumps({"bench": "quality", "config": args.config, "seeds": seeds, "grpo": args.grpo,
-                      "arms": {name: overrides for name, overrides in arms}, "members": members,
-                      "chosen_by_validation": winner, "results": rows, "out": str(out)}))
+                      "arms": {name: overrides for name, overrides in arms}, "members": done["members"],
+                      "chosen_by_validation": done["winner"], "results": done["rows"], "out": str(out)}))
     return 0
 
 

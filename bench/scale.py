@@ -40,11 +40,12 @@ import ray
 import torch
 
 from deepinterestgr.config import load_config
-from deepinterestgr.recommender.sequences import build_sequences
+from deepinterestgr.recommender.backbones.compact import COMPACT, CompactModelConfig, compact_model
 from deepinterestgr.recommender.beam_search import beam_search
-from deepinterestgr.recommender.decoding import sft_loss, training_batch
 from deepinterestgr.recommender.formats import CompactFormat
-from deepinterestgr.recommender.model import PAD, CompactModelConfig, compact_model
+from deepinterestgr.recommender.model import PAD
+from deepinterestgr.recommender.sequences import build_sequences
+from deepinterestgr.recommender.sft_loop import sft_loss
 from deepinterestgr.storage.runstore import RunStore
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level
@@ -116,7 +117,7 @@ def measure(n: int, args, root: Path) -> dict:
     model.train()
     with measured(out, "sft_epoch"):
         for start in range(0, len(examples), 64):
-            loss = sft_loss(model, training_batch(examples[start: start + 64], PAD, False), False)
+            loss = sft_loss(model, COMPACT.training_batch(examples[start: start + 64], PAD))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

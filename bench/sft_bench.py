@@ -19,12 +19,13 @@ import torch
 
 from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
+from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.artifacts import load_catalog
-from deepinterestgr.recommender.formats import CompactFormat, Example
+from deepinterestgr.recommender.backbones.compact import CompactFormat
+from deepinterestgr.recommender.formats import Example
+from deepinterestgr.recommender.model import PAD
+from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.recommender.sequences import RaggedRows
-from deepinterestgr.recommender.model import PAD, build_model
-from deepinterestgr.recommender.decoding import training_batch
-from deepinterestgr.recommender.training import target_ranks
 from deepinterestgr.storage.runstore import RunStore
 
 
@@ -53,7 +54,8 @@ def main() -> None:
     kept = set(chosen.tolist())
     seqs.train = RaggedRows.from_lists(seqs.train[u] if u in kept else [] for u in range(len(seqs.user_ids)))
     valid = [u for u in chosen.tolist() if seqs.valid[u] >= 0 and seqs.train[u]]
-    model, vocab, _ = build_model(s, catalog.trie.sizes, args.seed)
+    backbone = backbones.get(s.backbone)
+    model, vocab, _ = backbone.build(s, catalog.trie.sizes, args.seed)
     fmt = CompactFormat(vocab, catalog.codes, s.max_items)
     prompts = [fmt.prompt(seqs.train[u]) for u in valid]
     targets = np.array([seqs.valid[u] for u in valid])
@@ -62,7 +64,7 @@ def main() -> None:
 
     out: dict = {"bench": "sft_objective", "users": len(whole), "window_samples": len(windows), "epochs": args.epochs}
     for name in ("sequence", "sliding"):
-        model, vocab, _ = build_model(s, catalog.trie.sizes, args.seed)
+        model, vocab, _ = backbone.build(s, catalog.trie.sizes, args.seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         generator = torch.Generator().manual_seed(args.seed)
         curve, spent, seen = [], 0.0, 0
@@ -72,7 +74,7 @@ def main() -> None:
             order = torch.randperm(len(data), generator=generator).tolist()
             began = time.perf_counter()
             for start in range(0, len(order), s.batch_size):
-                batch = training_batch([data[i] for i in order[start: start + s.batch_size]], PAD, encoder_decoder=False)
+                batch = backbone.training_batch([data[i] for i in order[start: start + s.batch_size]], PAD)
                 loss = model(**batch).loss
                 optimizer.zero_grad()
                 loss.backward()

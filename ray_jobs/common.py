@@ -16,7 +16,7 @@ from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_c
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.progress import progress
 from deepinterestgr.storage.filesystem import storage_fault
-from deepinterestgr.storage.runstore import RunStore
+from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.console import log_file, route_ray_logs
 
 USER_ERRORS = (ConfigError, DataError, StorageError)
@@ -64,6 +64,20 @@ def start_ray(cfg: RunConfig) -> None:
         include_dashboard=cfg.ray.dashboard,
         **({"runtime_env": {"worker_process_setup_hook": "ray_jobs.common.quiet_train_cleaner"}} if local_without_dashboard else {}),
     )
+
+
+def up_to_date(store: RunStore, stage: str, config_hash: str, inputs: dict[str, str]) -> ManifestEntry | None:
+    """The stage's committed entry when it was committed with this config and these inputs (a rerun then
+    skips the stage, and says so); None when the stage must run.
+
+    Every stage is: `up_to_date` -> `store.stage(...)` (a private attempt) -> write -> `attempt.commit`
+    (manifest and report.json) -> `stage_main` for the command line.
+    """
+    if not store.is_fresh(stage, config_hash, inputs):
+        return None
+    entry = store.require(stage)
+    print(f"{stage}: up to date in {store.uri} (attempt {entry.attempt}); skipped", file=sys.stderr)
+    return entry
 
 
 def stage_main(stage: str, run, argv: list[str] | None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 
 import numpy as np
@@ -15,9 +14,10 @@ from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import StorageError
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
 from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, load_format, load_model, user_interests
-from deepinterestgr.recommender.sequences import most_popular, split_histories, training_counts
+from deepinterestgr.recommender.inputs import split_rows
+from deepinterestgr.recommender.sequences import most_popular, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import accelerator, collect, stage_main
+from ray_jobs.common import accelerator, collect, stage_main, up_to_date
 
 STAGE = "evaluate"
 
@@ -47,15 +47,6 @@ def popularity_table(rows: list[dict], metric: str) -> str:
              "|---|" + "---|" * len(rows)]
     lines += [f"| {m} | " + " | ".join(f"{r['models'][m][metric]:.4f}" for r in rows) + " |" for m in models]
     return "\n".join(lines) + "\n"
-
-
-def split_rows(catalog: Catalog, fmt, interests: dict[str, str], split: str = "test") -> list[dict]:
-    """One row per user with a target in `split` (`split_histories`): the prompt from the items before it,
-    the history, and the target."""
-    seqs = catalog.sequences
-    users, histories, targets = split_histories(seqs, split)
-    return [{"user": u, "prompt": fmt.prompt(h, interests.get(seqs.user_ids[u])), "history": h, "target": int(t)}
-            for u, h, t in zip(users, histories, targets)]
 
 
 def example_users(store: RunStore, catalog: Catalog, rows: list[dict], top: np.ndarray, ranks: np.ndarray,
@@ -90,9 +81,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     model_stage = "grpo" if store.entry("grpo") is not None else "sft"
     inputs = store.inputs(("prepare", "tokenize", model_stage), optional=("mine",))
     config_hash = cfg.section_hash("evaluate", "sft")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"evaluate: up to date in {store.uri}; skipped", file=sys.stderr)
-        return store.require(STAGE)
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
+        return entry
     e = cfg.evaluate
     catalog = load_catalog(store)
     fmt = load_format(store, model_stage, catalog, cfg.sft.backbone)
@@ -154,7 +144,6 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         report = {"model_stage": model_stage, "members": cfg.sft.members, "test_users": len(rows["test"]),
                   "items": len(catalog.item_ids), "beam_width": e.beam_width, "exclude_history": e.exclude_history,
                   "results": results, **details}
-        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
         markdown = "Test users:\n\n" + markdown_table(results)
         if e.validation:
             markdown = f"Validation users:\n\n{markdown_table(details['validation'])}\n{markdown}"

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from ray.train.torch import TorchTrainer
 
 from actors.grpo_trainer import CHECKPOINT_FILE, load_policy, train_grpo
@@ -17,7 +18,7 @@ from deepinterestgr.recommender.model import export_model
 from deepinterestgr.recommender.sequences import validation_users
 from deepinterestgr.storage.filesystem import pinned
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import scaling_config, stage_main, train_run_config
+from ray_jobs.common import scaling_config, stage_main, train_run_config, up_to_date
 
 STAGE = "grpo"
 
@@ -37,7 +38,7 @@ class GRPOInputs:
 
     loop_config: dict
     fmt: object
-    backbone: str
+    policy: torch.nn.Module  # the untrained policy (`load_policy`), into which the best checkpoint is loaded
     quality_source: str
 
 
@@ -46,10 +47,7 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     g = cfg.grpo
     catalog = load_catalog(store)
     fmt = load_format(store, "sft", catalog, cfg.sft.backbone)
-    members = load_meta(store, "sft").members
-    if members > 1:
-        raise DataError(f"grpo: the sft model in {store.uri} is an ensemble of {members} members (sft.members), and GRPO "
-                        "tunes one model: rerun `dig sft` with sft.members=1 to tune it")
+    policy = load_policy(cfg, fmt.vocab)
     seqs, interests = catalog.sequences, user_interests(store)
     quality, quality_source = item_quality(store, catalog.item_ids)
     prompts, targets = [], []
@@ -60,15 +58,14 @@ def grpo_inputs(cfg: RunConfig, store: RunStore) -> GRPOInputs:
     if len(prompts) < g.num_workers:
         raise DataError(f"grpo: {len(prompts)} training prompts for {g.num_workers} workers")
     valid = validation_users(seqs, cfg.sft.valid_users, cfg.seed)
-    backbone = cfg.sft.backbone  # load_format has checked that the SFT model was trained with it
     loop_config = {
-        "run": pinned(cfg).model_dump(mode="json"), "log_level": cfg.ray.train_log_level, "backbone": backbone, "sizes": catalog.trie.sizes,
+        "run": pinned(cfg).model_dump(mode="json"), "log_level": cfg.ray.train_log_level, "sizes": catalog.trie.sizes,
         "vocab_offset": fmt.vocab.offset, "trie": catalog.trie_bytes, "codes": catalog.codes.tolist(),
         "pad_id": fmt.pad_id, "item_weight": fmt.item_weight, "prompts": prompts, "targets": targets, "quality": quality[targets].tolist(),
         "valid_prompts": [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
         "valid_targets": [int(seqs.valid[u]) for u in valid],
     }
-    return GRPOInputs(loop_config, fmt, backbone, quality_source)
+    return GRPOInputs(loop_config, fmt, policy, quality_source)
 
 
 def make_trainer(cfg: RunConfig, loop_config: dict, storage_path: str, fs) -> TorchTrainer:
@@ -85,9 +82,8 @@ def make_trainer(cfg: RunConfig, loop_config: dict, storage_path: str, fs) -> To
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     inputs = store.inputs(("prepare", "tokenize", "sft"), optional=("label", "mine"))
     config_hash = cfg.section_hash("grpo")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"grpo: up to date in {store.uri}; skipped", file=sys.stderr)
-        return store.require(STAGE)
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
+        return entry
     g = cfg.grpo
     prepared = grpo_inputs(cfg, store)
     with store.stage(STAGE, config_hash, inputs) as attempt:
@@ -95,12 +91,11 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
         state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
-        policy = load_policy(cfg, prepared.backbone, prepared.fmt.vocab)
-        policy.load_state_dict(state["model"], strict=False)
-        save_model(attempt, export_model(policy), load_meta(store, "sft"), getattr(prepared.fmt, "tokenizer", None))
+        prepared.policy.load_state_dict(state["model"], strict=False)
+        save_model(attempt, export_model(prepared.policy), load_meta(store, "sft"), getattr(prepared.fmt, "tokenizer", None))
         trained = [h for h in history if h["epoch"] >= 0]
         report = {
-            "backbone": prepared.backbone, "prompts": len(prepared.loop_config["prompts"]),
+            "backbone": cfg.sft.backbone, "prompts": len(prepared.loop_config["prompts"]),
             "valid_users": len(prepared.loop_config["valid_targets"]), "rollout": g.rollout, "group_size": g.group_size,
             "quality_source": prepared.quality_source,
             "sft_val_hr@10": history[0]["val_hr@10"], "sft_val_ndcg@10": history[0]["val_ndcg@10"],

@@ -13,7 +13,6 @@ often the judge's label agrees with "the descriptor is a true interest". Outputs
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from deepinterestgr.prompts import load_template
 from deepinterestgr.run_report import label_balance
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import stage_main, to_table
+from ray_jobs.common import stage_main, to_table, up_to_date
 from ray_jobs.llm_batch import cache_key, run_llm_task
 
 STAGE = "label"
@@ -119,9 +118,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     """Judge, learn, label, score items; skipped when inputs and config are unchanged."""
     inputs = store.inputs(("mine",))
     config_hash = cfg.section_hash("label")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"label: up to date in {store.uri}; skipped", file=sys.stderr)
-        return Labelled(store.require(STAGE), store.read_table(STAGE, "items"))
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
+        return Labelled(entry, store.read_table(STAGE, "items"))
     mined = to_table(items) if items is not None else store.read_table("mine", "items")
     records = mined.to_pylist()
     pairs = [{"row": r, "k": k, "item_id": item["item_id"], "title": item.get("title") or "", "description": item.get("description"),
@@ -191,7 +189,6 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         attempt.write_table("item_quality", quality)
         attempt.write_table("judged", judged_table)
         attempt.write_table("failures", pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA))
-        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
         entry = attempt.commit({"items": table.num_rows, "item_quality": quality.num_rows, "judged": len(judged)}, report)
     return Labelled(entry, table)
 

@@ -9,7 +9,6 @@ user's last training titles. Outputs: `mine/items` (the catalog + caption + desc
 from __future__ import annotations
 
 import base64
-import json
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -29,7 +28,7 @@ from deepinterestgr.recommender.sequences import build_sequences
 from deepinterestgr.storage.filesystem import read_uri
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from ray_jobs.common import stage_main, to_table
+from ray_jobs.common import stage_main, to_table, up_to_date
 from ray_jobs.llm_batch import TaskOutcome, cache_key, run_llm_task
 
 STAGE = "mine"
@@ -141,9 +140,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     """Mine captions, item descriptors and user interests; skipped when inputs and config are unchanged."""
     inputs = store.inputs(("prepare",))
     config_hash = cfg.section_hash("mine")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"mine: up to date in {store.uri}; skipped", file=sys.stderr)
-        return _load(store, store.require(STAGE))
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
+        return _load(store, entry)
     catalog = to_table(items) if items is not None else store.read_table("prepare", "items")
     if catalog.num_rows == 0:
         raise DataError("mine: the catalog has no items")
@@ -178,7 +176,6 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         attempt.write_table("items", table)
         attempt.write_table("user_interests", users)
         attempt.write_table("failures", pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA))
-        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
         entry = attempt.commit({"items": table.num_rows, "user_interests": users.num_rows, "failures": len(failures)}, report)
     return Mined(entry, table)
 

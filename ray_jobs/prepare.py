@@ -25,7 +25,7 @@ from deepinterestgr.errors import DataError
 from deepinterestgr.storage.fingerprint import fingerprint_listing, fingerprint_paths
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore, StageAttempt
 from ray_jobs import parquet_input
-from ray_jobs.common import stage_main, to_table
+from ray_jobs.common import stage_main, to_table, up_to_date
 
 STAGE = "prepare"
 
@@ -158,9 +158,7 @@ def run(cfg: RunConfig, store: RunStore) -> Prepared:
     else:
         inputs = {"raw": fingerprint_paths(cfg.data.path, cfg.data.meta_path)}
     config_hash = cfg.section_hash("data")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        entry = store.require(STAGE)
-        print(f"prepare: up to date in {store.uri} (attempt {entry.attempt}); skipped", file=sys.stderr)
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
         return _load(store, entry)
 
     with store.stage(STAGE, config_hash, inputs) as attempt:

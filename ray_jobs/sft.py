@@ -12,88 +12,17 @@ import torch
 from ray.train import DataConfig as TrainDataConfig
 from ray.train.torch import TorchTrainer
 
-from actors.rqvae_trainer import stack_embeddings
 from actors.sft_trainer import CHECKPOINT_FILE, train_sft
 from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
-from deepinterestgr.errors import DataError
-from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, save_model, user_interests
-from deepinterestgr.recommender.formats import Example, RecommenderMeta, make_format
-from deepinterestgr.recommender.model import SPECIAL_TOKENS, build_model, content_rows, export_model
-from deepinterestgr.recommender.sequences import validation_users
+from deepinterestgr.recommender import backbones
+from deepinterestgr.recommender.artifacts import save_model
+from deepinterestgr.recommender.inputs import SFTInputs, sft_inputs
+from deepinterestgr.recommender.model import export_model
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
-from deepinterestgr.weights import resolve_llm
-from ray_jobs.common import scaling_config, stage_main, train_run_config
+from ray_jobs.common import scaling_config, stage_main, train_run_config, up_to_date
 
 STAGE = "sft"
-
-
-def recommender_meta(cfg: RunConfig, sizes: list[int], items: int):
-    """The metadata and tokenizer of the configured backbone, without loading its weights."""
-    s = cfg.sft
-    if s.backbone != "llm":
-        return RecommenderMeta(s.backbone, list(sizes), SPECIAL_TOKENS, s.max_items, item_tokens=items if s.item_tokens else 0,
-                               item_weight=s.ranking_item_weight, members=s.members), None
-    from transformers import AutoConfig, AutoTokenizer
-
-    path = resolve_llm(s.llm.model)
-    meta = RecommenderMeta("llm", list(sizes), AutoConfig.from_pretrained(path).vocab_size, s.max_items,
-                           s.llm.template, s.llm.windows_per_user, members=s.members)
-    return meta, AutoTokenizer.from_pretrained(path)
-
-
-@dataclass
-class SFTInputs:
-    """What SFT trains and validates on, built from a run's prepare and tokenize stages (and mine, label)."""
-
-    catalog: Catalog
-    meta: RecommenderMeta
-    tokenizer: object | None
-    fmt: object  # the backbone's prompt format (formats.make_format)
-    grouped: list[tuple[int, Example]]  # (group, example): a user's examples share their group
-    user_examples: int
-    interests: dict[str, str]
-    valid_users: list[int]
-    valid_prompts: list[list[int]]
-    valid_targets: list[int]
-    item_rows: np.ndarray | None  # the item tokens' start (sft.item_token_init=content), else None
-
-    def rows(self) -> list[dict]:
-        """The examples as dataset rows (`key` keeps their order across shards)."""
-        return [{"key": k, "group": g, "ids": e.ids, "loss_start": e.loss_start, "read_only_from": e.read_only_from}
-                for k, (g, e) in enumerate(self.grouped)]
-
-
-def sft_inputs(cfg: RunConfig, store: RunStore) -> SFTInputs:
-    """The SFT examples and validation users of a run, as the sft stage trains on them."""
-    s = cfg.sft
-    catalog = load_catalog(store)
-    seqs = catalog.sequences
-    meta, tokenizer = recommender_meta(cfg, catalog.trie.sizes, len(catalog.codes))
-    fmt = make_format(meta, catalog.codes, tokenizer)
-    interests = user_interests(store)
-    # Each example's group is its user (item-alignment examples get a group each), for targets_per_user.
-    grouped = [(u, e) for u, rows in enumerate(seqs.train) for e in fmt.user_examples(rows, interests.get(seqs.user_ids[u]))]
-    user_examples = len(grouped)
-    if s.backbone == "llm" and s.llm.item_tasks:
-        grouped += [(-1 - k, e) for k, e in enumerate(fmt.item_examples(item_texts(store, catalog.item_ids)))]
-    if not grouped:
-        raise DataError("sft: no user has two training interactions, so there is nothing to learn from")
-    valid = validation_users(seqs, s.valid_users, cfg.seed)
-    # The config refuses item_token_init=content without item tokens.
-    item_rows = content_rows(item_content_vectors(store, catalog.item_ids), s.hidden_size) if s.item_token_init == "content" else None
-    return SFTInputs(catalog, meta, tokenizer, fmt, grouped, user_examples, interests, valid,
-                     [fmt.prompt(seqs.train[u], interests.get(seqs.user_ids[u])) for u in valid],
-                     [int(seqs.valid[u]) for u in valid], item_rows)
-
-
-def item_content_vectors(store: RunStore, item_ids: list[str]) -> np.ndarray:
-    """The vectors tokenize embedded per item (content channels, then the image's when present), in catalog order."""
-    table = store.read_table("tokenize", "embeddings")
-    ids, content, image = stack_embeddings([{c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}])
-    if ids != list(item_ids):
-        raise DataError("sft: tokenize's embeddings table does not hold the catalog's items; rerun `dig tokenize`")
-    return (content if image is None else torch.cat([content, image], dim=1)).numpy()
 
 
 @dataclass
@@ -132,14 +61,14 @@ def train_member(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, stora
         scaling_config=scaling_config(s),
         datasets={"train": train},
         dataset_config=TrainDataConfig(datasets_to_split=[]),
-        run_config=train_run_config(cfg, STAGE if member == 0 else f"{STAGE}_member{member}", storage_path, fs,
+        run_config=train_run_config(cfg, f"{STAGE}_member{member}", storage_path, fs,
                                     "val_ndcg@10", "max", max_failures=cfg.sft.max_failures),
     )
     result = trainer.fit()
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
     checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
     state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
-    model, _, _ = build_model(s, catalog.trie.sizes, seed, items=len(catalog.codes), item_rows=data.item_rows)
+    model, _, _ = backbones.get(s.backbone).build(s, catalog.trie.sizes, seed, items=len(catalog.codes), item_rows=data.item_rows)
     model.load_state_dict(state["model"], strict=False)
     return TrainedMember(export_model(model), MemberValidation(best, history))
 
@@ -147,9 +76,8 @@ def train_member(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, stora
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     inputs = store.inputs(("prepare", "tokenize"), optional=("label", "mine"))
     config_hash = cfg.section_hash("sft")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"sft: up to date in {store.uri}; skipped", file=sys.stderr)
-        return store.require(STAGE)
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
+        return entry
     s = cfg.sft
     data = sft_inputs(cfg, store)
     seqs = data.catalog.sequences

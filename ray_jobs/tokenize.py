@@ -16,7 +16,7 @@ from ray.train import DataConfig as TrainDataConfig
 from ray.train.torch import TorchTrainer
 
 from actors.embedders import ImageEmbedder, TextEmbedder
-from actors.rqvae_trainer import CHECKPOINT_FILE, stack_embeddings, train_rqvae
+from actors.rqvae_trainer import CHECKPOINT_FILE, train_rqvae
 from actors.train_report import read_checkpoint
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import DataError
@@ -25,10 +25,11 @@ from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from deepinterestgr.tokenizer.collaborative import cooccurrence_vectors, match_scale, sasrec_vectors, training_sequences
 from deepinterestgr.tokenizer.report import sid_report, utilisation_png
 from deepinterestgr.tokenizer.rkmeans import residual_kmeans
+from deepinterestgr.tokenizer.embeddings import stack_embeddings
 from deepinterestgr.tokenizer.rqvae import RQVAE
 from deepinterestgr.tokenizer.sids import SIDTrie, add_extra_level, load_external_sids, reassign_last_level
 from deepinterestgr.tokenizer.text import interest_channel
-from ray_jobs.common import accelerator, collect, scaling_config, stage_main, train_run_config
+from ray_jobs.common import accelerator, collect, scaling_config, stage_main, train_run_config, up_to_date
 
 STAGE = "tokenize"
 UPSTREAM = ("prepare", "mine", "label")
@@ -204,9 +205,8 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     if "prepare" not in inputs:
         store.require("prepare")
     config_hash = cfg.section_hash("tokenize")
-    if store.is_fresh(STAGE, config_hash, inputs):
-        print(f"tokenize: up to date in {store.uri}; skipped", file=sys.stderr)
-        return _load(store, store.require(STAGE))
+    if (entry := up_to_date(store, STAGE, config_hash, inputs)) is not None:
+        return _load(store, entry)
     if items is None:
         source = next(stage for stage in ("label", "mine", "prepare") if stage in inputs)
         items = ray.data.read_parquet(store.table_path(source, "items"), filesystem=store.fs)
@@ -242,7 +242,6 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         if model_bytes:
             attempt.write_bytes("rqvae.pt", model_bytes)
         attempt.write_bytes("history.json", json.dumps(info.get("history", []), default=str).encode())
-        attempt.write_bytes("report.json", json.dumps(report, indent=2).encode())
         attempt.write_bytes("utilisation.png", utilisation_png(report, cfg.tokenize.method))
         entry = attempt.commit({"sids": sids.num_rows}, report)
     return Tokenized(entry, sids, trie)

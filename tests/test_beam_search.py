@@ -7,7 +7,10 @@ import pytest
 from deepinterestgr.recommender.beam_search import beam_search, exhaustive_scores
 from deepinterestgr.recommender.decoding import left_pad, prefill, step
 from deepinterestgr.recommender.ensemble import Ensemble
-from deepinterestgr.recommender.model import BOS, CompactModelConfig, compact_model, encoder_decoder_model
+from deepinterestgr.recommender.backbones.base import attach
+from deepinterestgr.recommender.backbones.compact import COMPACT, CompactModelConfig, compact_model
+from deepinterestgr.recommender.backbones.encoder_decoder import encoder_decoder_model
+from deepinterestgr.recommender.model import BOS
 from deepinterestgr.recommender.sequences import tokens
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -28,7 +31,7 @@ def _grouped_query_model(sizes, cfg, seed):
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab.size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval(), vocab
+    return attach(LlamaForCausalLM(config).eval(), COMPACT), vocab
 
 
 @pytest.fixture(scope="module", params=[compact_model, _grouped_query_model, encoder_decoder_model],

@@ -5,7 +5,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from deepinterestgr.prompts import load_template
-from deepinterestgr.recommender.formats import CompactFormat, ItemText, RecommenderMeta, make_format
+from deepinterestgr.recommender import backbones
+from deepinterestgr.recommender.backbones.compact import CompactFormat
+from deepinterestgr.recommender.formats import ItemText, RecommenderMeta
 from deepinterestgr.recommender.model import BOS, SPECIAL_TOKENS
 from deepinterestgr.recommender.vocab import SIDVocab
 
@@ -31,22 +33,22 @@ def test_item_tokens_follow_each_items_sid_after_the_sid_vocabulary_in_prompts_a
     def item(row):
         return [*vocab.encode(codes[row]).tolist(), vocab.size + row]
 
-    compact = make_format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
+    compact = backbones.get("compact").format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
     assert compact.prompt([5, 6, 7]) == [BOS, *item(6), *item(7)]
     assert [e.ids for e in compact.user_examples([5, 6, 7, 1])] == [[BOS, *item(5), *item(6)], [BOS, *item(6), *item(7), *item(1)]]
     assert all(e.read_only_from == vocab.size for e in compact.user_examples([5, 6, 7, 1])), "item tokens are never targets"
-    encdec = make_format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
+    encdec = backbones.get("encoder_decoder").format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2, item_tokens=8), codes)
     last = encdec.user_examples([5, 6, 7, 1])[-1]
     assert last.ids[: last.loss_start] == [BOS, *item(6), *item(7)]
     assert last.ids[last.loss_start:] == vocab.encode(codes[1]).tolist(), "the decoder generates the SID alone"
-    plain = make_format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2), codes)
+    plain = backbones.get("compact").format(RecommenderMeta("compact", [4, 4], SPECIAL_TOKENS, max_items=2), codes)
     assert plain.prompt([6, 7]) == [BOS, *item(6)[:-1], *item(7)[:-1]]
 
 
 def test_encoder_decoder_format_has_one_example_per_target_with_the_history_as_context():
     vocab = SIDVocab((4, 4), SPECIAL_TOKENS)
     codes = np.array([[i % 4, i // 4] for i in range(8)])
-    fmt = make_format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2), codes)
+    fmt = backbones.get("encoder_decoder").format(RecommenderMeta("encoder_decoder", [4, 4], SPECIAL_TOKENS, max_items=2), codes)
     examples = fmt.user_examples([5, 6, 7, 1])
     assert len(examples) == 3
     last = examples[-1]
@@ -58,7 +60,7 @@ def test_encoder_decoder_format_has_one_example_per_target_with_the_history_as_c
 def text_format(smollm2):
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     meta = RecommenderMeta("llm", [4, 4], len(tokenizer), max_items=2, template="sft_v1", windows_per_user=2)
-    return make_format(meta, CODES, tokenizer), tokenizer
+    return backbones.get(meta.backbone).format(meta, CODES, tokenizer), tokenizer
 
 
 def test_text_prompt_splices_the_recent_sids_by_id_and_optional_interests(text_format):

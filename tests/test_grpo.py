@@ -9,7 +9,9 @@ import torch
 from deepinterestgr.config import GRPOConfig, load_config
 from deepinterestgr.recommender.decoding import completion_logprobs
 from deepinterestgr.recommender.grpo import group_advantages, grpo_loss
-from deepinterestgr.recommender.model import BOS, PAD, CompactModelConfig, compact_model, encoder_decoder_model
+from deepinterestgr.recommender.backbones.compact import CompactModelConfig, compact_model
+from deepinterestgr.recommender.backbones.encoder_decoder import encoder_decoder_model
+from deepinterestgr.recommender.model import BOS, PAD
 from deepinterestgr.recommender.reward import reward_terms
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, prepare, sft, tokenize

@@ -5,8 +5,9 @@ import torch
 
 from deepinterestgr.config import LLMBackboneConfig, load_config
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model, load_meta
-from deepinterestgr.recommender.formats import TextFormat
-from deepinterestgr.recommender.model import export_model, pretrained_model
+from deepinterestgr.recommender import backbones
+from deepinterestgr.recommender.backbones.llm import TextFormat, pretrained_model
+from deepinterestgr.recommender.model import export_model
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, prepare, sft, tokenize
 
@@ -64,5 +65,5 @@ def test_llm_sft_with_two_workers_then_evaluate_with_text_prompts(ray_cluster, t
 def test_the_model_folders_metadata_counts_the_members_of_every_backbone(backbone):
     """recommender.json's `members` is what load_model reads: a backbone that dropped it would rank with member 0 alone."""
     cfg = load_config(None, [f"sft.backbone={backbone}", "sft.members=3", "pipeline.stages=[prepare,tokenize,sft,evaluate]"])
-    meta, _ = sft.recommender_meta(cfg, [8, 8], 24)
+    meta, _ = backbones.get(cfg.sft.backbone).meta(cfg.sft, [8, 8], 24)
     assert (meta.backbone, meta.members) == (backbone, 3)

@@ -7,8 +7,8 @@ import pytest
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_format, load_model
-from deepinterestgr.recommender.training import target_ranks
+from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_format, load_model, member_folder
+from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.run_report import build_report, validation_curves
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, prepare, sft, tokenize
@@ -162,11 +162,11 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
         sft.run(cfg, store)
     assert store.entry("sft") is None
     [kept] = (Path(store.root) / "sft").iterdir()
-    first_weights = (kept / "model" / "model.safetensors").read_bytes()
+    first_weights = (kept / member_folder(0) / "model.safetensors").read_bytes()
     report = sft.run(cfg, store).report
     assert fits == [0, 1, 1], "the rerun trains only the member that had not been saved"
     assert store.entry("sft").attempt == kept.name
-    assert (kept / "model" / "model.safetensors").read_bytes() == first_weights
+    assert (kept / member_folder(0) / "model.safetensors").read_bytes() == first_weights
     assert [m["seed"] for m in report["members"]] == [0, 1]
     assert report["val_ndcg@10"] == report["members"][0]["val_ndcg@10"], "the top-level figures are the first member's"
     model = load_model(store, "sft")

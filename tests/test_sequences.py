@@ -5,10 +5,11 @@ import torch
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import BOS, PAD, SPECIAL_TOKENS, build_model, content_rows
+from deepinterestgr.recommender.backbones.compact import COMPACT
+from deepinterestgr.recommender.backbones.base import IGNORE
+from deepinterestgr.recommender.model import BOS, PAD, SPECIAL_TOKENS, content_rows
 from deepinterestgr.recommender.sequences import RaggedRows, build_sequences, most_popular, tokens
-from deepinterestgr.recommender.decoding import IGNORE, drop_item_tokens, item_head_loss, sft_loss, training_batch
-from deepinterestgr.recommender.training import average_weights
+from deepinterestgr.recommender.sft_loop import average_weights, drop_item_tokens, item_head_loss, sft_loss
 from deepinterestgr.recommender.vocab import SIDVocab
 from ray_jobs.evaluate import popularity_ranks
 
@@ -34,11 +35,11 @@ def test_tokens_keep_the_most_recent_items():
 
 def test_collate_masks_padding_and_context_out_of_the_loss():
     # pad id 2 also occurs inside the first example: the mask must come from the lengths
-    batch = training_batch([Example([1, 5, 2, 6], 2), Example([1, 7], 1)], pad_id=2, encoder_decoder=False)
+    batch = COMPACT.training_batch([Example([1, 5, 2, 6], 2), Example([1, 7], 1)], pad_id=2)
     assert batch["input_ids"].tolist() == [[1, 5, 2, 6], [1, 7, 2, 2]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, IGNORE, 2, 6], [IGNORE, 7, IGNORE, IGNORE]]
-    read_only = training_batch([Example([1, 5, 20, 6, 21], 1, read_only_from=20)], pad_id=0, encoder_decoder=False)
+    read_only = COMPACT.training_batch([Example([1, 5, 20, 6, 21], 1, read_only_from=20)], pad_id=0)
     assert read_only["labels"].tolist() == [[IGNORE, 5, IGNORE, 6, IGNORE]], "item tokens are read, never targets"
 
 
@@ -139,7 +140,7 @@ def test_sasrec_members_keep_the_grid_point_validation_prefers_and_rank_by_summe
 
 
 def test_epoch_order_caps_each_group_with_a_fresh_sample_per_epoch():
-    from deepinterestgr.recommender.training import epoch_order
+    from deepinterestgr.recommender.sft_loop import epoch_order
 
     groups = np.array([0] * 10 + [1] * 2 + [2])
     everything = epoch_order(groups, 0, seed=0)
@@ -173,14 +174,14 @@ def test_item_head_loss_predicts_each_next_item_at_the_position_before_its_first
     codes = np.array([[0, 1], [2, 3], [1, 0], [2, 2]])
     rows = [[0, 1, 2], [3, 1]]
     examples = [Example(tokens(r, codes, vocab, 0, item_tokens=True), 1, vocab.size) for r in rows]
-    batch = training_batch(examples, pad_id=0, encoder_decoder=False)
+    batch = COMPACT.training_batch(examples, pad_id=0)
     logits = torch.randn(*batch["input_ids"].shape, vocab.size + len(codes), generator=torch.Generator().manual_seed(0))
     # each item takes 1 + levels tokens after BOS: item k's first code sits at 1 + 3k, predicted from 3k
     expected = [-torch.log_softmax(logits[b, 3 * k, vocab.size:], dim=0)[r[k]] for b, r in enumerate(rows) for k in range(len(r))]
     loss = item_head_loss(logits, batch["input_ids"], batch["labels"], vocab)
     assert torch.isclose(loss, torch.stack(expected).mean())
     with pytest.raises(ValueError, match="sft.item_tokens=true"):
-        plain = training_batch([Example(tokens(r, codes, vocab, 0), 1) for r in rows], pad_id=0, encoder_decoder=False)
+        plain = COMPACT.training_batch([Example(tokens(r, codes, vocab, 0), 1) for r in rows], pad_id=0)
         item_head_loss(logits, plain["input_ids"], plain["labels"], vocab)
 
 
@@ -188,7 +189,7 @@ def test_item_token_dropout_hides_only_item_tokens_and_keeps_the_item_heads_targ
     vocab = SIDVocab((3, 4), SPECIAL_TOKENS)
     codes = np.array([[0, 1], [2, 3], [1, 0], [2, 2]])
     rows = [[0, 1, 2, 3, 1, 0], [3, 1, 2, 0, 2]]
-    batch = training_batch([Example(tokens(r, codes, vocab, 0, item_tokens=True), 1, vocab.size) for r in rows], 0, False)
+    batch = COMPACT.training_batch([Example(tokens(r, codes, vocab, 0, item_tokens=True), 1, vocab.size) for r in rows], 0)
     ids = batch["input_ids"]
     dropped = drop_item_tokens(ids, vocab, 0.5, torch.Generator().manual_seed(3))
     item = ids >= vocab.size
@@ -199,21 +200,21 @@ def test_item_token_dropout_hides_only_item_tokens_and_keeps_the_item_heads_targ
     assert torch.equal(drop_item_tokens(ids, vocab, 0.0, torch.Generator()), ids)
 
     cfg = SFTConfig(hidden_size=16, heads=2, intermediate_size=32, layers=1, dropout=0.0, item_tokens=True, item_head=1.0)
-    model, _, _ = build_model(cfg, [3, 4], seed=0, items=len(codes))
-    loss = sft_loss(model, batch, False, item_head=1.0, vocab=vocab, item_token_dropout=0.9, generator=torch.Generator().manual_seed(5))
+    model, _, _ = COMPACT.build(cfg, [3, 4], seed=0, items=len(codes))
+    loss = sft_loss(model, batch, item_head=1.0, vocab=vocab, item_token_dropout=0.9, generator=torch.Generator().manual_seed(5))
     hidden = drop_item_tokens(ids, vocab, 0.9, torch.Generator().manual_seed(5))
     out = model(input_ids=hidden, attention_mask=batch["attention_mask"], labels=batch["labels"])
     # The head's targets are read from the undropped batch: read from `hidden` they would be pad tokens.
     expected = out.loss + item_head_loss(out.logits, ids, batch["labels"], vocab)
     assert torch.isclose(loss, expected)
-    assert not torch.isclose(loss, sft_loss(model, batch, False, item_head=1.0, vocab=vocab))
+    assert not torch.isclose(loss, sft_loss(model, batch, item_head=1.0, vocab=vocab))
 
 
 @pytest.mark.parametrize("backbone", ["compact", "encoder_decoder"])
 def test_embedding_dropout_acts_only_while_training_and_leaves_the_saved_weights_alone_with_a_tiny_random_model(backbone):
     shape = dict(backbone=backbone, hidden_size=16, heads=2, intermediate_size=32, layers=1, dropout=0.0)
-    plain, _, _ = build_model(SFTConfig(**shape), [3, 4], seed=0)
-    noisy, _, _ = build_model(SFTConfig(**shape, embedding_dropout=0.5), [3, 4], seed=0)
+    plain, _, _ = COMPACT.build(SFTConfig(**shape), [3, 4], seed=0)
+    noisy, _, _ = COMPACT.build(SFTConfig(**shape, embedding_dropout=0.5), [3, 4], seed=0)
     assert plain.state_dict().keys() == noisy.state_dict().keys()
     assert all(torch.equal(v, noisy.state_dict()[k]) for k, v in plain.state_dict().items())
     ids = torch.tensor([[1, 3, 7, 4, 8, 2]])
@@ -244,8 +245,8 @@ def test_content_init_starts_item_tokens_from_content_on_the_models_scale_with_a
     vectors = np.random.default_rng(1).normal(size=(12, 30))
     vectors[5] = vectors[2]  # two items with the same content
     rows = content_rows(vectors, 16)
-    random, vocab, _ = build_model(SFTConfig(**shape), [3, 4], seed=0, items=12)
-    content, _, _ = build_model(SFTConfig(**shape, item_token_init="content"), [3, 4], seed=0, items=12, item_rows=rows)
+    random, vocab, _ = COMPACT.build(SFTConfig(**shape), [3, 4], seed=0, items=12)
+    content, _, _ = COMPACT.build(SFTConfig(**shape, item_token_init="content"), [3, 4], seed=0, items=12, item_rows=rows)
     before, after = random.get_input_embeddings().weight.detach(), content.get_input_embeddings().weight.detach()
     assert torch.equal(before[: vocab.size], after[: vocab.size]), "only the item-token rows change"
     items = after[vocab.size:]
@@ -253,4 +254,4 @@ def test_content_init_starts_item_tokens_from_content_on_the_models_scale_with_a
     # On the scale of the SID rows, which Llama and T5 initialise differently.
     assert torch.allclose(items, torch.from_numpy(rows) * before[SPECIAL_TOKENS: vocab.size].std(), atol=1e-6)
     with pytest.raises(ValueError, match="needs the content rows of all 12 items, 16 wide; got shape"):
-        build_model(SFTConfig(**shape, item_token_init="content"), [3, 4], seed=0, items=12, item_rows=rows[:, :8])
+        COMPACT.build(SFTConfig(**shape, item_token_init="content"), [3, 4], seed=0, items=12, item_rows=rows[:, :8])

@@ -5,13 +5,14 @@ import torch
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import build_model, trainable_state
+from deepinterestgr.recommender.backbones.compact import COMPACT
+from deepinterestgr.recommender.model import trainable_state
 from deepinterestgr.recommender.sft_loop import epoch_seed, optimizer_and_schedule, train_epoch
 
 
 def _state_after(epochs: range, start: dict | None, disturb: bool):
     cfg = SFTConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, dropout=0.3, embedding_dropout=0.2, batch_size=4, epochs=3)
-    model, vocab, _ = build_model(cfg, [4, 4], seed=0)
+    model, vocab, _ = COMPACT.build(cfg, [4, 4], seed=0)
     rng = np.random.default_rng(0)
     examples = [Example([int(t) for t in rng.integers(3, 10, size=9)], 3) for _ in range(16)]
     groups = np.arange(16)
@@ -23,7 +24,7 @@ def _state_after(epochs: range, start: dict | None, disturb: bool):
     for epoch in epochs:
         if disturb:
             torch.rand(1000)  # a restarted worker's generator is wherever its process left it
-        train_epoch(model, optimizer, scheduler, examples, groups, cfg, vocab, 0, epoch_seed(0, epoch, 0), False)
+        train_epoch(model, optimizer, scheduler, examples, groups, cfg, vocab, 0, epoch_seed(0, epoch, 0))
     return {"model": trainable_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
 
 
@@ -36,11 +37,11 @@ def test_a_run_resumed_after_its_first_epoch_ends_with_the_uninterrupted_runs_we
 
 
 def test_packed_rows_give_the_unpacked_loss_and_gradients_with_item_tokens_and_head_tiny_random_model():
-    from deepinterestgr.recommender.decoding import sft_loss, training_batch
+    from deepinterestgr.recommender.sft_loop import sft_loss
 
     cfg = SFTConfig(hidden_size=16, layers=2, heads=2, intermediate_size=32, dropout=0.0, item_tokens=True, item_head=0.5)
     sizes, items = [4, 4], 6
-    model, vocab, _ = build_model(cfg, sizes, seed=0, items=items)
+    model, vocab, _ = COMPACT.build(cfg, sizes, seed=0, items=items)
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 4, size=(items, 2))
 
@@ -51,15 +52,35 @@ def test_packed_rows_give_the_unpacked_loss_and_gradients_with_item_tokens_and_h
         return Example(ids, 1, vocab.size)
 
     examples = [example(n) for n in (5, 2, 3, 1, 4, 2, 6)]
-    plain = training_batch(examples, 0, False)
-    packed = training_batch(examples, 0, False, pack_tokens=24)
+    plain = COMPACT.training_batch(examples, 0)
+    packed = COMPACT.training_batch(examples, 0, pack_tokens=24)
     assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0], "fewer rows"
     assert int((packed["labels"] != -100).sum()) == int((plain["labels"] != -100).sum())
     grads = []
     for batch in (plain, packed):
         model.zero_grad()
-        loss = sft_loss(model, batch, False, item_head=0.5, vocab=vocab)
+        loss = sft_loss(model, batch, item_head=0.5, vocab=vocab)
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_length_buckets_keep_every_example_once_in_batches_of_the_same_size_with_less_padding():
+    from deepinterestgr.recommender.sft_loop import epoch_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=1000)
+    order = rng.permutation(1000)
+    plain = epoch_batches(order, lengths, 32, 0, seed=1)
+    assert np.array_equal(np.concatenate(plain), order), "without buckets: the order, cut in turn"
+    bucketed = epoch_batches(order, lengths, 32, 10, seed=1)
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(1000))
+    assert sorted(len(b) for b in bucketed) == sorted(len(b) for b in plain)
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
+
+    assert padded(bucketed) < 0.2 * padded(plain)
+    assert all(np.array_equal(a, b) for a, b in zip(bucketed, epoch_batches(order, lengths, 32, 10, seed=1))), "seeded"
+    assert not all(np.array_equal(a, b) for a, b in zip(bucketed, epoch_batches(order, lengths, 32, 10, seed=2)))

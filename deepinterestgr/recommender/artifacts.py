@@ -13,8 +13,10 @@ from pyarrow import fs as pafs
 
 from deepinterestgr.errors import DataError
 from deepinterestgr.interests.labels import good_descriptors
+from deepinterestgr.recommender import backbones
+from deepinterestgr.recommender.backbones.base import attach
 from deepinterestgr.recommender.ensemble import Ensemble
-from deepinterestgr.recommender.formats import META_FILE, ItemText, RecommenderMeta, make_format
+from deepinterestgr.recommender.formats import META_FILE, ItemText, RecommenderMeta
 from deepinterestgr.recommender.sequences import UserSequences, build_sequences
 from deepinterestgr.storage.runstore import RunStore
 from deepinterestgr.tokenizer.sids import SIDTrie
@@ -69,12 +71,19 @@ def user_interests(store: RunStore) -> dict[str, str]:
 
 
 def member_folder(member: int) -> str:
-    """Where a model folder's member is kept, relative to the stage (`sft.members`)."""
-    return "model" if member == 0 else f"model/members/{member}"
+    """Where member k of a stage's model is kept, relative to the stage (`sft.members`; also for one member)."""
+    return f"model/members/{member}"
+
+
+def _stored_member(store: RunStore, stage: str, member: int) -> str:
+    folder = member_folder(member)
+    if member == 0 and not store.fs.get_file_info(store.table_path(stage, f"{folder}/config.json")).is_file:
+        return "model"  # runs before 2026-12 kept member 0 in the model folder itself
+    return folder
 
 
 def _fetch(store: RunStore, stage: str, folder: str, weights: bool, member: int = 0) -> None:
-    source = store.table_path(stage, member_folder(member))
+    source = store.table_path(stage, _stored_member(store, stage, member))
     selector = pafs.FileSelector(source, recursive=False)
     for info in store.fs.get_file_info(selector):
         if info.type == pafs.FileType.Directory:
@@ -95,17 +104,18 @@ def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
 
 def load_model(store: RunStore, stage: str):
     """The committed model of a stage (sft or grpo), ready for inference: an `Ensemble` when it has members."""
-    members = [_load_member(store, stage, k) for k in range(load_meta(store, stage).members)]
+    meta = load_meta(store, stage)
+    members = [_load_member(store, stage, k, backbones.get(meta.backbone)) for k in range(meta.members)]
     return members[0] if len(members) == 1 else Ensemble(members).eval()
 
 
-def _load_member(store: RunStore, stage: str, member: int):
+def _load_member(store: RunStore, stage: str, member: int, backbone):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     with tempfile.TemporaryDirectory() as folder:
         _fetch(store, stage, folder, weights=True, member=member)
         seq2seq = AutoConfig.from_pretrained(folder).is_encoder_decoder
-        return (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(folder).eval()
+        return attach((AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(folder).eval(), backbone)
 
 
 def load_format(store: RunStore, stage: str, catalog: Catalog, backbone: str | None = None):
@@ -114,14 +124,11 @@ def load_format(store: RunStore, stage: str, catalog: Catalog, backbone: str | N
     With `backbone` (the configured `sft.backbone`), a model trained with another backbone is refused.
     """
     meta = check_vocabulary(store, stage, catalog, backbone)
-    tokenizer = None
-    if meta.backbone == "llm":
-        from transformers import AutoTokenizer
-
-        with tempfile.TemporaryDirectory() as folder:
-            _fetch(store, stage, folder, weights=False)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-    return make_format(meta, catalog.codes, tokenizer)
+    model_backbone = backbones.get(meta.backbone)
+    with tempfile.TemporaryDirectory() as folder:
+        _fetch(store, stage, folder, weights=False)
+        tokenizer = model_backbone.load_tokenizer(folder)
+    return model_backbone.format(meta, catalog.codes, tokenizer)
 
 
 def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: str | None = None) -> RecommenderMeta:
@@ -142,14 +149,13 @@ def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: st
 
 
 def save_model(attempt, model, meta: RecommenderMeta, tokenizer=None, member: int = 0) -> None:
-    """Write a model folder (weights, config, tokenizer, recommender.json) into a stage attempt; member
-    k > 0 of an ensemble (`sft.members`) goes below the first member's folder."""
+    """Write member k of a stage's model (weights, config, tokenizer) into a stage attempt, and the model's
+    recommender.json beside its members (`member_folder`)."""
+    attempt.write_bytes(f"model/{META_FILE}", meta.to_json())
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-        with open(f"{folder}/{META_FILE}", "wb") as handle:
-            handle.write(meta.to_json())
         target = attempt.path(member_folder(member))
         attempt.store.fs.create_dir(target, recursive=True)
         pafs.copy_files(folder, target, source_filesystem=pafs.LocalFileSystem(),

@@ -1,114 +1,19 @@
-"""The model factory: a compact Llama-style decoder or a T5 encoder-decoder built from a config, or a pretrained LLM; all with SID tokens."""
+"""What every backbone's model shares: the special tokens, the item-token start, embedding dropout, the
+trainable state and the exported model (the models themselves are built in `backbones/`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from deepinterestgr.config import LLMBackboneConfig, SFTConfig
 from deepinterestgr.recommender.vocab import SIDVocab
 
 PAD, BOS, SEP = 0, 1, 2
 SPECIAL_TOKENS = 3
 
 
-@dataclass
-class CompactModelConfig:
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    intermediate_size: int = 256
-    dropout: float = 0.0
-    max_items: int = 50
-    # Tokens after the SID vocabulary that are read, never generated (one per catalog item).
-    item_tokens: int = 0
-
-
-def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[LlamaForCausalLM, SIDVocab]:
-    """A from-scratch causal LM whose vocabulary is PAD/BOS/SEP plus one token per (level, code)."""
-    vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab.size + cfg.item_tokens,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.heads,
-        max_position_embeddings=2 + cfg.max_items * (len(sizes) + bool(cfg.item_tokens)),
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=SEP,
-        attention_dropout=cfg.dropout,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval(), vocab
-
-
-def encoder_decoder_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[T5ForConditionalGeneration, SIDVocab]:
-    """A from-scratch T5 (TIGER's backbone): the encoder reads the history's SID tokens, the decoder writes the next SID.
-
-    Same vocabulary as the compact model; the decoder starts from PAD (T5's convention). T5's relative
-    position buckets make left-padded prompts equivalent to unpadded ones.
-    """
-    vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab.size + cfg.item_tokens,
-        d_model=cfg.hidden_size,
-        d_kv=cfg.hidden_size // cfg.heads,
-        d_ff=cfg.intermediate_size,
-        num_layers=cfg.layers,
-        num_decoder_layers=cfg.layers,
-        num_heads=cfg.heads,
-        dropout_rate=cfg.dropout,
-        feed_forward_proj="relu",
-        relative_attention_max_distance=max(128, cfg.max_items * (len(sizes) + bool(cfg.item_tokens))),
-        pad_token_id=PAD,
-        decoder_start_token_id=PAD,
-        eos_token_id=SEP,
-        tie_word_embeddings=True,
-    )
-    return T5ForConditionalGeneration(config).eval(), vocab
-
-
-def pretrained_model(path: str, sizes: list[int], cfg: LLMBackboneConfig, seed: int, dtype: torch.dtype = torch.float32):
-    """A pretrained causal LM with one new token per (level, code); LoRA when `cfg.lora_r` > 0.
-
-    The new embedding rows start at the mean of the existing ones plus noise of their covariance
-    (transformers' mean resizing), seeded: a neutral start that keeps the first logits sane. They are
-    tied to the output layer and always trained; with LoRA they are PEFT's trainable token rows.
-    Returns (model, vocab, tokenizer).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    base = model.get_input_embeddings().num_embeddings
-    vocab = SIDVocab(tuple(sizes), base)
-    torch.manual_seed(seed)
-    model.resize_token_embeddings(vocab.size, mean_resizing=True)
-    if cfg.lora_r:
-        model = add_lora(model, cfg, list(range(base, vocab.size)))
-    return model, vocab, tokenizer
-
-
-def add_lora(model: torch.nn.Module, cfg: LLMBackboneConfig, sid_rows: list[int]) -> torch.nn.Module:
-    """LoRA on the attention projections, with the SID token rows trained as PEFT trainable tokens."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        trainable_token_indices={"embed_tokens": sid_rows},
-    )
-    return get_peft_model(model, lora)
-
-
-def _start_items_from_content(model: torch.nn.Module, vocab: SIDVocab, items: int, item_rows: np.ndarray | None) -> None:
+def start_items_from_content(model: torch.nn.Module, vocab: SIDVocab, items: int, item_rows: np.ndarray | None) -> None:
+    """Set the item-token rows to the items' `content_rows` (sft.item_token_init=content)."""
     weight = model.get_input_embeddings().weight
     if item_rows is None or item_rows.shape != (items, weight.shape[1]):
         got = "none" if item_rows is None else f"shape {tuple(item_rows.shape)}"
@@ -134,7 +39,7 @@ def add_embedding_dropout(model: torch.nn.Module, rate: float) -> None:
 def content_rows(vectors: np.ndarray, width: int) -> np.ndarray:
     """Item vectors [items, d] -> [items, width] float32: their top principal components (zero columns
     past d or past the item count), each component's sign fixed so the result does not depend on the
-    eigen-solver, scaled to unit overall standard deviation (`build_model` rescales to the model's rows).
+    eigen-solver, scaled to unit overall standard deviation (`start_items_from_content` rescales to the model's rows).
     From the d x d covariance, so memory stays that of the vectors for a catalog of millions."""
     centred = np.asarray(vectors, dtype=np.float32)
     centred = centred - centred.mean(axis=0)
@@ -156,23 +61,3 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def export_model(model: torch.nn.Module) -> torch.nn.Module:
     """A plain transformers model for saving and serving: LoRA and token deltas merged into the weights."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
-def build_model(cfg: SFTConfig, sizes: list[int], seed: int, gpu: bool = False, items: int = 0,
-                item_rows: np.ndarray | None = None):
-    """The configured backbone, untrained: (model, vocab, tokenizer or None); `items` = catalog rows (for
-    item tokens); `item_rows` = `content_rows` of the catalog, which `sft.item_token_init=content` needs."""
-    if cfg.backbone != "llm":
-        shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
-                                   items if cfg.item_tokens else 0)
-        factory = compact_model if cfg.backbone == "compact" else encoder_decoder_model
-        model, vocab = factory(sizes, shape, seed)
-        if cfg.item_token_init == "content":  # the config refuses it without item tokens
-            _start_items_from_content(model, vocab, items, item_rows)
-        if cfg.embedding_dropout:
-            add_embedding_dropout(model, cfg.embedding_dropout)
-        return model, vocab, None
-    from deepinterestgr.weights import resolve_llm
-
-    dtype = torch.bfloat16 if gpu and cfg.llm.bf16 else torch.float32
-    return pretrained_model(resolve_llm(cfg.llm.model), sizes, cfg.llm, seed, dtype)

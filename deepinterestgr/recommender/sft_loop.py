@@ -1,9 +1,7 @@
-"""The SFT loop, step by step: what the Ray Train worker (`actors/sft_trainer.py`) and the in-process
-sweep (`bench/sft_sweep.py`) both run, so a sweep's figures are the pipeline's.
-
-One epoch trains on a seeded order of the examples (`epoch_order`), with gradient accumulation,
-clipping, the learning-rate schedule and the weight average after every optimizer step; validation
-ranks the validation users with the average swapped in (when there is one).
+"""The SFT loop, top to bottom: the epoch's example order, the optimizer and its schedule, the loss (SID
+cross-entropy, the item head, item-token dropout), one epoch, the weight average, validation. What the
+Ray Train worker (`actors/sft_trainer.py`) and the in-process sweep (`bench/sft_sweep.py`) both run, so
+a sweep's figures are the pipeline's.
 """
 
 from __future__ import annotations
@@ -17,10 +15,10 @@ import numpy as np
 import torch
 
 from deepinterestgr.config import SFTConfig
-from deepinterestgr.recommender.decoding import lr_factor, sft_loss, training_batch
+from deepinterestgr.recommender.backbones.base import IGNORE, backbone_of
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.model import trainable_state
-from deepinterestgr.recommender.training import average_weights, epoch_order, target_ranks
+from deepinterestgr.recommender.model import PAD, trainable_state
+from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.recommender.vocab import SIDVocab
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -34,6 +32,58 @@ class EpochStats:
     seconds: float
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one worker's epoch: its example order and its item-token dropout."""
+    return seed * 7919 + epoch * 31 + rank
+
+
+def epoch_order(groups: np.ndarray, per_group: int, seed: int) -> np.ndarray:
+    """A shuffled order of example indices for one epoch, at most `per_group` of each group (0 = all).
+
+    With a cap, each epoch draws a fresh seeded sample per group (a user's targets), so long histories
+    are covered across epochs while an epoch costs at most `per_group` examples per user.
+    """
+    rng = np.random.default_rng(seed)
+    keys = rng.random(len(groups))
+    if per_group:
+        by_group = np.lexsort((keys, groups))
+        sorted_groups = groups[by_group]
+        starts = np.r_[0, np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1]
+        rank = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+        keep = np.zeros(len(groups), dtype=bool)
+        keep[by_group[rank < per_group]] = True
+        chosen = np.flatnonzero(keep)
+    else:
+        chosen = np.arange(len(groups))
+    return chosen[np.argsort(keys[chosen], kind="stable")]
+
+
+def epoch_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, bucket: int, seed: int) -> list[np.ndarray]:
+    """The epoch's order cut into batches of `batch_size` examples. With `bucket` > 0, each run of `bucket`
+    batches is first sorted by example length, so a batch holds examples of similar length (less padding),
+    and the batches are then shuffled (seeded): every example still comes once, in batches of the same size."""
+    if not bucket:
+        return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+    window = bucket * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start: start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in np.random.default_rng(seed).permutation(len(batches))]
+
+
+def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:
+    """The learning-rate multiplier at an optimizer step: linear warmup, then constant or cosine decay to 0."""
+    warmup = int(total_steps * warmup_ratio)
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def optimizer_and_schedule(model: torch.nn.Module, cfg: SFTConfig, examples_per_epoch: int):
     """AdamW on the trainable parameters and its per-step learning-rate schedule over all epochs."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -43,34 +93,88 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: SFTConfig, examples_per_
     return optimizer, scheduler
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of one worker's epoch: its example order and its item-token dropout."""
-    return seed * 7919 + epoch * 31 + rank
+def drop_item_tokens(ids: torch.Tensor, vocab: SIDVocab, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """A copy of `ids` with each item token (ids past the SID vocabulary) replaced by the pad token with
+    probability `rate`; the generator decides, on the generator's device."""
+    drop = torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device) < rate
+    return ids.masked_fill(drop & (ids >= vocab.size), PAD)
+
+
+def item_head_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, vocab: SIDVocab) -> torch.Tensor:
+    """Cross-entropy of the next item over the item-token rows only, at every position that predicts an
+    item's first SID code (compact format with item tokens: each item is its SID, then its item token).
+
+    A softmax over items, as SASRec's, beside the per-level SID softmaxes: it ranks every item on its
+    own, so rare items are not pushed out by popular SID siblings. The SID loss pushes all item rows down
+    by the same amount, which this softmax cannot see, so the two do not compete.
+    """
+    items = logits.shape[-1] - vocab.size
+    first = (ids[:, 1:] >= int(vocab.starts[0])) & (ids[:, 1:] < int(vocab.starts[0]) + vocab.sizes[0]) & (labels[:, 1:] != IGNORE)
+    row, pos = first.nonzero(as_tuple=True)
+    token_at = pos + 1 + vocab.levels
+    target = ids[row, token_at.clamp(max=ids.shape[1] - 1)] - vocab.size
+    if items <= 0 or bool(((token_at >= ids.shape[1]) | (target < 0) | (target >= items)).any()):
+        raise ValueError("the item head needs compact examples with an item token after every SID (sft.item_tokens=true)")
+    return torch.nn.functional.cross_entropy(logits[row, pos, vocab.size:].float(), target)
+
+
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0,
+             item_head: float = 0.0, vocab: SIDVocab | None = None, item_token_dropout: float = 0.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens of a backbone's `training_batch`, optionally
+    label-smoothed, plus `item_head` x the item head's loss (`item_head_loss`; compact models with item
+    tokens). With `item_token_dropout` the model reads the batch through `drop_item_tokens`; the item
+    head's targets still come from the batch as it is."""
+    inputs = batch
+    if item_token_dropout:
+        inputs = {**batch, "input_ids": drop_item_tokens(batch["input_ids"], vocab, item_token_dropout, generator)}
+    out = model(**inputs)
+    if not label_smoothing:
+        loss = out.loss
+    else:
+        logits, labels = out.logits, batch["labels"]
+        if backbone_of(model).shifts_labels:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=IGNORE, label_smoothing=label_smoothing)
+    if item_head:
+        loss = loss + item_head * item_head_loss(out.logits, batch["input_ids"], batch["labels"], vocab)
+    return loss
+
+
+def average_weights(average: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """One step of an exponential moving average of a model's trainable parameters, in place."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in average:
+                average[name].mul_(decay).add_(param.detach(), alpha=1.0 - decay)
 
 
 def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Example], groups: np.ndarray,
-                cfg: SFTConfig, vocab: SIDVocab, pad_id: int, seed: int, encoder_decoder: bool,
+                cfg: SFTConfig, vocab: SIDVocab, pad_id: int, seed: int,
                 average: dict[str, torch.Tensor] | None = None, average_of: torch.nn.Module | None = None,
                 autocast=contextlib.nullcontext) -> EpochStats:
     """One epoch of SFT. `model` is what trains (possibly DDP-wrapped); `average_of` the unwrapped model
     whose weights `average` follows (default `model`)."""
     device = next(model.parameters()).device
+    backbone = backbone_of(model)
     model.train()
-    order = torch.from_numpy(epoch_order(groups, cfg.targets_per_user, seed))
+    order = epoch_order(groups, cfg.targets_per_user, seed)
+    batches = epoch_batches(order, np.array([len(e.ids) for e in examples]), cfg.batch_size, cfg.length_buckets, seed)
     # Seeded per worker and epoch, so a run resumed from a checkpoint (a restarted Ray Train worker) drops
     # the same item tokens, and draws the same dropout masks from torch's global generator, as an
     # uninterrupted one.
     item_drop = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     began, tokens, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-    for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-        chunk = [examples[i] for i in order[start: start + cfg.batch_size].tolist()]
-        batch = training_batch(chunk, pad_id, encoder_decoder, cfg.pack_tokens)
+    for step, indices in enumerate(batches):
+        chunk = [examples[i] for i in indices.tolist()]
+        batch = backbone.training_batch(chunk, pad_id, cfg.pack_tokens)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
-            loss = sft_loss(model, batch, encoder_decoder, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop)
+            loss = sft_loss(model, batch, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop)
         (loss / cfg.grad_accum).backward()
-        if (step + 1) % cfg.grad_accum == 0 or start + cfg.batch_size >= len(order):
+        if (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()

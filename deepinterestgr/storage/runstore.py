@@ -102,8 +102,9 @@ class StageAttempt:
         return self.store.read_text(f"{self.stage}/{self.attempt}/{name}")
 
     def commit(self, rows: dict[str, int], report: dict) -> ManifestEntry:
-        """Make this attempt the stage's output by writing its manifest entry."""
+        """Make this attempt the stage's output: its report.json, then its manifest entry."""
         entry = ManifestEntry(self.stage, self.config_hash, self.inputs, self.attempt, rows, report)
+        self.write_bytes("report.json", json.dumps(report, indent=2, default=str).encode())
         self.store.lease(self.stage).check()
         self.store.write_atomic(f"manifest/{self.stage}.json", json.dumps(asdict(entry), indent=2).encode())
         self.entry = entry
