@@ -180,6 +180,7 @@ def main() -> int:
     parser.add_argument("--config", required=True, help="the dataset's run config")
     parser.add_argument("--arm", action="append", default=[], help='"NAME key=value ..." (repeatable; default: one arm, the config as is)')
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (a later run adds seeds to a table)")
     parser.add_argument("--set", action="append", default=[], help="override for every arm")
     parser.add_argument("--grpo", action="store_true", help="run GRPO after SFT in every arm")
     parser.add_argument("--out", help="folder for the runs and the table (default bench/out/<config name>)")
@@ -191,7 +192,7 @@ def main() -> int:
     if len({name for name, _ in arms}) != len(arms):
         raise SystemExit("quality: arm names must differ")
     out = Path(args.out or f"bench/out/{Path(args.config).stem}").resolve()
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.seeds))
     done = run_arms(args.config, arms, seeds, args.set, out, args.mined, args.grpo)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text(markdown(args.config, seeds, done["rows"], done["members"], done["winner"]))
