@@ -13,7 +13,7 @@ from deepinterestgr.baselines.sasrec import ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import StorageError
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
-from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, load_format, load_model, user_interests
+from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, load_format, load_meta, load_model, user_interests
 from deepinterestgr.recommender.inputs import split_rows
 from deepinterestgr.recommender.sequences import most_popular, training_counts
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
@@ -72,9 +72,9 @@ def example_users(store: RunStore, catalog: Catalog, rows: list[dict], top: np.n
     return out
 
 
-def sasrec_members(cfg: RunConfig) -> int:
-    """How many SASRec models rank together: evaluate.sasrec.members, else as many as GR has (equal cost)."""
-    return cfg.evaluate.sasrec.members or cfg.sft.members
+def sasrec_members(cfg: RunConfig, gr_members: int) -> int:
+    """How many SASRec models rank together: evaluate.sasrec.members, else as many as the GR model has (equal cost)."""
+    return cfg.evaluate.sasrec.members or gr_members
 
 
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
@@ -92,7 +92,9 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     rows = {split: split_rows(catalog, fmt, interests, split) for split in splits}
     histories = {split: [r["history"] for r in rows[split]] for split in splits}
     targets = {split: np.array([r["target"] for r in rows[split]], dtype=np.int64) for split in splits}
-    gr = f"GR ({model_stage}) x{cfg.sft.members}"
+    # The model's own member count (its folder says), not the config's: a run evaluated with another config still counts right.
+    members = load_meta(store, model_stage).members
+    gr = f"GR ({model_stage}) x{members}"
     with store.stage(STAGE, config_hash, inputs) as attempt:
         every = [{**r, "key": k, "split": split} for split in splits for k, r in enumerate(rows[split])]
         ranked = ray.data.from_items(every).map_batches(
@@ -116,7 +118,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         test_top = np.stack([np.asarray(t, dtype=np.int64) for t in table.column("top").to_pylist()])[split_of == "test"]
         details = {"examples": example_users(store, catalog, rows["test"], test_top, ranks["test"][gr], interests, e.examples, cfg.seed)}
         if e.sasrec.enabled:
-            k = sasrec_members(cfg)
+            k = sasrec_members(cfg, members)
             fit = fit_sasrec_members(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, e.sasrec.grid, k, cfg.seed,
                                      label="evaluate: SASRec")
             chosen = {key: getattr(fit.shape, key) for key in e.sasrec.grid}
@@ -141,7 +143,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         if e.popularity_groups:
             counts = training_counts(seqs, len(catalog.item_ids))[targets["test"]]
             details["by_target_popularity"] = metrics_by_popularity(ranks["test"], counts, e.popularity_groups, e.ks)
-        report = {"model_stage": model_stage, "members": cfg.sft.members, "test_users": len(rows["test"]),
+        report = {"model_stage": model_stage, "members": members, "test_users": len(rows["test"]),
                   "items": len(catalog.item_ids), "beam_width": e.beam_width, "exclude_history": e.exclude_history,
                   "results": results, **details}
         markdown = "Test users:\n\n" + markdown_table(results)
