@@ -14,7 +14,6 @@ from pyarrow import fs as pafs
 from deepinterestgr.errors import DataError
 from deepinterestgr.interests.labels import good_descriptors
 from deepinterestgr.recommender import backbones
-from deepinterestgr.recommender.backbones.base import attach
 from deepinterestgr.recommender.ensemble import Ensemble
 from deepinterestgr.recommender.formats import META_FILE, ItemText, RecommenderMeta
 from deepinterestgr.recommender.sequences import UserSequences, build_sequences
@@ -110,12 +109,9 @@ def load_model(store: RunStore, stage: str):
 
 
 def _load_member(store: RunStore, stage: str, member: int, backbone):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
     with tempfile.TemporaryDirectory() as folder:
         _fetch(store, stage, folder, weights=True, member=member)
-        seq2seq = AutoConfig.from_pretrained(folder).is_encoder_decoder
-        return attach((AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(folder).eval(), backbone)
+        return backbone.load(folder)
 
 
 def load_format(store: RunStore, stage: str, catalog: Catalog, backbone: str | None = None):

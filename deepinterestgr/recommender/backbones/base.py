@@ -82,6 +82,12 @@ class Backbone(Decoding):
         """The prompt and example format a model of this backbone was (or will be) trained with."""
         raise NotImplementedError
 
+    def load(self, folder: str) -> torch.nn.Module:
+        """A saved model folder of this backbone, for inference (its decoding attached)."""
+        from transformers import AutoModelForCausalLM
+
+        return attach(AutoModelForCausalLM.from_pretrained(folder).eval(), self)
+
     def load_tokenizer(self, folder: str):
         """The tokenizer saved with a model folder (None: this backbone has none)."""
         return None

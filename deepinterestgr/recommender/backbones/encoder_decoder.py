@@ -68,6 +68,11 @@ class EncoderDecoderBackbone(FromScratch, Backbone):
         if cfg.pack_tokens and not self.packs:
             raise ValueError(f"sft.pack_tokens applies only to the decoder-only backbones (compact, llm), not {self.name}")
 
+    def load(self, folder):
+        from transformers import AutoModelForSeq2SeqLM
+
+        return attach(AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), self)
+
     def prefill(self, model, ids, mask):
         encoder_states = getattr(model, "module", model).get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         cache = CrossCache.from_encoder(model, encoder_states, mask)
