@@ -135,7 +135,7 @@ def main() -> int:
         device += ["sft.epochs=2", "tokenize.rqvae.epochs=20", "sft.valid_users=60", "evaluate.sasrec.grid={}", "evaluate.sasrec.epochs=5"]
     miner = {"name": "smollm2", "backend": "local", "model": inputs["llm"] if not args.cpu else "SmolLM2-135M-Instruct",
              "max_new_tokens": 112, "batch_size": 128, "num_gpus": 1.0 if gpu else 0.0, "bf16": True}
-    mining = [] if args.mined else [f"mine.miners=[{json.dumps(miner)}]"]
+    mining = quality.mined_answers(args.mined) if args.mined else [f"mine.miners=[{json.dumps(miner)}]"]
     mined_run = out / "mined"
 
     @gpu_check.step("mine", memory, limit)
@@ -143,9 +143,6 @@ def main() -> int:
         cfg = load_config(CONFIG, [*device, *mining, "pipeline.stages=[prepare,mine,label]", "label.judge_by=similarity",
                                    f"storage.uri={mined_run}"])
         if args.mined:
-            source = load_config(Path(args.mined) / "config.yaml")
-            cfg = load_config(CONFIG, [*device, f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}",
-                                       "pipeline.stages=[prepare,mine,label]", "label.judge_by=similarity", f"storage.uri={mined_run}"])
             shutil.copytree(Path(args.mined) / "cache" / "mine", mined_run / "cache" / "mine")
         start_ray(cfg)
         store = RunStore(cfg)

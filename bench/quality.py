@@ -117,16 +117,20 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
     plt.close(fig)
 
 
+def mined_answers(mined: str) -> list[str]:
+    """Overrides that make a run's mine stage ask what the mined run `mined` asked (its miners and prompts),
+    so the answers in its cache (copied into the new run) answer every row."""
+    source = load_config(Path(mined) / "config.yaml")
+    return [f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}", f"mine.prompts={source.mine.prompts}"]
+
+
 def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], common: list[str], out: Path,
              mined: str | None = None, grpo: bool = False, on_run=None) -> dict:
     """Every arm for every seed (see the module's docstring); `on_run(seed, arm, evaluate_report, seconds)`
     after each run. Returns the table's rows, each arm's member count, the arm validation chose and the
     validation curves."""
     stages = ["prepare", "tokenize", "sft", *(["grpo"] if grpo else []), "evaluate"]
-    answers = []
-    if mined:
-        source = load_config(Path(mined) / "config.yaml")
-        answers = [f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}", f"mine.prompts={source.mine.prompts}"]
+    answers = mined_answers(mined) if mined else []
     members = {name: load_config(config, [*common, *overrides]).sft.members for name, overrides in arms}
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}

@@ -60,13 +60,13 @@ def resolve_llm(name: str) -> str:
         if name.startswith((".", "/")) and not Path(name).is_dir():
             raise FileNotFoundError(f"model path {name} does not exist")
         return name
-    package, gguf = BUNDLED_LLMS[name]
+    gguf = BUNDLED_LLMS[name][1]
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return str(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _package_dir(package, f"LLM {name!r}")
+    source = llm_source(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Convert into a private folder and rename it into place: concurrent workers never see half a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

@@ -41,10 +41,10 @@ class DecoderOnly(Backbone):
         if pack_tokens:
             return packed_batch(examples, pad_id, pack_tokens)
         ids, mask = right_pad([e.ids for e in examples], pad_id)
-        labels = torch.full_like(ids, IGNORE)
-        for row, example in enumerate(examples):
-            labels[row, : len(example.ids)] = torch.tensor(example_labels(example), dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        loss_start = torch.tensor([e.loss_start for e in examples])
+        read_only = torch.tensor([e.read_only_from or torch.iinfo(torch.long).max for e in examples])
+        covered = (torch.arange(ids.shape[1]) >= loss_start[:, None]) & mask.bool() & (ids < read_only[:, None])
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(~covered, IGNORE)}
 
 
 def example_labels(example) -> list[int]:
