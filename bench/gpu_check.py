@@ -54,7 +54,7 @@ class Size:
 
 GPU = Size(items=3000, users=6000, rqvae_epochs=100, sft_epochs=10, sft_batch=256, llm_layers=None,
            llm_valid_users=500, bench_items=100_000, bench_users=1024)
-CPU = Size(items=120, users=150, rqvae_epochs=10, sft_epochs=2, sft_batch=64, llm_layers=2,
+CPU = Size(items=80, users=100, rqvae_epochs=10, sft_epochs=2, sft_batch=64, llm_layers=2,
            llm_valid_users=20, bench_items=500, bench_users=8)
 
 
@@ -202,7 +202,7 @@ def main() -> int:
     from deepinterestgr.storage.runstore import RunStore
     from deepinterestgr.weights import resolve_llm, resolve_text_encoder
     from ray_jobs import evaluate, grpo, prepare, sft, tokenize
-    from ray_jobs.common import start_ray
+    from ray_jobs.common import runtime_env, start_ray
     from ray_jobs.console import log_file, route_ray_logs
 
     size, gpu = (CPU, False) if args.cpu else (GPU, True)
@@ -243,7 +243,7 @@ def main() -> int:
         if args.address:
             # The `ray start` cluster has no dashboard, so Ray Train's cleaner would warn every second (see the hook).
             ray.init(address=args.address, logging_level=logging.WARNING,
-                     runtime_env={"worker_process_setup_hook": "ray_jobs.common.quiet_train_cleaner"})
+                     runtime_env={**runtime_env(cfg.ray), "worker_process_setup_hook": "ray_jobs.common.quiet_train_cleaner"})
         else:
             start_ray(cfg)
         route_ray_logs(log_file(store, "gpu_check"))

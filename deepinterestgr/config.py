@@ -644,6 +644,11 @@ class RayConfig(Section):
     # Ray Train's own console lines (one per report and per checkpoint, with full paths); the training
     # loops write one progress line per epoch whatever this is. INFO brings Ray Train's lines back.
     train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # Actors Ray Data starts to read Parquet footers, anew for every `read_parquet` (Ray 2.60's default: 32,
+    # a worker process each). Our reads are a few files each; on 2 cores 32 process starts cost 10-40 s per
+    # read (bench/gpu_check.sh --cpu: tokenize's read of 120 items 18.1 s -> 7.8 s with 1). None keeps
+    # Ray's default, for datasets of thousands of files.
+    parquet_footer_readers: int | None = Field(2, ge=1)
 
 
 class RunConfig(Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import pyarrow as pa
@@ -12,7 +13,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 
-from deepinterestgr.config import ConfigError, RunConfig, TrainerScaling, load_config
+from deepinterestgr.config import ConfigError, RayConfig, RunConfig, TrainerScaling, load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.progress import progress
 from deepinterestgr.storage.filesystem import storage_fault
@@ -20,6 +21,7 @@ from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.console import log_file, route_ray_logs
 
 USER_ERRORS = (ConfigError, DataError, StorageError)
+FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
 
 def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -51,18 +53,30 @@ def quiet_train_cleaner() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def runtime_env(ray_cfg: RayConfig) -> dict:
+    """The job's runtime environment: Ray Data's Parquet footer readers (`ray.parquet_footer_readers`),
+    and Ray Train's cleaner quietened on a local cluster without the dashboard."""
+    env: dict = {}
+    if ray_cfg.parquet_footer_readers is not None:
+        # The driver builds some readers itself, the job's workers the rest.
+        os.environ[FOOTER_READERS_ENV] = str(ray_cfg.parquet_footer_readers)
+        env["env_vars"] = {FOOTER_READERS_ENV: str(ray_cfg.parquet_footer_readers)}
+    if ray_cfg.address is None and not ray_cfg.dashboard:
+        env["worker_process_setup_hook"] = "ray_jobs.common.quiet_train_cleaner"
+    return env
+
+
 def start_ray(cfg: RunConfig) -> None:
     """Join the configured cluster, or start a local one (what `ray job submit` and a laptop both need)."""
     if ray.is_initialized():
         return
-    local_without_dashboard = cfg.ray.address is None and not cfg.ray.dashboard
     ray.init(
         address=cfg.ray.address,
         num_cpus=cfg.ray.num_cpus,
         ignore_reinit_error=True,
         logging_level=logging.WARNING,
         include_dashboard=cfg.ray.dashboard,
-        **({"runtime_env": {"worker_process_setup_hook": "ray_jobs.common.quiet_train_cleaner"}} if local_without_dashboard else {}),
+        runtime_env=runtime_env(cfg.ray) or None,
     )
 
 

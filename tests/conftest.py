@@ -29,7 +29,11 @@ def ray_cluster():
     import ray
 
     # No dashboard: the tests do not use it, and it is three more processes on a 2-core machine.
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, ignore_reinit_error=True)
+    from deepinterestgr.config import RayConfig
+    from ray_jobs.common import runtime_env
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, ignore_reinit_error=True,
+             runtime_env=runtime_env(RayConfig()))
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
