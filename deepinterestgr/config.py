@@ -645,9 +645,9 @@ class RayConfig(Section):
     # loops write one progress line per epoch whatever this is. INFO brings Ray Train's lines back.
     train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # Actors Ray Data starts to read Parquet footers, anew for every `read_parquet` (Ray 2.60's default: 32,
-    # a worker process each). Our reads are a few files each; on 2 cores 32 process starts cost 10-40 s per
-    # read (bench/gpu_check.sh --cpu: tokenize's read of 120 items 18.1 s -> 7.8 s with 1). None keeps
-    # Ray's default, for datasets of thousands of files.
+    # a worker process each). Our reads are a few files each; on 2 idle cores tokenize's first read of a
+    # 120-item table took 18.1 s with 32 and 7.8 s with 1 (bench/gpu_check.sh --cpu). None keeps Ray's
+    # default, for datasets of thousands of files.
     parquet_footer_readers: int | None = Field(2, ge=1)
 
 
