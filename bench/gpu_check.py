@@ -202,7 +202,7 @@ def main() -> int:
     from deepinterestgr.storage.runstore import RunStore
     from deepinterestgr.weights import resolve_llm, resolve_text_encoder
     from ray_jobs import evaluate, grpo, prepare, sft, tokenize
-    from ray_jobs.common import runtime_env, start_ray
+    from ray_jobs.common import QUIET_TRAIN_CLEANER, runtime_env, start_ray
     from ray_jobs.console import log_file, route_ray_logs
 
     size, gpu = (CPU, False) if args.cpu else (GPU, True)
@@ -243,7 +243,7 @@ def main() -> int:
         if args.address:
             # The `ray start` cluster has no dashboard, so Ray Train's cleaner would warn every second (see the hook).
             ray.init(address=args.address, logging_level=logging.WARNING,
-                     runtime_env={**runtime_env(cfg.ray), "worker_process_setup_hook": "ray_jobs.common.quiet_train_cleaner"})
+                     runtime_env={**runtime_env(cfg.ray), "worker_process_setup_hook": QUIET_TRAIN_CLEANER})
         else:
             start_ray(cfg)
         route_ray_logs(log_file(store, "gpu_check"))

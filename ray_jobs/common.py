@@ -44,13 +44,8 @@ def parse_config(stage: str, argv: list[str] | None) -> RunConfig:
     return config_from(arg_parser(stage).parse_args(argv))
 
 
-def quiet_train_cleaner() -> None:
-    """Worker setup hook for local clusters started without the dashboard.
-
-    Ray Train's placement-group cleaner asks the state API, which the dashboard serves, whether the
-    trainer is alive; without it the cleaner warns once a second for as long as a trainer runs.
-    """
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+# The worker setup hook, by name: each worker imports it at start (see ray_jobs/worker_setup.py).
+QUIET_TRAIN_CLEANER = "ray_jobs.worker_setup.quiet_train_cleaner"
 
 
 def runtime_env(ray_cfg: RayConfig) -> dict:
@@ -62,7 +57,7 @@ def runtime_env(ray_cfg: RayConfig) -> dict:
         os.environ[FOOTER_READERS_ENV] = str(ray_cfg.parquet_footer_readers)
         env["env_vars"] = {FOOTER_READERS_ENV: str(ray_cfg.parquet_footer_readers)}
     if ray_cfg.address is None and not ray_cfg.dashboard:
-        env["worker_process_setup_hook"] = "ray_jobs.common.quiet_train_cleaner"
+        env["worker_process_setup_hook"] = QUIET_TRAIN_CLEANER
     return env
 
 
