@@ -645,9 +645,10 @@ class RayConfig(Section):
     # loops write one progress line per epoch whatever this is. INFO brings Ray Train's lines back.
     train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # Actors Ray Data starts to read Parquet footers, anew for every `read_parquet` (Ray 2.60's default: 32,
-    # a worker process each). Our reads are a few files each; on 2 idle cores tokenize's first read of a
-    # 120-item table took 18.1 s with 32 and 7.8 s with 1 (bench/gpu_check.sh --cpu). None keeps Ray's
-    # default, for datasets of thousands of files.
+    # a worker process each). Our reads are a few files each. On 2 cores a fresh cluster's first three reads
+    # of a 1,682-row table took 7.6 / 2.5 / 4.2 s with 32 and 6.7 / 2.6 / 2.1 s with 2 (18.1 s against
+    # 7.8 s before each worker's start stopped importing torch: ray_jobs/worker_setup.py). None keeps
+    # Ray's default, for datasets of thousands of files.
     parquet_footer_readers: int | None = Field(2, ge=1)
 
 
