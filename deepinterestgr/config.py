@@ -730,26 +730,36 @@ def _describe(error: ValidationError) -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config (or start from the defaults), apply `key=value` overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        tree = loaded
+    if path is None:
+        return _validated({}, overrides, None)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+    return config_from_yaml(text, str(path), overrides)
+
+
+def config_from_yaml(text: str, source: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A config from YAML text read elsewhere (a run's own config.yaml, local or on S3), named `source` in errors."""
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {source} must hold a mapping at the top level")
+    return _validated(loaded, overrides, source)
+
+
+def _validated(tree: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str | None) -> RunConfig:
     for assignment in overrides:
         _apply_override(tree, assignment)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        where = f" in {path}" if path is not None else ""
+        where = f" in {source}" if source is not None else ""
         raise ConfigError(f"invalid config{where}: {_describe(exc)}") from None

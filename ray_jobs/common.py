@@ -13,7 +13,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 
-from deepinterestgr.config import ConfigError, RayConfig, RunConfig, TrainerScaling, load_config
+from deepinterestgr.config import ConfigError, RayConfig, RunConfig, TrainerScaling, config_from_yaml, load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.progress import progress
 from deepinterestgr.storage.filesystem import storage_fault
@@ -27,16 +27,28 @@ FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
     """`--config FILE`, `--set key=value` (repeatable) and `--run URI` (= --set storage.uri=URI)."""
     parser = argparse.ArgumentParser(prog=f"dig {stage}", description=description or f"Run the '{stage}' stage.")
-    parser.add_argument("--config", help="YAML run config (without one, every key takes its code default: "
-                                          "docs/config-reference.md; the demo is configs/default.yaml)")
+    parser.add_argument("--config", help="YAML run config (without one: the config.yaml of the run that --run names, "
+                                          "else every key's code default, docs/config-reference.md; the demo is "
+                                          "configs/default.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--run", help="run storage URI: a local folder or s3://bucket/prefix")
     return parser
 
 
 def config_from(args: argparse.Namespace, *overrides: str) -> RunConfig:
-    """The run config of parsed `arg_parser` arguments; `overrides` come after the user's `--set`s."""
-    return load_config(args.config, list(args.set) + ([f"storage.uri={args.run}"] if args.run else []) + list(overrides))
+    """The run config of parsed `arg_parser` arguments; `overrides` come after the user's `--set`s.
+
+    Without `--config`, a `--run` that already holds a config.yaml starts from it: a later stage (or a rerun)
+    of a run then uses the settings its earlier stages were made with, not the code defaults."""
+    sets = list(args.set) + ([f"storage.uri={args.run}"] if args.run else []) + list(overrides)
+    if args.config is None and args.run:
+        # Only the storage keys are needed to find the run (an S3 endpoint, say); the rest may need the file.
+        store = RunStore(load_config(None, [s for s in sets if s.startswith("storage.")]))
+        saved = store.read_text("config.yaml")
+        if saved is not None:
+            print(f"config: {store.uri}/config.yaml, the run's own (--config FILE starts from another)", file=sys.stderr)
+            return config_from_yaml(saved, f"{store.uri}/config.yaml", sets)
+    return load_config(args.config, sets)
 
 
 def parse_config(stage: str, argv: list[str] | None) -> RunConfig:

@@ -60,3 +60,33 @@ def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line():
     bad = _dig("config", "--show", "--set", "evaluate.sasrec.members=0")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "dig config: error:" in bad.stderr and "evaluate.sasrec.members" in bad.stderr
+
+
+def test_a_run_without_config_starts_from_its_own_config_yaml_locally_and_on_s3(tmp_path, capsys, s3_bucket, monkeypatch):
+    import yaml
+
+    from deepinterestgr.config import load_config
+    from deepinterestgr.storage.runstore import RunStore
+    from ray_jobs import config
+
+    def shown(*argv):
+        assert config.main(list(argv)) == 0
+        out = capsys.readouterr()
+        return yaml.safe_load(out.out), out.err
+
+    endpoint, bucket = s3_bucket
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for run in (str(tmp_path / "run"), f"s3://{bucket}/run"):
+        fresh, err = shown("--run", run)
+        assert fresh["sft"]["members"] == 1 and "config:" not in err, "a new run: the code defaults"
+        made = load_config(None, [f"storage.uri={run}", "sft.members=3", "sft.item_tokens=true", "pipeline.stages=[prepare,sft]"])
+        RunStore(made).save_config(made)
+        later, err = shown("--run", run, "--set", "sft.item_token_init=content")
+        assert (later["sft"]["members"], later["sft"]["item_token_init"]) == (3, "content"), "the run's keys, then --set"
+        assert "the run's own" in err and run.rstrip("/").split("/")[-1] in err
+        chosen, _ = shown("--config", "configs/default.yaml", "--run", run)
+        assert chosen["sft"]["members"] == 2, "--config still wins over the run's file"
+
+    (tmp_path / "run" / "config.yaml").write_text("sft: [not, a, mapping")
+    assert config.main(["--run", str(tmp_path / "run")]) == 2
+    assert f"{tmp_path / 'run'}/config.yaml is not valid YAML" in capsys.readouterr().err
