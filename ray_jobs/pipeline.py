@@ -15,7 +15,7 @@ import time
 
 import ray
 
-from deepinterestgr.config import PipelineConfig, RunConfig
+from deepinterestgr.config import ConfigError, PipelineConfig, RunConfig
 from deepinterestgr.run_report import label_balance
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, label, mine, prepare, report, sft, tokenize
@@ -112,6 +112,18 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def remembered(cfg: RunConfig, args) -> RunConfig:
+    """What the run's config.yaml keeps: `--stages` picks this invocation's stages only, so the run's own
+    stages stay there for the next command that starts from the file (`--run` without `--config`)."""
+    if not args.stages:
+        return cfg
+    try:
+        stages = config_from(args).pipeline.stages
+    except ConfigError:  # the subset was what made the config valid (an ensemble without grpo): keep it
+        return cfg
+    return cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"stages": stages})})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser("pipeline", "Run prepare -> mine -> label -> tokenize -> sft -> grpo -> evaluate in one Ray job; "
                                      "finished stages are skipped.")
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         store = RunStore(cfg)
         check_stages(cfg, store)
         with store.lease("pipeline"):
-            store.save_config(cfg)
+            store.save_config(remembered(cfg, args))
             route_ray_logs(log_file(store, "pipeline"))
             start_ray(cfg)
             result = run(cfg, store)

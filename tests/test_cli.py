@@ -62,12 +62,13 @@ def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line():
     assert bad.stderr.count("\n") == 1 and "dig config: error:" in bad.stderr and "evaluate.sasrec.members" in bad.stderr
 
 
-def test_a_run_without_config_starts_from_its_own_config_yaml_locally_and_on_s3(tmp_path, capsys, s3_bucket, monkeypatch):
+def test_a_run_without_config_starts_from_its_own_config_yaml_and_keeps_its_own_stages(tmp_path, capsys, s3_bucket, monkeypatch):
     import yaml
 
     from deepinterestgr.config import load_config
     from deepinterestgr.storage.runstore import RunStore
     from ray_jobs import config
+    from ray_jobs.common import config_from
 
     def shown(*argv):
         assert config.main(list(argv)) == 0
@@ -86,6 +87,15 @@ def test_a_run_without_config_starts_from_its_own_config_yaml_locally_and_on_s3(
         assert "the run's own" in err and run.rstrip("/").split("/")[-1] in err
         chosen, _ = shown("--config", "configs/default.yaml", "--run", run)
         assert chosen["sft"]["members"] == 2, "--config still wins over the run's file"
+
+    # `dig pipeline --stages` picks one invocation's stages: the run's config.yaml keeps the run's own
+    from argparse import Namespace
+
+    from ray_jobs.pipeline import remembered
+
+    subset = Namespace(config=None, set=["sft.epochs=4"], run=str(tmp_path / "run"), stages="prepare")
+    kept = remembered(config_from(subset, "pipeline.stages=[prepare]"), subset)
+    assert kept.pipeline.stages == ["prepare", "sft"] and kept.sft.epochs == 4
 
     (tmp_path / "run" / "config.yaml").write_text("sft: [not, a, mapping")
     assert config.main(["--run", str(tmp_path / "run")]) == 2

@@ -1,7 +1,7 @@
 """A run's storage: committed stage outputs, one manifest entry per stage, atomic writes.
 
 Layout under the run root:
-    config.yaml                    the resolved config of the latest invocation
+    config.yaml                    the resolved config of the latest invocation (less `dig pipeline --stages`)
     manifest/<stage>.json          the committed entry of each stage (written last, atomically)
     <stage>/<attempt>/<table>/     Parquet files of one attempt
 
