@@ -35,7 +35,7 @@ def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentP
     return parser
 
 
-def config_from(args: argparse.Namespace, *overrides: str) -> RunConfig:
+def config_from(args: argparse.Namespace, *overrides: str, announce: bool = True) -> RunConfig:
     """The run config of parsed `arg_parser` arguments; `overrides` come after the user's `--set`s.
 
     Without `--config`, a `--run` that already holds a config.yaml starts from it: a later stage (or a rerun)
@@ -46,7 +46,9 @@ def config_from(args: argparse.Namespace, *overrides: str) -> RunConfig:
         store = RunStore(load_config(None, [s for s in sets if s.startswith("storage.")]))
         saved = store.read_text("config.yaml")
         if saved is not None:
-            print(f"config: {store.uri}/config.yaml, the run's own (--config FILE starts from another)", file=sys.stderr)
+            if announce:
+                print(f"config: {store.uri}/config.yaml, the run's own (--config FILE starts from another)",
+                      file=sys.stderr)
             return config_from_yaml(saved, f"{store.uri}/config.yaml", sets)
     return load_config(args.config, sets)
 

@@ -118,7 +118,7 @@ def remembered(cfg: RunConfig, args) -> RunConfig:
     if not args.stages:
         return cfg
     try:
-        stages = config_from(args).pipeline.stages
+        stages = config_from(args, announce=False).pipeline.stages
     except ConfigError:  # the subset was what made the config valid (an ensemble without grpo): keep it
         return cfg
     return cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"stages": stages})})
