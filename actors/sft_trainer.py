@@ -23,7 +23,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import trainable_state
-from deepinterestgr.recommender.sft_loop import (averaged, epoch_order, epoch_seed, optimizer_and_schedule,
+from deepinterestgr.recommender.sft_loop import (averaged, compiled, epoch_order, epoch_seed, optimizer_and_schedule,
                                                  train_epoch, validation_ranks, weight_average)
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -65,7 +65,7 @@ def train_sft(config: dict) -> None:
     if checkpoint and average is not None:
         average = {n: v.to(device) for n, v in state["model"].items() if n in average}
         model.load_state_dict(state["live"], strict=False)
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    ddp = compiled(ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None), cfg)
     autocast = backbone.autocast(cfg)
 
     for epoch in range(start_epoch, cfg.epochs):

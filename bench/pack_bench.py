@@ -1,14 +1,15 @@
-"""SFT with packed rows (`sft.pack_tokens`) and with length-bucketed batches (`sft.length_buckets`) against one
-padded row per example, on a run's own examples, in one run.
+"""SFT with packed rows (`sft.pack_tokens`), with length-bucketed batches (`sft.length_buckets`) and with a
+compiled forward pass (`sft.compile`) against one padded row per example, on a run's own examples, in one run.
 
     python bench/pack_bench.py --run runs/default --config configs/default.yaml --set sft.backbone=llm ... \
-        [--pack-tokens 512] [--buckets 50] [--steps 30] [--threads 2]
+        [--pack-tokens 512] [--buckets 50] [--compile default] [--steps 30] [--warmup 2] [--threads 2]
 
 Every arm starts from the same weights. The padded and packed arms see the same batches (`sft.batch_size`
 examples per step, the stage's example order); only the layout differs. The bucketed arm sees batches of the
 same size drawn from the same order, sorted by length in runs of `--buckets` batches (so other batches: its
-loss differs by sampling, not by computation). Prints one JSON line: per arm tokens/s (real tokens,
-padding excluded), the padding share of the positions computed, seconds, the mean loss of the steps, and
+loss differs by sampling, not by computation). The compiled arm is the padded one with `torch.compile`. Prints
+one JSON line: per arm tokens/s (real tokens, padding excluded) over the steps after the first `--warmup` (where
+compilation happens), the seconds of those first steps and of all, the padding share of the positions computed, the mean loss of the steps, and
 validation HR@10 / NDCG@10 of the run's validation users after the steps (the same in both arms up to
 float noise, since packing changes the layout, not the computation). Needs a run with committed prepare
 and tokenize stages (and mine for the llm backbone's interest prompts, when it ran). One process, no Ray Train.
@@ -29,12 +30,13 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.inputs import sft_inputs
 from deepinterestgr.recommender.ranking import target_ranks
-from deepinterestgr.recommender.sft_loop import epoch_batches, epoch_order, epoch_seed, optimizer_and_schedule, sft_loss
+from deepinterestgr.recommender.sft_loop import compiled, epoch_batches, epoch_order, epoch_seed, optimizer_and_schedule, sft_loss
 from deepinterestgr.storage.runstore import RunStore
 
 
-def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int = 0) -> dict:
+def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int = 0, warmup: int = 2) -> dict:
     s = cfg.sft
+    trained = compiled(model, s)
     examples = [e for _, e in data.grouped]
     groups = np.array([g for g, _ in data.grouped])
     optimizer, scheduler = optimizer_and_schedule(model, s, len(examples))
@@ -43,11 +45,13 @@ def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int 
     torch.manual_seed(epoch_seed(seed, 0, 0))
     model.train()
     real = computed = 0
-    losses, began = [], time.perf_counter()
-    for indices in batches[:steps]:
+    losses, began, steady = [], time.perf_counter(), None
+    for step, indices in enumerate(batches[:steps]):
+        if step == warmup:
+            steady, real_before = time.perf_counter(), real
         chunk = [examples[i] for i in indices.tolist()]
         batch = backbones.get(s.backbone).training_batch(chunk, data.fmt.pad_id, pack_tokens)
-        loss = sft_loss(model, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
+        loss = sft_loss(trained, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -55,11 +59,14 @@ def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int 
         losses.append(float(loss.detach()))
         real += sum(len(e.ids) for e in chunk)
         computed += batch["input_ids"].numel()
-    seconds = time.perf_counter() - began
+    ended = time.perf_counter()
+    if steady is None:
+        raise SystemExit(f"pack_bench: --steps {steps} leaves no step after --warmup {warmup}")
     model.eval()
     ranks = target_ranks(model, data.valid_prompts, np.array(data.valid_targets), data.catalog.trie, data.fmt.vocab, s.beam_width,
                          pad_id=data.fmt.pad_id, item_weight=s.ranking_item_weight)
-    return {"tokens_per_s": round(real / seconds, 1), "padding_share": round(1 - real / computed, 3), "seconds": round(seconds, 1),
+    return {"tokens_per_s": round((real - real_before) / (ended - steady), 1), "padding_share": round(1 - real / computed, 3),
+            "warmup_s": round(steady - began, 1), "seconds": round(ended - began, 1),
             "steps": len(losses), "mean_loss": round(float(np.mean(losses)), 5), **ranking_metrics(ranks, (10,))}
 
 
@@ -70,7 +77,10 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--pack-tokens", type=int, default=512)
     parser.add_argument("--buckets", type=int, default=50, help="batches per length-sorted run in the bucketed arm")
+    parser.add_argument("--compile", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="sft.compile of the compiled arm")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (compilation)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,15 +92,19 @@ def main() -> int:
     model, _, _ = backbone.build(cfg.sft, data.catalog.trie.sizes, cfg.seed, items=len(data.catalog.codes), item_rows=data.item_rows)
     start = copy.deepcopy(model.state_dict())
     results = {}
-    for name, pack, buckets in (("padded", 0, 0), (f"packed_{args.pack_tokens}", args.pack_tokens, 0),
-                                (f"bucketed_{args.buckets}", 0, args.buckets)):
+    eager = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": "off"})})
+    fused = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": args.compile})})
+    for name, arm_cfg, pack, buckets in (("padded", eager, 0, 0), (f"packed_{args.pack_tokens}", eager, args.pack_tokens, 0),
+                                         (f"bucketed_{args.buckets}", eager, 0, args.buckets), (f"compiled_{args.compile}", fused, 0, 0)):
         model.load_state_dict(start)
-        results[name] = arm(model, cfg, data, pack, args.steps, cfg.seed, buckets)
+        results[name] = arm(model, arm_cfg, data, pack, args.steps, cfg.seed, buckets, args.warmup)
     padded, packed, bucketed = results["padded"], results[f"packed_{args.pack_tokens}"], results[f"bucketed_{args.buckets}"]
+    fused_arm = results[f"compiled_{args.compile}"]
     print(json.dumps({"bench": "pack", "run": args.run, "backbone": cfg.sft.backbone, "batch_size": cfg.sft.batch_size,
                       "examples": len(data.grouped), "valid_users": len(data.valid_users), **results,
                       "speedup": round(packed["tokens_per_s"] / padded["tokens_per_s"], 2),
-                      "bucketed_speedup": round(bucketed["tokens_per_s"] / padded["tokens_per_s"], 2)}))
+                      "bucketed_speedup": round(bucketed["tokens_per_s"] / padded["tokens_per_s"], 2),
+                      "compiled_speedup": round(fused_arm["tokens_per_s"] / padded["tokens_per_s"], 2)}))
     return 0
 
 

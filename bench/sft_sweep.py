@@ -41,7 +41,7 @@ from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import content_rows, trainable_state
 from deepinterestgr.recommender.ranking import target_ranks
-from deepinterestgr.recommender.sft_loop import (averaged, epoch_order, epoch_seed, optimizer_and_schedule,
+from deepinterestgr.recommender.sft_loop import (averaged, compiled, epoch_order, epoch_seed, optimizer_and_schedule,
                                                  train_epoch, validation_ranks, weight_average)
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -105,10 +105,12 @@ def train_and_test(run: dict, overrides: dict, training_seed: int, device: str) 
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
     model.to(device)
     average = weight_average(model, cfg)
+    trained = compiled(model, cfg)
     valid_targets = np.array(run["valid_targets"])
     best, stale, best_epoch, best_state, began = -1.0, 0, -1, None, time.perf_counter()
     for epoch in range(cfg.epochs):
-        stats = train_epoch(model, optimizer, scheduler, examples, groups, cfg, vocab, run["pad_id"], epoch_seed(seed, epoch, 0), average)
+        stats = train_epoch(trained, optimizer, scheduler, examples, groups, cfg, vocab, run["pad_id"], epoch_seed(seed, epoch, 0),
+                            average, model)
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
         with averaged(model, average):

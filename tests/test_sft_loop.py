@@ -7,7 +7,7 @@ from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.backbones.compact import COMPACT
 from deepinterestgr.recommender.model import trainable_state
-from deepinterestgr.recommender.sft_loop import epoch_seed, optimizer_and_schedule, train_epoch
+from deepinterestgr.recommender.sft_loop import compiled, epoch_seed, optimizer_and_schedule, train_epoch
 
 
 def _state_after(epochs: range, start: dict | None, disturb: bool):
@@ -84,3 +84,25 @@ def test_length_buckets_keep_every_example_once_in_batches_of_the_same_size_with
     assert padded(bucketed) < 0.2 * padded(plain)
     assert all(np.array_equal(a, b) for a, b in zip(bucketed, epoch_batches(order, lengths, 32, 10, seed=1))), "seeded"
     assert not all(np.array_equal(a, b) for a, b in zip(bucketed, epoch_batches(order, lengths, 32, 10, seed=2)))
+
+
+def test_a_compiled_forward_trains_to_the_eager_weights_over_batches_of_several_lengths_tiny_random_model():
+    # Dropout off: compiled kernels draw their own random numbers, so only a deterministic step can match.
+    def trained(mode: str) -> dict:
+        cfg = SFTConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, dropout=0.0, batch_size=4, compile=mode)
+        model, vocab, _ = COMPACT.build(cfg, [4, 4], seed=0)
+        rng = np.random.default_rng(0)
+        examples = [Example([int(t) for t in rng.integers(3, 10, size=int(n))], 3) for n in rng.integers(5, 14, size=16)]
+        optimizer, scheduler = optimizer_and_schedule(model, cfg, len(examples))
+        trained_as = compiled(model, cfg)
+        assert (trained_as is model) == (mode == "off")
+        assert isinstance(trained_as, torch._dynamo.eval_frame.OptimizedModule) == (mode != "off")
+        train_epoch(trained_as, optimizer, scheduler, examples, np.arange(16), cfg, vocab, 0, epoch_seed(0, 0, 0),
+                    average_of=model)
+        return trainable_state(model)
+
+    eager, fused = trained("off"), trained("default")
+    start, _, _ = COMPACT.build(SFTConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), [4, 4], seed=0)
+    assert any(not torch.equal(value, start.state_dict()[name]) for name, value in eager.items()), "the steps moved the weights"
+    for name, value in eager.items():
+        assert torch.allclose(value, fused[name], atol=1e-5), name

@@ -93,6 +93,15 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: SFTConfig, examples_per_
     return optimizer, scheduler
 
 
+def compiled(model: torch.nn.Module, cfg: SFTConfig) -> torch.nn.Module:
+    """`model` with its forward pass compiled by `sft.compile` (itself when off). The compiled module shares
+    the parameters, so checkpoints, the weight average and validation keep using `model`; shapes are
+    dynamic because every batch has its own length."""
+    if cfg.compile == "off":
+        return model
+    return torch.compile(model, mode=cfg.compile, dynamic=True)
+
+
 def drop_item_tokens(ids: torch.Tensor, vocab: SIDVocab, rate: float, generator: torch.Generator) -> torch.Tensor:
     """A copy of `ids` with each item token (ids past the SID vocabulary) replaced by the pad token with
     probability `rate`; the generator decides, on the generator's device."""
