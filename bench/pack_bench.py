@@ -2,17 +2,20 @@
 compiled forward pass (`sft.compile`) against one padded row per example, on a run's own examples, in one run.
 
     python bench/pack_bench.py --run runs/default --config configs/default.yaml --set sft.backbone=llm ... \
-        [--pack-tokens 512] [--buckets 50] [--compile default] [--steps 30] [--warmup 2] [--threads 2]
+        [--arms padded,packed,bucketed,compiled] [--pack-tokens 512] [--buckets 50] [--compile default] \
+        [--steps 30] [--warmup 2] [--threads 2] [--device cuda]
 
 Every arm starts from the same weights. The padded and packed arms see the same batches (`sft.batch_size`
 examples per step, the stage's example order); only the layout differs. The bucketed arm sees batches of the
 same size drawn from the same order, sorted by length in runs of `--buckets` batches (so other batches: its
-loss differs by sampling, not by computation). The compiled arm is the padded one with `torch.compile`. Prints
-one JSON line: per arm tokens/s (real tokens, padding excluded) over the steps after the first `--warmup` (where
-compilation happens), the seconds of those first steps and of all, the padding share of the positions computed, the mean loss of the steps, and
-validation HR@10 / NDCG@10 of the run's validation users after the steps (the same in both arms up to
-float noise, since packing changes the layout, not the computation). Needs a run with committed prepare
-and tokenize stages (and mine for the llm backbone's interest prompts, when it ran). One process, no Ray Train.
+loss differs by sampling, not by computation). The compiled arm is the padded one through `torch.compile`
+(its dropout draws differ). Prints one JSON line: per arm tokens/s (real tokens, padding excluded) over the
+steps after the first `--warmup` (where compilation happens), the seconds of those first steps and of all,
+the padding share of the positions computed, the mean loss of the steps, and validation HR@10 / NDCG@10 of
+the run's validation users after the steps (`sft.valid_users`; the same across arms up to float noise and
+dropout draws, since they change the layout or the kernels, not the computation); then each arm's tokens/s
+over the padded arm's. Needs a run with committed prepare and tokenize stages (and mine for the llm
+backbone's interest prompts, when it ran). One process, no Ray Train.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from deepinterestgr.storage.runstore import RunStore
 def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int = 0, warmup: int = 2) -> dict:
     s = cfg.sft
     trained = compiled(model, s)
+    device = next(model.parameters()).device
+    backbone = backbones.get(s.backbone)
+    autocast = backbone.autocast(s)
     examples = [e for _, e in data.grouped]
     groups = np.array([g for g, _ in data.grouped])
     optimizer, scheduler = optimizer_and_schedule(model, s, len(examples))
@@ -50,8 +56,9 @@ def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int 
         if step == warmup:
             steady, real_before = time.perf_counter(), real
         chunk = [examples[i] for i in indices.tolist()]
-        batch = backbones.get(s.backbone).training_batch(chunk, data.fmt.pad_id, pack_tokens)
-        loss = sft_loss(trained, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
+        batch = {k: v.to(device) for k, v in backbone.training_batch(chunk, data.fmt.pad_id, pack_tokens).items()}
+        with autocast():
+            loss = sft_loss(trained, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -63,8 +70,9 @@ def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int 
     if steady is None:
         raise SystemExit(f"pack_bench: --steps {steps} leaves no step after --warmup {warmup}")
     model.eval()
-    ranks = target_ranks(model, data.valid_prompts, np.array(data.valid_targets), data.catalog.trie, data.fmt.vocab, s.beam_width,
-                         pad_id=data.fmt.pad_id, item_weight=s.ranking_item_weight)
+    with autocast():
+        ranks = target_ranks(model, data.valid_prompts, np.array(data.valid_targets), data.catalog.trie, data.fmt.vocab, s.beam_width,
+                             pad_id=data.fmt.pad_id, item_weight=s.ranking_item_weight)
     return {"tokens_per_s": round((real - real_before) / (ended - steady), 1), "padding_share": round(1 - real / computed, 3),
             "warmup_s": round(steady - began, 1), "seconds": round(ended - began, 1),
             "steps": len(losses), "mean_loss": round(float(np.mean(losses)), 5), **ranking_metrics(ranks, (10,))}
@@ -79,32 +87,40 @@ def main() -> int:
     parser.add_argument("--buckets", type=int, default=50, help="batches per length-sorted run in the bucketed arm")
     parser.add_argument("--compile", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                         help="sft.compile of the compiled arm")
+    parser.add_argument("--arms", type=lambda text: text.split(","), default=["padded", "packed", "bucketed", "compiled"],
+                        help="comma-separated: padded (the baseline, always) and any of packed, bucketed, compiled")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (compilation)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (sft.use_gpu: bf16 for the llm backbone with sft.llm.bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [*args.set, f"storage.uri={args.run}"])
+    cfg = load_config(args.config, [*args.set, f"storage.uri={args.run}", f"sft.use_gpu={str(args.device != 'cpu').lower()}"])
     backbone = backbones.get(cfg.sft.backbone)
     if not backbone.packs:
         raise SystemExit(f"pack_bench: the {backbone.name} backbone does not pack examples (sft.pack_tokens)")
     data = sft_inputs(cfg, RunStore(cfg))
-    model, _, _ = backbone.build(cfg.sft, data.catalog.trie.sizes, cfg.seed, items=len(data.catalog.codes), item_rows=data.item_rows)
+    model, _, _ = backbone.build(cfg.sft, data.catalog.trie.sizes, cfg.seed, gpu=cfg.sft.use_gpu, items=len(data.catalog.codes),
+                                 item_rows=data.item_rows)
+    model.to(args.device)
     start = copy.deepcopy(model.state_dict())
-    results = {}
     eager = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": "off"})})
     fused = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": args.compile})})
-    for name, arm_cfg, pack, buckets in (("padded", eager, 0, 0), (f"packed_{args.pack_tokens}", eager, args.pack_tokens, 0),
-                                         (f"bucketed_{args.buckets}", eager, 0, args.buckets), (f"compiled_{args.compile}", fused, 0, 0)):
+    arms = {"padded": (eager, 0, 0), "packed": (eager, args.pack_tokens, 0), "bucketed": (eager, 0, args.buckets),
+            "compiled": (fused, 0, 0)}
+    unknown = set(args.arms) - set(arms)
+    if unknown or "padded" not in args.arms:
+        raise SystemExit(f"pack_bench: --arms takes padded (always) and any of packed, bucketed, compiled; not {sorted(unknown)}")
+    results = {}
+    for name in [a for a in arms if a in args.arms]:
+        arm_cfg, pack, buckets = arms[name]
         model.load_state_dict(start)
         results[name] = arm(model, arm_cfg, data, pack, args.steps, cfg.seed, buckets, args.warmup)
-    padded, packed, bucketed = results["padded"], results[f"packed_{args.pack_tokens}"], results[f"bucketed_{args.buckets}"]
-    fused_arm = results[f"compiled_{args.compile}"]
-    print(json.dumps({"bench": "pack", "run": args.run, "backbone": cfg.sft.backbone, "batch_size": cfg.sft.batch_size,
-                      "examples": len(data.grouped), "valid_users": len(data.valid_users), **results,
-                      "speedup": round(packed["tokens_per_s"] / padded["tokens_per_s"], 2),
-                      "bucketed_speedup": round(bucketed["tokens_per_s"] / padded["tokens_per_s"], 2),
-                      "compiled_speedup": round(fused_arm["tokens_per_s"] / padded["tokens_per_s"], 2)}))
+    speedups = {f"{name}_speedup": round(r["tokens_per_s"] / results["padded"]["tokens_per_s"], 2)
+                for name, r in results.items() if name != "padded"}
+    print(json.dumps({"bench": "pack", "run": args.run, "device": args.device, "backbone": cfg.sft.backbone, "batch_size": cfg.sft.batch_size,
+                      "pack_tokens": args.pack_tokens, "buckets": args.buckets, "compile": args.compile,
+                      "examples": len(data.grouped), "valid_users": len(data.valid_users), **results, **speedups}))
     return 0
 
 
