@@ -9,7 +9,7 @@ Every arm starts from the same weights. The padded and packed arms see the same 
 examples per step, the stage's example order); only the layout differs. The bucketed arm sees batches of the
 same size drawn from the same order, sorted by length in runs of `--buckets` batches (so other batches: its
 loss differs by sampling, not by computation). The compiled arm is the padded one through `torch.compile`
-(its dropout draws differ). Prints one JSON line: per arm tokens/s (real tokens, padding excluded) over the
+(its dropout draws differ), compiled_bucketed the bucketed one through it (not run by default). Prints one JSON line: per arm tokens/s (real tokens, padding excluded) over the
 steps after the first `--warmup` (where compilation happens), the seconds of those first steps and of all,
 the padding share of the positions computed, the mean loss of the steps, and validation HR@10 / NDCG@10 of
 the run's validation users after the steps (`sft.valid_users`; the same across arms up to float noise and
@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--compile", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                         help="sft.compile of the compiled arm")
     parser.add_argument("--arms", type=lambda text: text.split(","), default=["padded", "packed", "bucketed", "compiled"],
-                        help="comma-separated: padded (the baseline, always) and any of packed, bucketed, compiled")
+                        help="comma-separated: padded (the baseline, always) and any of packed, bucketed, compiled, compiled_bucketed")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (compilation)")
     parser.add_argument("--threads", type=int, default=2)
@@ -107,10 +107,10 @@ def main() -> int:
     eager = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": "off"})})
     fused = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": args.compile})})
     arms = {"padded": (eager, 0, 0), "packed": (eager, args.pack_tokens, 0), "bucketed": (eager, 0, args.buckets),
-            "compiled": (fused, 0, 0)}
+            "compiled": (fused, 0, 0), "compiled_bucketed": (fused, 0, args.buckets)}
     unknown = set(args.arms) - set(arms)
     if unknown or "padded" not in args.arms:
-        raise SystemExit(f"pack_bench: --arms takes padded (always) and any of packed, bucketed, compiled; not {sorted(unknown)}")
+        raise SystemExit(f"pack_bench: --arms takes padded (always) and any of {', '.join(list(arms)[1:])}; not {sorted(unknown)}")
     results = {}
     for name in [a for a in arms if a in args.arms]:
         arm_cfg, pack, buckets = arms[name]
