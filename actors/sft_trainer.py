@@ -65,11 +65,11 @@ def train_sft(config: dict) -> None:
     if checkpoint and average is not None:
         average = {n: v.to(device) for n, v in state["model"].items() if n in average}
         model.load_state_dict(state["live"], strict=False)
-    ddp = compiled(ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None), cfg)
+    trained = compiled(ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None), cfg)
     autocast = backbone.autocast(cfg)
 
     for epoch in range(start_epoch, cfg.epochs):
-        stats = train_epoch(ddp, optimizer, scheduler, examples, groups, cfg, vocab, pad_id, epoch_seed(seed, epoch, rank),
+        stats = train_epoch(trained, optimizer, scheduler, examples, groups, cfg, vocab, pad_id, epoch_seed(seed, epoch, rank),
                             average, model, autocast)
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
