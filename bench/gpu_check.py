@@ -47,15 +47,16 @@ class Size:
     sft_epochs: int
     sft_batch: int
     llm_layers: int | None  # None = SmolLM2-135M's own depth and width
+    llm_windows: int  # training windows per user of the LLM step (sft.llm.windows_per_user)
     llm_valid_users: int
     bench_items: int
     bench_users: int
 
 
-GPU = Size(items=3000, users=6000, rqvae_epochs=100, sft_epochs=10, sft_batch=256, llm_layers=None,
+GPU = Size(items=3000, users=6000, rqvae_epochs=100, sft_epochs=10, sft_batch=256, llm_layers=None, llm_windows=2,
            llm_valid_users=500, bench_items=100_000, bench_users=1024)
-CPU = Size(items=80, users=100, rqvae_epochs=10, sft_epochs=2, sft_batch=64, llm_layers=2,
-           llm_valid_users=20, bench_items=500, bench_users=8)
+CPU = Size(items=80, users=100, rqvae_epochs=10, sft_epochs=2, sft_batch=64, llm_layers=2, llm_windows=1,
+           llm_valid_users=8, bench_items=500, bench_users=8)
 
 
 # Files that every emitted line is also appended to (bench/llm_quality.py keeps its steps in its output folder).
@@ -285,7 +286,7 @@ def main() -> int:
         f"storage.uri={out / 'run_llm'}", "sft.backbone=llm", "sft.item_tokens=false", "sft.item_head=0",
         "sft.item_token_dropout=0", "sft.embedding_dropout=0", "sft.item_token_init=random",
         f"sft.llm.model={models['llm']}", "sft.llm.bf16=true",
-        "sft.llm.windows_per_user=2", "sft.batch_size=32", "sft.epochs=1", "sft.eval_every=1",
+        f"sft.llm.windows_per_user={size.llm_windows}", "sft.batch_size=32", "sft.epochs=1", "sft.eval_every=1",
         f"sft.valid_users={size.llm_valid_users}"])
     # The LLM run starts from the finished prepare and tokenize stages.
     llm_store = RunStore(llm_cfg)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray cluster per session, a real moto S3 server on loopback, the shared data."""
+"""Shared fixtures: one local Ray cluster per session, one tiny trained run that several tests start from, a real
+moto S3 server on loopback, the shared data."""
 
 from __future__ import annotations
 
@@ -100,3 +101,43 @@ def smollm2() -> str:
     from deepinterestgr.weights import resolve_llm
 
     return resolve_llm("SmolLM2-135M-Instruct")
+
+
+# One tiny compact run (a randomly initialised model on a synthetic catalog, the amazon configs' training options)
+# trained once per session: the sweep, GRPO and serving tests start from copies of it instead of training again.
+TINY_RUN = [
+    "data.synthetic.num_items=50", "data.synthetic.num_users=50", "tokenize.method=rkmeans",
+    "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2",
+    "sft.intermediate_size=64", "sft.epochs=4", "sft.eval_every=2", "sft.patience=5", "sft.beam_width=10",
+    "sft.item_tokens=true", "sft.item_head=0.5", "sft.ema_decay=0.9", "sft.item_token_dropout=0.2", "sft.embedding_dropout=0.1",
+    "sft.item_token_init=content", "evaluate.beam_width=10", "evaluate.sasrec.enabled=false",
+]
+TRAINED = ("prepare", "tokenize", "sft")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_cluster, tmp_path_factory):
+    """The store of TINY_RUN with prepare, tokenize and sft committed (trained at first use)."""
+    from deepinterestgr.config import load_config
+    from deepinterestgr.storage.runstore import RunStore
+    from ray_jobs import prepare, sft, tokenize
+
+    cfg = load_config(None, TINY_RUN + [f"storage.uri={tmp_path_factory.mktemp('tiny_run')}"])
+    store = RunStore(cfg)
+    store.save_config(cfg)
+    for stage in (prepare, tokenize, sft):
+        stage.run(cfg, store)
+    return store
+
+
+def copy_of_tiny_run(tiny_run, folder, *overrides: str):
+    """(config, store) of a new run in `folder` that starts from `tiny_run`'s committed stages; `overrides` on top of
+    TINY_RUN (a changed prepare, tokenize or sft setting makes that stage run again)."""
+    from deepinterestgr.config import load_config
+    from deepinterestgr.storage.runstore import RunStore
+
+    cfg = load_config(None, TINY_RUN + [f"storage.uri={folder}", *overrides])
+    store = RunStore(cfg)
+    store.adopt(tiny_run, TRAINED)
+    store.save_config(cfg)
+    return cfg, store

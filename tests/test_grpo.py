@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_RUN, copy_of_tiny_run
 from deepinterestgr.config import GRPOConfig, load_config
 from deepinterestgr.recommender.decoding import completion_logprobs
 from deepinterestgr.recommender.grpo import group_advantages, grpo_loss
@@ -13,8 +14,7 @@ from deepinterestgr.recommender.backbones.compact import CompactModelConfig, com
 from deepinterestgr.recommender.backbones.encoder_decoder import encoder_decoder_model
 from deepinterestgr.recommender.model import BOS, PAD
 from deepinterestgr.recommender.reward import reward_terms
-from deepinterestgr.storage.runstore import RunStore
-from ray_jobs import evaluate, grpo, prepare, sft, tokenize
+from ray_jobs import evaluate, grpo
 
 CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
 
@@ -67,20 +67,11 @@ def test_grpo_updates_raise_the_higher_reward_candidates_on_a_tiny_random_model(
     assert change[0] > 0 and change[1] < 0 and change[2] < 0, change
 
 
-TINY = [
-    "data.synthetic.num_items=60", "data.synthetic.num_users=40", "tokenize.method=rkmeans",
-    "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1",
-    "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=3", "sft.beam_width=10", "grpo.beam_width=10",
-    "grpo.num_workers=2", "grpo.batch_size=10", "grpo.max_degradation=1.0", "evaluate.beam_width=10",
-    "evaluate.sasrec.enabled=false",
-]
+GRPO = ["grpo.beam_width=10", "grpo.num_workers=2", "grpo.batch_size=10", "grpo.max_degradation=1.0"]
 
 
-def test_grpo_stage_on_two_workers_logs_every_term_and_feeds_evaluate_and_resumes(ray_cluster, tmp_path):
-    cfg = load_config(None, TINY + [f"storage.uri={tmp_path / 'run'}", "grpo.epochs=2"])
-    store = RunStore(cfg)
-    for stage in (prepare, tokenize, sft):
-        stage.run(cfg, store)
+def test_grpo_stage_on_two_workers_logs_every_term_and_feeds_evaluate_and_resumes(tiny_run, tmp_path):
+    cfg, store = copy_of_tiny_run(tiny_run, tmp_path / "run", *GRPO, "grpo.epochs=2")
     report = grpo.run(cfg, store).report
     assert [h["epoch"] for h in report["history"]] == [-1, 0, 1], "validation before any update, then per epoch"
     assert report["sft_val_ndcg@10"] == pytest.approx(store.require("sft").report["val_ndcg@10"], abs=1e-6)
@@ -89,12 +80,12 @@ def test_grpo_stage_on_two_workers_logs_every_term_and_feeds_evaluate_and_resume
                 "kl", "clip_fraction", "group_reward_std", "s_per_step"):
         assert math.isfinite(trained[key]), key
     assert trained["reward_valid"] == 1.0, "constrained beams are always valid SIDs"
-    assert trained["steps"] == 2, "40 prompts, 20 per worker, batches of 10"
+    assert report["prompts"] == 50 and trained["steps"] == 3, "50 prompts, 25 per worker, batches of 10"
     assert report["val_ndcg@10"] == max(h["val_ndcg@10"] for h in report["history"])
     assert "GR (grpo) x1" in evaluate.run(cfg, store).report["results"]
 
     # resume: a Ray Train run stopped after epoch 0, started again on the same storage, goes on at epoch 1
-    short = load_config(None, TINY + [f"storage.uri={tmp_path / 'run'}", "grpo.epochs=1"])
+    short = load_config(None, TINY_RUN + GRPO + [f"storage.uri={tmp_path / 'run'}", "grpo.epochs=1"])
     prepared = grpo.grpo_inputs(short, store)
     first = grpo.make_trainer(short, prepared.loop_config, str(tmp_path / "train"), None).fit()
     assert sorted(m["epoch"] for _, m in first.best_checkpoints) == [-1, 0]

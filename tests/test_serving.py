@@ -8,35 +8,23 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from conftest import TINY_RUN, copy_of_tiny_run
 from deepinterestgr.config import load_config
 from deepinterestgr.recommender.artifacts import load_catalog, load_format, load_model
 from deepinterestgr.recommender.beam_search import beam_search
 from deepinterestgr.storage.runstore import RunStore
-from ray_jobs import prepare, sft, tokenize
+from ray_jobs import sft
 
-TINY = [
-    "data.synthetic.num_items=40", "data.synthetic.num_users=30", "tokenize.method=rkmeans",
-    "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1",
-    "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=2", "sft.beam_width=5", "sft.item_tokens=true", "sft.item_head=0.5",
-    "serve.max_k=20", "serve.max_body_bytes=2048", "serve.batch_wait_timeout_s=0.05", "serve.reload_interval_s=1",
-]
-
-
-def trained_run(folder, *extra):
-    cfg = load_config(None, TINY + [f"storage.uri={folder}", *extra])
-    store = RunStore(cfg)
-    for stage in (prepare, tokenize, sft):
-        stage.run(cfg, store)
-    return cfg, store
+SERVE = ["serve.max_k=20", "serve.max_body_bytes=2048", "serve.batch_wait_timeout_s=0.05", "serve.reload_interval_s=1"]
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory, unused_port):
+def served(tiny_run, tmp_path_factory, unused_port):
     from ray import serve
 
     from serving.app import build_app
 
-    cfg, store = trained_run(tmp_path_factory.mktemp("run"))
+    cfg, store = copy_of_tiny_run(tiny_run, tmp_path_factory.mktemp("run"), *SERVE)
     port = unused_port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="dig-test", route_prefix="/")
@@ -180,7 +168,7 @@ def test_hot_reload_swaps_in_a_newer_commit_without_failing_requests_in_flight(s
     worker = threading.Thread(target=hammer)
     worker.start()
     try:
-        retrained = load_config(None, TINY + [f"storage.uri={cfg.storage.uri}", "sft.lr=0.002"])
+        retrained = load_config(None, TINY_RUN + SERVE + [f"storage.uri={cfg.storage.uri}", "sft.lr=0.002"])
         new = sft.run(retrained, RunStore(retrained)).fingerprint
         deadline = time.time() + 90
         while time.time() < deadline and (not versions or versions[-1] != new):

@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from deepinterestgr.config import load_config
-from deepinterestgr.storage.runstore import RunStore
-from ray_jobs import evaluate, prepare, sft, tokenize
+from conftest import copy_of_tiny_run
+from ray_jobs import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.synthetic.num_items=50", "data.synthetic.num_users=50", "tokenize.method=rkmeans",
-    "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2",
-    "sft.intermediate_size=64", "sft.epochs=4", "sft.eval_every=2", "sft.patience=5", "sft.beam_width=10",
-    "sft.item_tokens=true", "sft.item_head=0.5", "sft.ema_decay=0.9", "sft.item_token_dropout=0.2", "sft.embedding_dropout=0.1",
-    "sft.item_token_init=content", "evaluate.beam_width=10", "evaluate.sasrec.enabled=false",
-]
 
 
 def sweep(*args: str) -> dict:
@@ -27,12 +19,8 @@ def sweep(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with_a_tiny_random_model(ray_cluster, tmp_path):
-    cfg = load_config(None, TINY + [f"storage.uri={tmp_path / 'run'}"])
-    store = RunStore(cfg)
-    store.save_config(cfg)
-    for stage in (prepare, tokenize, sft):
-        stage.run(cfg, store)
+def test_a_sweep_job_with_the_runs_own_settings_gives_the_pipelines_figures_with_a_tiny_random_model(tiny_run, tmp_path):
+    cfg, store = copy_of_tiny_run(tiny_run, tmp_path / "run")
     trained = store.require("sft").report
     tested = evaluate.run(cfg, store).report["results"]["GR (sft) x1"]
 
