@@ -14,8 +14,8 @@ JSON line: per arm tokens/s (real tokens, padding excluded) over the steps after
 compilation happens), the seconds of those first steps and of all, the padding share of the positions
 computed, the mean loss of the steps, and validation HR@10 / NDCG@10 of the run's validation users after
 the steps (`sft.valid_users`; the same across arms up to float noise and dropout draws, since they change
-the layout or the kernels, not the computation); then each arm's tokens/s over the padded arm's. Needs a run with committed prepare and tokenize stages (and mine for the llm
-backbone's interest prompts, when it ran). One process, no Ray Train.
+the layout or the kernels, not the computation); then each arm's tokens/s over the padded arm's. Needs a run
+with committed prepare and tokenize stages (and mine for the llm backbone's interest prompts, when it ran). One process, no Ray Train.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> int:
     modes = [m for m in get_args(SFTConfig.model_fields["compile"].annotation) if m != "off"]
     parser.add_argument("--compile", default="default", choices=modes,
                         help="sft.compile of the compiled arms")
-    parser.add_argument("--arms", type=lambda text: text.split(","), default=["padded", "packed", "bucketed", "compiled"],
+    parser.add_argument("--arms", type=lambda text: text.split(","), default=["packed", "bucketed", "compiled"],
                         help="comma-separated arms beside padded (the baseline, always run): packed, bucketed, compiled, compiled_bucketed")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (compilation)")

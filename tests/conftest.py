@@ -103,7 +103,7 @@ def smollm2() -> str:
     return resolve_llm("SmolLM2-135M-Instruct")
 
 
-# One tiny compact run (a randomly initialised model on a synthetic catalog, the amazon configs' training options)
+# One tiny compact run (a randomly initialised model on a synthetic catalog, with the shipped configs' training options)
 # trained once per session: the sweep, GRPO and serving tests start from copies of it instead of training again.
 TINY_RUN = [
     "data.synthetic.num_items=50", "data.synthetic.num_users=50", "tokenize.method=rkmeans",
