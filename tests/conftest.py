@@ -104,7 +104,8 @@ def smollm2() -> str:
 
 
 # One tiny compact run (a randomly initialised model on a synthetic catalog, with the shipped configs' training options)
-# trained once per session: the sweep, GRPO and serving tests start from copies of it instead of training again.
+# trained once per session: the sweep, GRPO, serving and recommender-stage tests start from copies of it instead of
+# preparing, tokenizing and training again.
 TINY_RUN = [
     "data.synthetic.num_items=50", "data.synthetic.num_users=50", "tokenize.method=rkmeans",
     "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2", "sft.hidden_size=32", "sft.layers=1", "sft.heads=2",
@@ -130,14 +131,14 @@ def tiny_run(ray_cluster, tmp_path_factory):
     return store
 
 
-def copy_of_tiny_run(tiny_run, folder, *overrides: str):
-    """(config, store) of a new run in `folder` that starts from `tiny_run`'s committed stages; `overrides` on top of
+def copy_of_tiny_run(tiny_run, folder, *overrides: str, stages: tuple[str, ...] = TRAINED):
+    """(config, store) of a new run in `folder` that starts from `stages` of `tiny_run`; `overrides` on top of
     TINY_RUN (a changed prepare, tokenize or sft setting makes that stage run again)."""
     from deepinterestgr.config import load_config
     from deepinterestgr.storage.runstore import RunStore
 
     cfg = load_config(None, TINY_RUN + [f"storage.uri={folder}", *overrides])
     store = RunStore(cfg)
-    store.adopt(tiny_run, TRAINED)
+    store.adopt(tiny_run, stages)
     store.save_config(cfg)
     return cfg, store

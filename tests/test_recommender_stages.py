@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_RUN, copy_of_tiny_run
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.metrics import ranking_metrics
@@ -11,16 +12,20 @@ from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog,
 from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.run_report import build_report, validation_curves
 from deepinterestgr.storage.runstore import RunStore
-from ray_jobs import evaluate, grpo, prepare, sft, tokenize
+from ray_jobs import evaluate, grpo, sft, tokenize
 
-TINY = [
-    "data.synthetic.num_items=60", "data.synthetic.num_users=60",
-    "tokenize.method=rkmeans", "tokenize.rqvae.codebook_size=8", "tokenize.rqvae.levels=2",
-    "sft.hidden_size=32", "sft.layers=1", "sft.heads=2", "sft.intermediate_size=64", "sft.epochs=3",
-    "sft.patience=5", "sft.num_workers=2", "sft.beam_width=10", "evaluate.beam_width=10",
-    "evaluate.sasrec.epochs=10", "evaluate.sasrec.hidden_size=16", "evaluate.sasrec.grid={lr: [0.00001, 0.01]}", "grpo.epochs=1", "grpo.batch_size=30",
+# On top of the shared tiny run's options (conftest.TINY_RUN): the tests below start from its prepare and tokenize and
+# train their own models.
+STAGES = [
+    "sft.epochs=3", "sft.eval_every=1", "sft.num_workers=2", "evaluate.sasrec.enabled=true", "evaluate.sasrec.epochs=10",
+    "evaluate.sasrec.hidden_size=16", "evaluate.sasrec.grid={lr: [0.00001, 0.01]}", "grpo.epochs=1", "grpo.batch_size=30",
     "grpo.beam_width=10", "grpo.max_degradation=1.0",
 ]
+PREPARED = ("prepare", "tokenize")
+
+
+def _config(tmp_path, *overrides):
+    return load_config(None, TINY_RUN + STAGES + [f"storage.uri={tmp_path}", *overrides])
 
 
 def _check_run_report(store):
@@ -46,21 +51,18 @@ def _check_run_report(store):
     assert f"grpo: best epoch {best['best_epoch']}, validation HR@10 {best['val_hr@10']:.4f}" in text
 
 
-def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_path):
-    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.item_tokens=true", "sft.item_head=0.5",
-                                    "sft.item_token_dropout=0.2", "sft.embedding_dropout=0.1"])
-    store = RunStore(cfg)
+def test_sft_with_two_workers_then_evaluate_against_popularity(tiny_run, tmp_path):
+    fresh = _config(tmp_path / "fresh")
     with pytest.raises(StorageError, match="no committed 'prepare' stage"):
-        sft.run(cfg, store)
-    prepare.run(cfg, store)
-    tokenize.run(cfg, store)
+        sft.run(fresh, RunStore(fresh))
+    cfg, store = copy_of_tiny_run(tiny_run, tmp_path / "run", *STAGES, stages=PREPARED)
 
     trained = sft.run(cfg, store)
     report = trained.report
     assert report["epochs_run"] == 3 and len(report["history"]) == 3
     assert report["history"][-1]["loss"] < report["history"][0]["loss"], "training lowers the loss"
     assert 0 <= report["val_ndcg@10"] <= report["val_hr@10"] <= 1
-    assert report["valid_users"] == 60
+    assert report["valid_users"] == 50
     model = load_model(store, "sft")
     catalog = load_catalog(store)
     assert model.config.vocab_size == 3 + sum(catalog.trie.sizes) + len(catalog.codes), "one token per item"
@@ -105,8 +107,7 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
 
     # the config now asks for the encoder-decoder (reading item tokens): the compact model is refused, then
     # the encoder-decoder is trained anew and evaluated
-    encdec = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.backbone=encoder_decoder", "sft.item_tokens=true",
-                                       "sft.ema_decay=0.5"])
+    encdec = _config(tmp_path / "run", "sft.backbone=encoder_decoder", "sft.item_head=0", "sft.ema_decay=0.5")
     with pytest.raises(DataError, match="backbone compact but sft.backbone is encoder_decoder: rerun `dig sft`"):
         evaluate.run(encdec, RunStore(encdec))
     report = sft.run(encdec, RunStore(encdec)).report
@@ -116,7 +117,7 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     catalog = load_catalog(store)
     assert load_model(store, "sft").config.vocab_size == 3 + sum(catalog.trie.sizes) + len(catalog.codes), "one token per item"
     catalog.codes = catalog.codes[:-1]
-    with pytest.raises(DataError, match="item tokens for 60 items but the SID table has 59: .* rerun `dig sft`"):
+    with pytest.raises(DataError, match="item tokens for 50 items but the SID table has 49: .* rerun `dig sft`"):
         check_vocabulary(store, "sft", catalog)
     assert "GR (sft) x1" in evaluate.run(encdec, RunStore(encdec)).report["results"]
     tuned = grpo.run(encdec, RunStore(encdec)).report
@@ -125,14 +126,13 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(ray_cluster, tmp_
     _check_run_report(RunStore(encdec))
 
     # re-tokenize with another SID shape: the trained model no longer matches and evaluate says so
-    changed = load_config(None, TINY + [f"storage.uri={tmp_path}", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder",
-                                        "sft.item_tokens=true", "sft.ema_decay=0.5"])
+    changed = _config(tmp_path / "run", "tokenize.rqvae.levels=3", "sft.backbone=encoder_decoder", "sft.item_head=0", "sft.ema_decay=0.5")
     tokenize.run(changed, RunStore(changed))
     with pytest.raises(DataError, match="trained on SID levels .* tokenize changed after training; rerun `dig sft` and `dig grpo`"):
         evaluate.run(changed, RunStore(changed))
 
 
-def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(ray_cluster, tmp_path, monkeypatch):
+def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(tiny_run, tmp_path, monkeypatch):
     """Two tiny members (seeds 0 and 1) on the synthetic run: one model folder, one ranking; a crash
     during the second member's fit keeps the first for the rerun."""
     import numpy as np
@@ -143,12 +143,8 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     from deepinterestgr.recommender.beam_search import beam_search
     from deepinterestgr.recommender.ensemble import Ensemble
 
-    cfg = load_config(None, TINY + [f"storage.uri={tmp_path}", "sft.members=2", "sft.num_workers=1", "sft.epochs=2",
-                                    "sft.item_tokens=true", "sft.item_head=0.5", "evaluate.sasrec.grid={}",
-                                    "pipeline.stages=[prepare,tokenize,sft,evaluate]"])
-    store = RunStore(cfg)
-    prepare.run(cfg, store)
-    tokenize.run(cfg, store)
+    cfg, store = copy_of_tiny_run(tiny_run, tmp_path, *STAGES, "sft.members=2", "sft.num_workers=1", "sft.epochs=2",
+                                  "evaluate.sasrec.grid={}", "pipeline.stages=[prepare,tokenize,sft,evaluate]", stages=PREPARED)
     fits, train_member = [], sft.train_member
 
     def crash_in_the_second_members_first_fit(cfg, data, train, storage_path, fs, member):
