@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Ray Train's controller polls its workers every 2 s by default: a tiny fit then waits up to 2 s after its last step.
+# The tests make dozens of tiny fits (and the scripts they start inherit this environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
