@@ -36,7 +36,7 @@ def test_lora_trains_only_adapters_and_sid_rows_and_merges_into_a_plain_model(sm
 
 def test_llm_sft_with_two_workers_then_evaluate_with_text_prompts(ray_cluster, tmp_path):
     cfg = load_config(None, [
-        f"storage.uri={tmp_path}", "data.synthetic.num_items=24", "data.synthetic.num_users=16",
+        f"storage.uri={tmp_path}", "data.synthetic.num_items=12", "data.synthetic.num_users=8",
         "data.synthetic.max_sequence=6", "tokenize.method=rkmeans", "tokenize.rqvae.codebook_size=8",
         "tokenize.rqvae.levels=2", "sft.backbone=llm", "sft.llm.lora_r=4", "sft.llm.windows_per_user=1",
         "sft.epochs=2", "sft.lr=3e-3", "sft.batch_size=16", "sft.max_items=4", "sft.num_workers=2",
@@ -46,8 +46,8 @@ def test_llm_sft_with_two_workers_then_evaluate_with_text_prompts(ray_cluster, t
     prepare.run(cfg, store)
     tokenize.run(cfg, store)
     report = sft.run(cfg, store).report
-    assert report["backbone"] == "llm" and report["user_examples"] == 16
-    assert report["examples"] == 16 + 2 * 24, "one next-item example per user, two alignment tasks per item"
+    assert report["backbone"] == "llm" and report["user_examples"] == 8
+    assert report["examples"] == 8 + 2 * 12, "one next-item example per user, two alignment tasks per item"
     assert report["history"][1]["loss"] < report["history"][0]["loss"]
 
     catalog = load_catalog(store)
