@@ -1,15 +1,28 @@
-"""The `dig` console script as a user runs it, in a subprocess."""
+"""The `dig` console script as a user runs it: in a subprocess where the process itself is under test (its exit
+status, its console and log files), else through the script's entry point (`ray_jobs.cli.main`, whose return value
+is the exit status) in this process, which spares each call a `dig` process's seconds of importing torch."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from ray_jobs import cli
+
 DIG = str(Path(sys.executable).with_name("dig"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _dig(*args, cwd=None):
     return subprocess.run([DIG, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _dig_here(capsys, *args):
+    """(exit status, stdout, stderr) of `dig *args` called in this process."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_pipeline_with_an_unknown_stage_names_it_and_runs_nothing(tmp_path):
@@ -19,15 +32,14 @@ def test_pipeline_with_an_unknown_stage_names_it_and_runs_nothing(tmp_path):
     assert not (tmp_path / "run" / "manifest").exists() and not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_bad_override_names_the_key():
-    result = _dig("prepare", "--set", "data.kcore=lots")
-    assert result.returncode == 2
-    assert "data.kcore" in result.stderr
+def test_bad_override_names_the_key(capsys):
+    code, _, err = _dig_here(capsys, "prepare", "--set", "data.kcore=lots")
+    assert code == 2 and "data.kcore" in err
 
 
-def test_unknown_stage_lists_the_stages():
-    result = _dig("train")
-    assert result.returncode == 2 and "prepare" in result.stderr
+def test_unknown_stage_lists_the_stages(capsys):
+    code, _, err = _dig_here(capsys, "train")
+    assert code == 2 and "prepare" in err
 
 
 def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
@@ -48,18 +60,18 @@ def test_prepare_via_python_dash_m_saves_resolved_config(tmp_path):
     assert "Progress bars disabled" in log and "Progress bars disabled" not in result.stderr, "a harmless warning: log only"
 
 
-def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line():
+def test_config_prints_the_effective_config_and_a_bad_one_as_one_error_line(capsys, monkeypatch):
     import yaml
 
-    result = _dig("config", "--config", "configs/amazon_office.yaml", "--set", "seed=3", "--run", "runs/x",
-                  cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 0, result.stderr
-    shown = yaml.safe_load(result.stdout)
+    monkeypatch.chdir(ROOT)
+    code, out, err = _dig_here(capsys, "config", "--config", "configs/amazon_office.yaml", "--set", "seed=3", "--run", "runs/x")
+    assert code == 0, err
+    shown = yaml.safe_load(out)
     assert (shown["seed"], shown["storage"]["uri"], shown["sft"]["members"]) == (3, "runs/x", 4), "file and overrides applied"
     assert shown["evaluate"]["sasrec"]["grid"]["dropout"] == [0.2, 0.5] and shown["evaluate"]["sasrec"]["members"] is None, "defaults filled in"
-    bad = _dig("config", "--show", "--set", "evaluate.sasrec.members=0")
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.count("\n") == 1 and "dig config: error:" in bad.stderr and "evaluate.sasrec.members" in bad.stderr
+    code, out, err = _dig_here(capsys, "config", "--show", "--set", "evaluate.sasrec.members=0")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "dig config: error:" in err and "evaluate.sasrec.members" in err
 
 
 def test_a_run_without_config_starts_from_its_own_config_yaml_and_keeps_its_own_stages(tmp_path, capsys, s3_bucket, monkeypatch):
