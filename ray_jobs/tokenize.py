@@ -177,8 +177,6 @@ def assign_codes(
     if t.method == "external":
         codes = load_external_sids(t.external_path, ids)
         return ids, codes, None, [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])], {}, None
-    if len(ids) < r.codebook_size:
-        raise DataError(f"tokenize: {len(ids)} items are fewer than rqvae.codebook_size={r.codebook_size} codes")
     sizes = [r.codebook_size] * r.levels
     if t.method == "rkmeans":
         codes, centroids, last_residual = residual_kmeans(text.numpy(), r.levels, r.codebook_size, r.kmeans_iters, cfg.seed)
@@ -214,7 +212,11 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
     with store.stage(STAGE, config_hash, inputs) as attempt:
         known = known_embeddings(cfg, store)
         items = items.materialize()  # read once: counted here, embedded below
-        table = collect(embed(cfg, store, items, known), "tokenize: embed", "items", items.count())
+        count = items.count()
+        # Before the embedding pass, which takes minutes on a real catalog.
+        if cfg.tokenize.method != "external" and count < cfg.tokenize.rqvae.codebook_size:
+            raise DataError(f"tokenize: {count} items are fewer than rqvae.codebook_size={cfg.tokenize.rqvae.codebook_size} codes")
+        table = collect(embed(cfg, store, items, known), "tokenize: embed", "items", count)
         check_embeddings(table)
         remember_embeddings(cfg, store, table, known)
         table = fill_interests(table)

@@ -144,9 +144,11 @@ def test_bad_embeddings_name_the_items():
         tokenize.check_embeddings(pa.table({"item_id": pa.array([], pa.string())}))
 
 
-def test_fewer_items_than_codes_is_an_error(ray_cluster, tmp_path):
-    with pytest.raises(DataError, match="fewer than rqvae.codebook_size"):
+def test_fewer_items_than_codes_is_an_error_before_any_item_is_embedded(ray_cluster, tmp_path):
+    with pytest.raises(DataError, match="80 items are fewer than rqvae.codebook_size=128"):
         _run(tmp_path, "tokenize.rqvae.codebook_size=128")
+    cfg = load_config(None, SMALL + [f"storage.uri={tmp_path}"])
+    assert tokenize.known_embeddings(cfg, RunStore(cfg)) == {}, "no item was embedded (the embedding cache is empty)"
 
 
 def test_interest_channel_appends_descriptor_vectors_and_groups_the_first_sid_level_by_true_interest(ray_cluster, tmp_path):
