@@ -55,7 +55,7 @@ class Size:
 
 GPU = Size(items=3000, users=6000, rqvae_epochs=100, sft_epochs=10, sft_batch=256, llm_layers=None, llm_windows=2,
            llm_valid_users=500, bench_items=100_000, bench_users=1024)
-CPU = Size(items=80, users=60, rqvae_epochs=5, sft_epochs=2, sft_batch=64, llm_layers=2, llm_windows=1,
+CPU = Size(items=40, users=40, rqvae_epochs=5, sft_epochs=2, sft_batch=64, llm_layers=2, llm_windows=1,
            llm_valid_users=8, bench_items=500, bench_users=8)
 
 
