@@ -214,8 +214,9 @@ def run(cfg: RunConfig, store: RunStore, items: ray.data.Dataset | None = None) 
         items = items.materialize()  # read once: counted here, embedded below
         count = items.count()
         # Before the embedding pass, which takes minutes on a real catalog.
-        if cfg.tokenize.method != "external" and count < cfg.tokenize.rqvae.codebook_size:
-            raise DataError(f"tokenize: {count} items are fewer than rqvae.codebook_size={cfg.tokenize.rqvae.codebook_size} codes")
+        codes = cfg.tokenize.rqvae.codebook_size
+        if cfg.tokenize.method != "external" and count < codes:
+            raise DataError(f"tokenize: {count} items are fewer than rqvae.codebook_size={codes} codes")
         table = collect(embed(cfg, store, items, known), "tokenize: embed", "items", count)
         check_embeddings(table)
         remember_embeddings(cfg, store, table, known)

@@ -19,8 +19,12 @@ SMALL = [
 ]
 
 
+def _config(path, *extra):
+    return load_config(None, SMALL + [f"storage.uri={path}", *extra])
+
+
 def _run(path, *extra):
-    cfg = load_config(None, SMALL + [f"storage.uri={path}", *extra])
+    cfg = _config(path, *extra)
     store = RunStore(cfg)
     prepare.run(cfg, store)
     return cfg, store, tokenize.run(cfg, store)
@@ -56,7 +60,7 @@ def test_two_workers_recover_a_collapsed_codebook_and_give_unique_sids(ray_clust
 def test_same_seed_same_sids_with_kmeans_init(ray_cluster, tmp_path):
     short = ("tokenize.rqvae.epochs=10", "tokenize.rqvae.eval_every=10")
     _, prepared, first = _run(tmp_path / "a", *short)
-    cfg = load_config(None, SMALL + [f"storage.uri={tmp_path / 'b'}", *short])
+    cfg = _config(tmp_path / "b", *short)
     store = RunStore(cfg)
     store.adopt(prepared, ("prepare",))  # the same prepare (its own determinism is prepare's test): only tokenize twice
     assert np.array_equal(_codes(first.sids), _codes(tokenize.run(cfg, store).sids))
@@ -84,7 +88,7 @@ def test_residual_kmeans_with_reassignment_then_collaborative_vectors_from_the_e
 
 
 def test_external_sid_map(ray_cluster, tmp_path):
-    cfg = load_config(None, SMALL + [f"storage.uri={tmp_path}"])
+    cfg = _config(tmp_path)
     prepare.run(cfg, RunStore(cfg))
     ids = sorted(RunStore(cfg).read_table("prepare", "items").column("item_id").to_pylist())
     mapping = {item: [f"<a_{i % 5}>", f"<b_{i % 7}>"] for i, item in enumerate(ids)}
@@ -147,7 +151,7 @@ def test_bad_embeddings_name_the_items():
 def test_fewer_items_than_codes_is_an_error_before_any_item_is_embedded(ray_cluster, tmp_path):
     with pytest.raises(DataError, match="80 items are fewer than rqvae.codebook_size=128"):
         _run(tmp_path, "tokenize.rqvae.codebook_size=128")
-    cfg = load_config(None, SMALL + [f"storage.uri={tmp_path}"])
+    cfg = _config(tmp_path)
     assert tokenize.known_embeddings(cfg, RunStore(cfg)) == {}, "no item was embedded (the embedding cache is empty)"
 
 
