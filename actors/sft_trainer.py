@@ -23,7 +23,7 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import trainable_state
-from deepinterestgr.recommender.sft_loop import (averaged, compiled, epoch_order, epoch_seed, optimizer_and_schedule,
+from deepinterestgr.recommender.sft_loop import (averaged, compiled, epoch_plan, epoch_seed, optimizer_and_schedule,
                                                  train_epoch, validation_ranks, weight_average)
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -47,7 +47,7 @@ def train_sft(config: dict) -> None:
 
     backbone = backbones.get(cfg.backbone)
     model, vocab, _ = backbone.build(cfg, sizes, seed, gpu=cfg.use_gpu, items=config["items"], item_rows=config["item_rows"])
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_plan(examples, groups, cfg, epoch_seed(seed, 0, rank))))
     start_epoch, best, stale = 0, -1.0, 0
     device = ray.train.torch.get_device()
     # Moved before a resumed optimizer state is loaded: loading casts that state to the weights' device.

@@ -1,15 +1,19 @@
-"""SFT with packed rows (`sft.pack_tokens`), with length-bucketed batches (`sft.length_buckets`) and with a
-compiled forward pass (`sft.compile`) against one padded row per example, on a run's own examples, in one run.
+"""SFT with packed rows (`sft.pack_tokens`), with length-bucketed batches (`sft.length_buckets`), with batches cut
+by a token budget (`sft.batch_tokens`) and with a compiled forward pass (`sft.compile`) against one padded row per
+example, on a run's own examples, in one run.
 
     python bench/pack_bench.py --run runs/default --config configs/default.yaml --set sft.backbone=llm ... \
-        [--arms packed,bucketed,compiled] [--pack-tokens 512] [--buckets 50] [--compile default] \
-        [--steps 30] [--warmup 2] [--threads 2] [--device cuda]
+        [--arms packed,bucketed,budget,compiled] [--pack-tokens 512] [--buckets 50] [--batch-tokens N] \
+        [--compile default] [--steps 30] [--warmup 2] [--threads 2] [--device cuda]
 
 Every arm starts from the same weights. The padded and packed arms see the same batches (`sft.batch_size`
 examples per step, the stage's example order); only the layout differs. The bucketed arm sees batches of the
 same size drawn from the same order, sorted by length in runs of `--buckets` batches (so other batches: its
 loss differs by sampling, not by computation). The compiled arm is the padded one through `torch.compile`
-(its dropout draws differ), compiled_bucketed the bucketed one through it (not run by default). Prints one
+(its dropout draws differ), compiled_bucketed the bucketed one through it (not run by default). The budget arm
+is the bucketed one cut by `--batch-tokens` instead of `sft.batch_size` (short examples in larger batches: its steps
+read more examples, so its validation figure after the same steps is not comparable), compiled_budget the same
+through `torch.compile`. Prints one
 JSON line: per arm tokens/s (real tokens, padding excluded) over the steps after the first `--warmup` (where
 compilation happens), the seconds of those first steps and of all, the padding share of the positions
 computed, the mean loss of the steps, and validation HR@10 / NDCG@10 of the run's validation users after
@@ -34,11 +38,13 @@ from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.inputs import sft_inputs
 from deepinterestgr.recommender.ranking import target_ranks
-from deepinterestgr.recommender.sft_loop import compiled, epoch_batches, epoch_order, epoch_seed, optimizer_and_schedule, sft_loss
+from deepinterestgr.recommender.sft_loop import compiled, epoch_plan, epoch_seed, optimizer_and_schedule, sft_loss
 from deepinterestgr.storage.runstore import RunStore
 
 
-def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int = 0, warmup: int = 2) -> dict:
+def arm(model, cfg, data, steps: int, seed: int, warmup: int = 2) -> dict:
+    """`steps` steps of the sft loop's batches under `cfg.sft`'s layout (pack_tokens, length_buckets, batch_tokens,
+    compile), then validation."""
     s = cfg.sft
     trained = compiled(model, s)
     device = next(model.parameters()).device
@@ -46,9 +52,8 @@ def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int 
     autocast = backbone.autocast(s)
     examples = [e for _, e in data.grouped]
     groups = np.array([g for g, _ in data.grouped])
-    optimizer, scheduler = optimizer_and_schedule(model, s, len(examples))
-    order = epoch_order(groups, s.targets_per_user, epoch_seed(seed, 0, 0))
-    batches = epoch_batches(order, np.array([len(e.ids) for e in examples]), s.batch_size, buckets, epoch_seed(seed, 0, 0))
+    batches = epoch_plan(examples, groups, s, epoch_seed(seed, 0, 0))
+    optimizer, scheduler = optimizer_and_schedule(model, s, len(batches))
     torch.manual_seed(epoch_seed(seed, 0, 0))
     model.train()
     real = computed = 0
@@ -57,7 +62,7 @@ def arm(model, cfg, data, pack_tokens: int, steps: int, seed: int, buckets: int 
         if step == warmup:
             steady, real_before = time.perf_counter(), real
         chunk = [examples[i] for i in indices.tolist()]
-        batch = {k: v.to(device) for k, v in backbone.training_batch(chunk, data.fmt.pad_id, pack_tokens).items()}
+        batch = {k: v.to(device) for k, v in backbone.training_batch(chunk, data.fmt.pad_id, s.pack_tokens).items()}
         with autocast():
             loss = sft_loss(trained, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
         loss.backward()
@@ -85,12 +90,15 @@ def main() -> int:
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--pack-tokens", type=int, default=512)
-    parser.add_argument("--buckets", type=int, default=50, help="batches per length-sorted run in the bucketed arm")
+    parser.add_argument("--buckets", type=int, default=50, help="batches per length-sorted run in the bucketed and budget arms")
+    parser.add_argument("--batch-tokens", type=int, default=0,
+                        help="sft.batch_tokens of the budget arms (default: sft.batch_size x the examples' mean length x 1.5)")
     modes = [m for m in get_args(SFTConfig.model_fields["compile"].annotation) if m != "off"]
     parser.add_argument("--compile", default="default", choices=modes,
                         help="sft.compile of the compiled arms")
     parser.add_argument("--arms", type=lambda text: text.split(","), default=["packed", "bucketed", "compiled"],
-                        help="comma-separated arms beside padded (the baseline, always run): packed, bucketed, compiled, compiled_bucketed")
+                        help="comma-separated arms beside padded (the baseline, always run): packed, bucketed, budget, "
+                             "compiled, compiled_bucketed, compiled_budget")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (compilation)")
     parser.add_argument("--threads", type=int, default=2)
@@ -106,22 +114,27 @@ def main() -> int:
                                  item_rows=data.item_rows)
     model.to(args.device)
     start = copy.deepcopy(model.state_dict())
-    eager = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": "off"})})
-    fused = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"compile": args.compile})})
-    arms = {"padded": (eager, 0, 0), "packed": (eager, args.pack_tokens, 0), "bucketed": (eager, 0, args.buckets),
-            "compiled": (fused, 0, 0), "compiled_bucketed": (fused, 0, args.buckets)}
+    batch_tokens = args.batch_tokens or round(cfg.sft.batch_size * np.mean([len(e.ids) for _, e in data.grouped]) * 1.5)
+
+    def layout(compile_mode: str, pack_tokens: int = 0, buckets: int = 0, tokens: int = 0):
+        update = {"compile": compile_mode, "pack_tokens": pack_tokens, "length_buckets": buckets, "batch_tokens": tokens}
+        return cfg.model_copy(update={"sft": cfg.sft.model_copy(update=update)})
+
+    arms = {"padded": layout("off"), "packed": layout("off", pack_tokens=args.pack_tokens),
+            "bucketed": layout("off", buckets=args.buckets), "budget": layout("off", buckets=args.buckets, tokens=batch_tokens),
+            "compiled": layout(args.compile), "compiled_bucketed": layout(args.compile, buckets=args.buckets),
+            "compiled_budget": layout(args.compile, buckets=args.buckets, tokens=batch_tokens)}
     unknown = set(args.arms) - set(arms)
     if unknown:
         raise SystemExit(f"pack_bench: --arms takes any of {', '.join(arms)}; not {', '.join(sorted(unknown))}")
     results = {}
     for name in [a for a in arms if a == "padded" or a in args.arms]:
-        arm_cfg, pack, buckets = arms[name]
         model.load_state_dict(start)
-        results[name] = arm(model, arm_cfg, data, pack, args.steps, cfg.seed, buckets, args.warmup)
+        results[name] = arm(model, arms[name], data, args.steps, cfg.seed, args.warmup)
     speedups = {f"{name}_speedup": round(r["tokens_per_s"] / results["padded"]["tokens_per_s"], 2)
                 for name, r in results.items() if name != "padded"}
     print(json.dumps({"bench": "pack", "run": args.run, "device": args.device, "backbone": cfg.sft.backbone, "batch_size": cfg.sft.batch_size,
-                      "pack_tokens": args.pack_tokens, "buckets": args.buckets, "compile": args.compile,
+                      "pack_tokens": args.pack_tokens, "buckets": args.buckets, "batch_tokens": batch_tokens, "compile": args.compile,
                       "examples": len(data.grouped), "valid_users": len(data.valid_users), **results, **speedups}))
     return 0
 

@@ -41,7 +41,7 @@ from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import content_rows, trainable_state
 from deepinterestgr.recommender.ranking import target_ranks
-from deepinterestgr.recommender.sft_loop import (averaged, compiled, epoch_order, epoch_seed, optimizer_and_schedule,
+from deepinterestgr.recommender.sft_loop import (averaged, compiled, epoch_plan, epoch_seed, optimizer_and_schedule,
                                                  train_epoch, validation_ranks, weight_average)
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -102,7 +102,7 @@ def train_and_test(run: dict, overrides: dict, training_seed: int, device: str) 
     trie = SIDTrie.from_bytes(run["trie"])
     model, vocab, _ = backbones.get(cfg.backbone).build(cfg, run["sizes"], seed, gpu=device != "cpu", items=run["items"],
                                                           item_rows=content_rows(run["content"], cfg.hidden_size) if cfg.item_token_init == "content" else None)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_order(groups, cfg.targets_per_user, seed)))
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_plan(examples, groups, cfg, epoch_seed(seed, 0, 0))))
     model.to(device)
     average = weight_average(model, cfg)
     trained = compiled(model, cfg)

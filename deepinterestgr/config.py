@@ -455,6 +455,10 @@ class SFTConfig(TrainerScaling):
     # Sort each run of this many batches by example length before cutting it into batches, then shuffle the
     # batches (0 = off): batches of similar lengths pad less, with the usual attention mask and batch size.
     length_buckets: int = Field(0, ge=0)
+    # Cut batches by a token budget instead of `batch_size` (0 = off): each step takes examples in turn while
+    # they compute at most this many token positions (count x the longest; with pack_tokens the sum of lengths).
+    # With length_buckets, short examples then come in larger batches and every step costs about the same.
+    batch_tokens: int = Field(0, ge=0)
     # torch.compile the training forward pass (off = eager). default: fused kernels; reduce-overhead: also CUDA
     # graphs (GPUs, where a small model's step is bound by kernel launches); max-autotune: also searched kernels.
     # Compiled once with dynamic shapes at the first step, so a short run may not repay it (bench/pack_bench.py).

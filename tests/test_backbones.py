@@ -19,7 +19,7 @@ from deepinterestgr.recommender.beam_search import beam_search, exhaustive_score
 from deepinterestgr.recommender.decoding import completion_logprobs
 from deepinterestgr.recommender.ensemble import Ensemble
 from deepinterestgr.recommender.formats import Example
-from deepinterestgr.recommender.sft_loop import epoch_seed, optimizer_and_schedule, train_epoch
+from deepinterestgr.recommender.sft_loop import epoch_plan, epoch_seed, optimizer_and_schedule, train_epoch
 from deepinterestgr.storage.runstore import RunStore
 from deepinterestgr.tokenizer.sids import SIDTrie
 
@@ -75,7 +75,7 @@ def test_a_registered_toy_backbone_is_configured_trained_ranked_and_ensembled_wi
     for seed in (0, 1):
         model, vocab, _ = newest_first.build(cfg, sizes, seed)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        optimizer, scheduler = optimizer_and_schedule(model, cfg, len(examples))
+        optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_plan(examples, np.arange(len(examples)), cfg, epoch_seed(seed, 0, 0))))
         stats = train_epoch(model, optimizer, scheduler, examples, np.arange(len(examples)), cfg, vocab, 0, epoch_seed(seed, 0, 0))
         assert np.isfinite(stats.loss) and any(not torch.equal(before[n], p) for n, p in model.named_parameters())
         members.append(model.eval())

@@ -1,13 +1,14 @@
 """An SFT epoch depends on its seed and the state it starts from only, so a resumed run equals an uninterrupted one."""
 
 import numpy as np
+import pytest
 import torch
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.backbones.compact import COMPACT
 from deepinterestgr.recommender.model import trainable_state
-from deepinterestgr.recommender.sft_loop import compiled, epoch_seed, optimizer_and_schedule, train_epoch
+from deepinterestgr.recommender.sft_loop import compiled, epoch_plan, epoch_seed, optimizer_and_schedule, train_epoch
 
 
 def _state_after(epochs: range, start: dict | None, disturb: bool):
@@ -16,7 +17,7 @@ def _state_after(epochs: range, start: dict | None, disturb: bool):
     rng = np.random.default_rng(0)
     examples = [Example([int(t) for t in rng.integers(3, 10, size=9)], 3) for _ in range(16)]
     groups = np.arange(16)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(examples))
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_plan(examples, groups, cfg, epoch_seed(0, 0, 0))))
     if start is not None:
         model.load_state_dict(start["model"], strict=False)
         optimizer.load_state_dict(start["optimizer"])
@@ -93,7 +94,7 @@ def test_a_compiled_forward_trains_to_the_eager_weights_over_batches_of_several_
         model, vocab, _ = COMPACT.build(cfg, [4, 4], seed=0)
         rng = np.random.default_rng(0)
         examples = [Example([int(t) for t in rng.integers(3, 10, size=int(n))], 3) for n in rng.integers(5, 14, size=16)]
-        optimizer, scheduler = optimizer_and_schedule(model, cfg, len(examples))
+        optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_plan(examples, np.arange(16), cfg, epoch_seed(0, 0, 0))))
         trained_as = compiled(model, cfg)
         assert (trained_as is model) == (mode == "off")
         assert isinstance(trained_as, torch._dynamo.eval_frame.OptimizedModule) == (mode != "off")
@@ -106,3 +107,72 @@ def test_a_compiled_forward_trains_to_the_eager_weights_over_batches_of_several_
     assert any(not torch.equal(value, start.state_dict()[name]) for name, value in eager.items()), "the steps moved the weights"
     for name, value in eager.items():
         assert torch.allclose(value, fused[name], atol=1e-5), name
+
+
+def test_a_token_budget_keeps_every_example_once_and_gives_short_examples_larger_batches():
+    from deepinterestgr.recommender.sft_loop import epoch_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=1000)
+    order = rng.permutation(1000)
+    for packed in (False, True):
+        budget = epoch_batches(order, lengths, 32, 10, seed=1, batch_tokens=4000, packed=packed)
+        assert sorted(np.concatenate(budget).tolist()) == list(range(1000))
+        costs = [lengths[b].sum() if packed else len(b) * lengths[b].max() for b in budget]
+        assert all(cost <= 4000 or len(b) == 1 for cost, b in zip(costs, budget)), packed
+        if not packed:
+            by_length = sorted(budget, key=lambda b: lengths[b].max())
+            assert len(by_length[0]) > 5 * len(by_length[-1]), "short examples share a batch with many others"
+    plain = epoch_batches(order, lengths, 32, 0, seed=1, batch_tokens=4000)
+    assert np.array_equal(np.concatenate(plain), order), "without buckets: the order, cut in turn"
+    assert [len(b) for b in epoch_batches(order, np.full(1000, 7), 32, 0, seed=1, batch_tokens=70)] == [10] * 100
+    assert [len(b) for b in epoch_batches(np.array([1, 0, 2]), np.array([50, 5, 5]), 32, 0, seed=1, batch_tokens=20)] == [1, 1, 1], \
+        "an example over the budget comes alone"
+
+
+def test_a_worker_with_fewer_batches_splits_its_largest_to_run_as_many_steps():
+    from deepinterestgr.recommender.sft_loop import even_out
+
+    batches = [np.arange(0, 8), np.arange(8, 10), np.arange(10, 14)]
+    evened = even_out(batches, 5)
+    assert [len(b) for b in evened] == [2, 2, 4, 2, 4]
+    assert np.array_equal(np.concatenate(evened), np.arange(14)), "every example once, in order"
+    assert even_out(batches, 3) == batches
+    with pytest.raises(ValueError, match="holds 2 examples for the 3 steps"):
+        even_out([np.arange(1), np.arange(1, 2)], 3)
+
+
+def _ddp_worker(rank: int, port: int, sizes: list[int], results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cfg = SFTConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, batch_size=4, length_buckets=2, batch_tokens=40)
+    model, vocab, _ = COMPACT.build(cfg, [4, 4], seed=0)
+    rng = np.random.default_rng(rank)
+    examples = [Example([int(t) for t in rng.integers(3, 10, size=int(n))], 3) for n in rng.integers(4, 12, size=sizes[rank])]
+    groups = np.arange(len(examples))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(epoch_plan(examples, groups, cfg, epoch_seed(0, 0, rank))))
+    own = len(epoch_plan(examples, groups, cfg, epoch_seed(0, 0, rank)))
+    train_epoch(ddp, optimizer, scheduler, examples, groups, cfg, vocab, 0, epoch_seed(0, 0, rank), average_of=model)
+    results.put((rank, own, {n: v.numpy().copy() for n, v in trainable_state(model).items()}))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_workers_with_unequal_shards_under_a_token_budget_run_the_same_steps_and_stay_in_sync_tiny_random_model():
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_ddp_worker, args=(rank, port, [30, 9], results)) for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    got = dict((rank, (own, state)) for rank, own, state in (results.get(timeout=120) for _ in workers))
+    for worker in workers:
+        worker.join(timeout=30)
+    assert all(worker.exitcode == 0 for worker in workers)
+    assert got[0][0] > got[1][0], "the shards alone would run different numbers of steps"
+    for name, value in got[0][1].items():
+        assert np.allclose(value, got[1][1][name]), name

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.backbones.base import IGNORE, backbone_of
@@ -58,19 +59,70 @@ def epoch_order(groups: np.ndarray, per_group: int, seed: int) -> np.ndarray:
     return chosen[np.argsort(keys[chosen], kind="stable")]
 
 
-def epoch_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, bucket: int, seed: int) -> list[np.ndarray]:
-    """The epoch's order cut into batches of `batch_size` examples. With `bucket` > 0, each run of `bucket`
-    batches is first sorted by example length, so a batch holds examples of similar length (less padding),
-    and the batches are then shuffled (seeded): every example still comes once, in batches of the same size."""
+def epoch_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, bucket: int, seed: int,
+                  batch_tokens: int = 0, packed: bool = False) -> list[np.ndarray]:
+    """The epoch's order cut into batches of `batch_size` examples, or with `batch_tokens` > 0 into batches that
+    each compute at most that many token positions (`token_batches`). With `bucket` > 0, each run of `bucket`
+    x `batch_size` examples is first sorted by example length, so a batch holds examples of similar length
+    (less padding; under a token budget, short examples come in larger batches), and the batches are then
+    shuffled (seeded). Every example comes once."""
+    if bucket:
+        window = bucket * batch_size
+        order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                                for chunk in (order[start: start + window] for start in range(0, len(order), window))] or [order])
+    if batch_tokens:
+        batches = token_batches(order, lengths, batch_tokens, packed)
+    else:
+        batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
     if not bucket:
-        return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
-    window = bucket * batch_size
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start: start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+        return batches
     return [batches[i] for i in np.random.default_rng(seed).permutation(len(batches))]
+
+
+def token_batches(order: np.ndarray, lengths: np.ndarray, budget: int, packed: bool) -> list[np.ndarray]:
+    """`order` cut in turn into batches that each compute at most `budget` token positions: the example count
+    x the longest example when rows are padded, the sum of lengths when they are packed (`sft.pack_tokens`).
+    An example longer than the budget gets a batch of its own."""
+    batches, start, longest, total = [], 0, 0, 0
+    for i, length in enumerate(lengths[order].tolist()):
+        longest, total = max(longest, length), total + length
+        if i > start and (total if packed else longest * (i - start + 1)) > budget:
+            batches.append(order[start:i])
+            start, longest, total = i, length, length
+    return batches + [order[start:]] if len(order) else batches
+
+
+def even_out(batches: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """`batches` split until there are `count` of them, the largest first (in half, keeping their place), so
+    that a worker with fewer batches than its peers runs as many steps: under DDP every step's backward
+    all-reduces the gradients with every worker's."""
+    batches = list(batches)
+    while len(batches) < count:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        if len(batches[largest]) < 2:
+            raise ValueError(f"sft: a worker holds {sum(len(b) for b in batches)} examples for the {count} steps of its "
+                             "peers; train on fewer workers (sft.num_workers) or with smaller batches")
+        half = len(batches[largest]) // 2
+        batches[largest: largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
+
+
+def agreed_batches(batches: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+    """This worker's batches, evened out to the largest count of any DDP worker (itself alone: unchanged).
+    Shards differ in size, and under a token budget in batch count, from one worker to the next."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return batches
+    count = torch.tensor([len(batches)], device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return even_out(batches, int(count))
+
+
+def epoch_plan(examples: list[Example], groups: np.ndarray, cfg: SFTConfig, seed: int) -> list[np.ndarray]:
+    """One worker's batches for an epoch (before `agreed_batches`): the seeded order of `epoch_order`, cut by
+    `epoch_batches` under the config's batch size or token budget and length buckets."""
+    order = epoch_order(groups, cfg.targets_per_user, seed)
+    return epoch_batches(order, np.array([len(e.ids) for e in examples]), cfg.batch_size, cfg.length_buckets, seed,
+                         cfg.batch_tokens, bool(cfg.pack_tokens))
 
 
 def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:
@@ -84,10 +136,11 @@ def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def optimizer_and_schedule(model: torch.nn.Module, cfg: SFTConfig, examples_per_epoch: int):
-    """AdamW on the trainable parameters and its per-step learning-rate schedule over all epochs."""
+def optimizer_and_schedule(model: torch.nn.Module, cfg: SFTConfig, batches_per_epoch: int):
+    """AdamW on the trainable parameters and its per-step learning-rate schedule over all epochs
+    (`batches_per_epoch`: one epoch's `epoch_plan`; under a token budget epochs differ by a few batches)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * math.ceil(math.ceil(examples_per_epoch / cfg.batch_size) / cfg.grad_accum)
+    total_steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_ratio, cfg.lr_schedule))
     return optimizer, scheduler
@@ -168,8 +221,7 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
     device = next(model.parameters()).device
     backbone = backbone_of(model)
     model.train()
-    order = epoch_order(groups, cfg.targets_per_user, seed)
-    batches = epoch_batches(order, np.array([len(e.ids) for e in examples]), cfg.batch_size, cfg.length_buckets, seed)
+    batches = agreed_batches(epoch_plan(examples, groups, cfg, seed), device)
     # Seeded per worker and epoch, so a run resumed from a checkpoint (a restarted Ray Train worker) drops
     # the same item tokens, and draws the same dropout masks from torch's global generator, as an
     # uninterrupted one.
