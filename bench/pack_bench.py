@@ -12,12 +12,11 @@ same size drawn from the same order, sorted by length in runs of `--buckets` bat
 loss differs by sampling, not by computation). The compiled arm is the padded one through `torch.compile`
 (its dropout draws differ), compiled_bucketed the bucketed one through it (not run by default). The budget arm
 is the bucketed one cut by `--batch-tokens` instead of `sft.batch_size` (short examples in larger batches: its steps
-read more examples, so its validation figure after the same steps is not comparable), compiled_budget the same
-through `torch.compile`. Prints one
-JSON line: per arm tokens/s (real tokens, padding excluded) over the steps after the first `--warmup` (where
-compilation happens), the seconds of those first steps and of all, the padding share of the positions
-computed, the mean loss of the steps, and validation HR@10 / NDCG@10 of the run's validation users after
-the steps (`sft.valid_users`; the same across arms up to float noise and dropout draws, since they change
+read more examples; with `--examples N` every arm reads the same N examples, so validation compares), compiled_budget
+the same through `torch.compile`. Prints one JSON line: per arm tokens/s (real tokens, padding excluded) over the
+steps after the first `--warmup` (where compilation happens), the seconds of those first steps and of all, the
+padding share of the positions computed, the steps and examples read, the mean loss of the steps, and validation
+HR@10 / NDCG@10 of the run's validation users after the steps (`sft.valid_users`; the same across arms up to float noise and dropout draws, since they change
 the layout or the kernels, not the computation); then each arm's tokens/s over the padded arm's. Needs a run
 with committed prepare and tokenize stages (and mine for the llm backbone's interest prompts, when it ran). One process, no Ray Train.
 """
@@ -42,9 +41,9 @@ from deepinterestgr.recommender.sft_loop import compiled, epoch_plan, epoch_seed
 from deepinterestgr.storage.runstore import RunStore
 
 
-def arm(model, cfg, data, steps: int, seed: int, warmup: int = 2) -> dict:
+def arm(model, cfg, data, steps: int, seed: int, warmup: int = 2, examples_cap: int = 0) -> dict:
     """`steps` steps of the sft loop's batches under `cfg.sft`'s layout (pack_tokens, length_buckets, batch_tokens,
-    compile), then validation."""
+    compile), or with `examples_cap` the steps that read that many examples, then validation."""
     s = cfg.sft
     trained = compiled(model, s)
     device = next(model.parameters()).device
@@ -58,7 +57,11 @@ def arm(model, cfg, data, steps: int, seed: int, warmup: int = 2) -> dict:
     model.train()
     real = computed = 0
     losses, began, steady = [], time.perf_counter(), None
-    for step, indices in enumerate(batches[:steps]):
+    read = 0
+    for step, indices in enumerate(batches if examples_cap else batches[:steps]):
+        if examples_cap and read >= examples_cap:
+            break
+        read += len(indices)
         if step == warmup:
             steady, real_before = time.perf_counter(), real
         chunk = [examples[i] for i in indices.tolist()]
@@ -81,7 +84,7 @@ def arm(model, cfg, data, steps: int, seed: int, warmup: int = 2) -> dict:
                              pad_id=data.fmt.pad_id, item_weight=s.ranking_item_weight)
     return {"tokens_per_s": round((real - real_before) / (ended - steady), 1), "padding_share": round(1 - real / computed, 3),
             "warmup_s": round(steady - began, 1), "seconds": round(ended - began, 1),
-            "steps": len(losses), "mean_loss": round(float(np.mean(losses)), 5), **ranking_metrics(ranks, (10,))}
+            "steps": len(losses), "examples": read, "mean_loss": round(float(np.mean(losses)), 5), **ranking_metrics(ranks, (10,))}
 
 
 def main() -> int:
@@ -100,6 +103,9 @@ def main() -> int:
                         help="comma-separated arms beside padded (the baseline, always run): packed, bucketed, budget, "
                              "compiled, compiled_bucketed, compiled_budget")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--examples", type=int, default=0,
+                        help="run each arm until it has read this many examples instead of --steps (arms whose batches "
+                             "differ in size then train on the same amount of data)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (compilation)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (sft.use_gpu: bf16 for the llm backbone with sft.llm.bf16)")
@@ -130,7 +136,7 @@ def main() -> int:
     results = {}
     for name in [a for a in arms if a == "padded" or a in args.arms]:
         model.load_state_dict(start)
-        results[name] = arm(model, arms[name], data, args.steps, cfg.seed, args.warmup)
+        results[name] = arm(model, arms[name], data, args.steps, cfg.seed, args.warmup, args.examples)
     speedups = {f"{name}_speedup": round(r["tokens_per_s"] / results["padded"]["tokens_per_s"], 2)
                 for name, r in results.items() if name != "padded"}
     print(json.dumps({"bench": "pack", "run": args.run, "device": args.device, "backbone": cfg.sft.backbone, "batch_size": cfg.sft.batch_size,
