@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from deepinterestgr.recommender.backbones.base import attach
 from deepinterestgr.recommender.backbones.decoder_only import DecoderOnly
@@ -35,8 +34,12 @@ class CompactModelConfig:
     item_tokens: int = 0
 
 
-def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[LlamaForCausalLM, SIDVocab]:
+def compact_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[torch.nn.Module, SIDVocab]:
     """A from-scratch causal LM whose vocabulary is PAD/BOS/SEP plus one token per (level, code)."""
+    # Imported here, not with the module: config validation imports every backbone to check its options,
+    # and transformers' model classes take seconds to import (each `dig` command pays them).
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -5,7 +5,6 @@ One training example per target (TIGER's sliding windows)."""
 from __future__ import annotations
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
 
 from deepinterestgr.recommender.backbones.base import IGNORE, Backbone, DecodeState, attach, cached_step, left_pad, right_pad
 from deepinterestgr.recommender.backbones.compact import CompactFormat, CompactModelConfig, FromScratch
@@ -15,9 +14,11 @@ from deepinterestgr.recommender.prefix_attention import CrossCache, cross_step
 from deepinterestgr.recommender.vocab import SIDVocab
 
 
-def encoder_decoder_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[T5ForConditionalGeneration, SIDVocab]:
+def encoder_decoder_model(sizes: list[int], cfg: CompactModelConfig, seed: int) -> tuple[torch.nn.Module, SIDVocab]:
     """A from-scratch T5 with the compact model's vocabulary. T5's relative position buckets make
     left-padded prompts equivalent to unpadded ones."""
+    from transformers import T5Config, T5ForConditionalGeneration  # at use, as compact_model's (config validation)
+
     vocab = SIDVocab(tuple(sizes), SPECIAL_TOKENS)
     torch.manual_seed(seed)
     config = T5Config(
