@@ -215,3 +215,16 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
 
     with pytest.raises(DataError, match="ensemble of 2 members .*sft.members=1"):
         grpo.run(cfg, store)
+
+    # bench/distill.py on these members (in this process): weight 0 trains member 0 again (the stage's validation
+    # figure), weight 1 a student of both; the members' own figures are evaluate's.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill", Path(__file__).parents[1] / "bench" / "distill.py")
+    distill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distill)
+    store.save_config(cfg)
+    again, student = distill.student(store.root, 0.0), distill.student(store.root, 1.0)
+    assert again["sampled_val_ndcg@10"] == pytest.approx(report["members"][0]["val_ndcg@10"], abs=1e-4)
+    assert (student["weight"], student["teachers"]) == (1.0, 2)
+    assert student["members_ranked_together"]["test"]["GR (sft) x2"]["ndcg@10"] == pytest.approx(results["GR (sft) x2"]["ndcg@10"], abs=1e-4)
