@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -105,6 +106,8 @@ def student(run: str, weight: float) -> dict:
                 best, stale, best_state, best_epoch = ndcg, 0, trainable_state(model), epoch
             else:
                 stale += 1
+        print(f"distill w={weight:g}: epoch {epoch + 1}/{s.epochs}, sampled validation NDCG@10 {ndcg:.4f} (best {best:.4f}), "
+              f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
         if stale >= s.patience:
             break
     model.load_state_dict(best_state, strict=False)
