@@ -34,7 +34,7 @@ from deepinterestgr.recommender.inputs import sft_inputs, split_rows
 from deepinterestgr.recommender.model import trainable_state
 from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.recommender.sft_loop import (average_weights, averaged, drop_item_tokens, epoch_plan, epoch_seed,
-                                                 item_head_loss, optimizer_and_schedule, validation_ranks, weight_average)
+                                                 first_code_positions, item_head_loss, optimizer_and_schedule, validation_ranks, weight_average)
 from deepinterestgr.storage.runstore import RunStore
 
 
@@ -56,7 +56,7 @@ def distillation_loss(student_logits: torch.Tensor, teachers: list[torch.nn.Modu
     labelled = labels[:, 1:] != IGNORE
     loss = kl(mean_distribution([z[labelled] for z in teacher_logits]), student_logits[:, :-1][labelled])
     if item_head:
-        first = (ids[:, 1:] >= int(vocab.starts[0])) & (ids[:, 1:] < int(vocab.starts[0]) + vocab.sizes[0]) & labelled
+        first = first_code_positions(ids, labels, vocab)
         items = slice(vocab.size, None)
         loss = loss + item_head * kl(mean_distribution([z[first][:, items] for z in teacher_logits]),
                                      student_logits[:, :-1][first][:, items])

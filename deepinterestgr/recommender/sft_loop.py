@@ -162,6 +162,13 @@ def drop_item_tokens(ids: torch.Tensor, vocab: SIDVocab, rate: float, generator:
     return ids.masked_fill(drop & (ids >= vocab.size), PAD)
 
 
+def first_code_positions(ids: torch.Tensor, labels: torch.Tensor, vocab: SIDVocab) -> torch.Tensor:
+    """Where a position predicts a labelled item's first SID code ([batch, length - 1], the positions of
+    `logits[:, :-1]`): where the item head is trained."""
+    first = int(vocab.starts[0])
+    return (ids[:, 1:] >= first) & (ids[:, 1:] < first + vocab.sizes[0]) & (labels[:, 1:] != IGNORE)
+
+
 def item_head_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, vocab: SIDVocab) -> torch.Tensor:
     """Cross-entropy of the next item over the item-token rows only, at every position that predicts an
     item's first SID code (compact format with item tokens: each item is its SID, then its item token).
@@ -171,8 +178,7 @@ def item_head_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor
     by the same amount, which this softmax cannot see, so the two do not compete.
     """
     items = logits.shape[-1] - vocab.size
-    first = (ids[:, 1:] >= int(vocab.starts[0])) & (ids[:, 1:] < int(vocab.starts[0]) + vocab.sizes[0]) & (labels[:, 1:] != IGNORE)
-    row, pos = first.nonzero(as_tuple=True)
+    row, pos = first_code_positions(ids, labels, vocab).nonzero(as_tuple=True)
     token_at = pos + 1 + vocab.levels
     target = ids[row, token_at.clamp(max=ids.shape[1] - 1)] - vocab.size
     if items <= 0 or bool(((token_at >= ids.shape[1]) | (target < 0) | (target >= items)).any()):
