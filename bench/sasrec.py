@@ -26,6 +26,7 @@ from deepinterestgr.recommender.sequences import build_sequences, split_historie
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import pipeline
 from ray_jobs.common import start_ray
+from ray_jobs.evaluate import ray_fit_map
 
 
 def main() -> int:
@@ -46,7 +47,7 @@ def main() -> int:
     item_ids = sorted(store.read_table("prepare", "items").column("item_id").to_pylist())
     seqs = build_sequences(store.read_table("prepare", "interactions"), item_ids)
     fit = fit_sasrec_members(seqs.train, seqs.valid, len(item_ids), cfg.evaluate.sasrec, cfg.evaluate.sasrec.grid, members,
-                             cfg.seed, label="bench: SASRec")
+                             cfg.seed, label="bench: SASRec", fit_map=ray_fit_map(cfg.evaluate.sasrec.cpus_per_fit))
     splits = {name: split_histories(seqs, split)[1:] for name, split in (("validation", "valid"), ("test", "test"))}
     by_members = {size: {} for size in range(1, members + 1)}
     for name, (histories, targets) in splits.items():

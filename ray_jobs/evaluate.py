@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 import ray
+import torch
 
 from actors.recommender import TargetRanker
-from deepinterestgr.baselines.sasrec import ensemble_ranks, fit_sasrec_members
+from deepinterestgr.baselines.sasrec import FitData, FitJob, FitMap, SASRec, ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import StorageError
 from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
@@ -72,6 +73,22 @@ def example_users(store: RunStore, catalog: Catalog, rows: list[dict], top: np.n
     return out
 
 
+def _fit_in_task(data: FitData, job: FitJob, threads: int) -> tuple[SASRec, list[dict], float]:
+    torch.set_num_threads(threads)  # a pooled Ray worker keeps the last task's count otherwise
+    return data(job)
+
+
+def ray_fit_map(cpus: int) -> FitMap:
+    """SASRec fits as Ray tasks of `cpus` CPUs and torch threads each: as many at once as the cluster holds."""
+    task = ray.remote(num_cpus=cpus)(_fit_in_task)
+
+    def fit_map(data: FitData, jobs: list[FitJob]) -> list[tuple[SASRec, list[dict], float]]:
+        shared = ray.put(data)
+        return ray.get([task.remote(shared, job, cpus) for job in jobs])
+
+    return fit_map
+
+
 def sasrec_members(cfg: RunConfig, gr_members: int) -> int:
     """How many SASRec models rank together: evaluate.sasrec.members, else as many as the GR model has (equal cost)."""
     return cfg.evaluate.sasrec.members or gr_members
@@ -120,7 +137,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         if e.sasrec.enabled:
             k = sasrec_members(cfg, members)
             fit = fit_sasrec_members(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, e.sasrec.grid, k, cfg.seed,
-                                     label="evaluate: SASRec")
+                                     label="evaluate: SASRec", fit_map=ray_fit_map(e.sasrec.cpus_per_fit))
             chosen = {key: getattr(fit.shape, key) for key in e.sasrec.grid}
             print(f"evaluate: SASRec x{k}: {chosen or 'the configured settings'} (best validation NDCG@10 of {len(fit.grid) or 1} "
                   f"settings); {fit.fits} fits in {fit.seconds:.0f} s", file=sys.stderr)

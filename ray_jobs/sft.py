@@ -73,6 +73,12 @@ def train_member(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, stora
     return TrainedMember(export_model(model), MemberValidation(best, history))
 
 
+@ray.remote(num_cpus=0)
+def _train_member_task(cfg: RunConfig, data: SFTInputs, train: ray.data.Dataset, storage_path: str, fs, member: int) -> TrainedMember:
+    # A Ray task holds no CPU of its own: the fit's workers hold them, so `sft.concurrent_members` fits overlap.
+    return train_member(cfg, data, train, storage_path, fs, member)
+
+
 def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     inputs = store.inputs(("prepare", "tokenize"), optional=("label", "mine"))
     config_hash = cfg.section_hash("sft")
@@ -85,18 +91,29 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     # Resumable: a rerun after a crash keeps the members already saved, and Ray Train resumes the
     # member that was training from its latest epoch checkpoint in the same folder.
     with store.stage(STAGE, config_hash, inputs, resumable=True) as attempt:
-        trained = []
+        trained: dict[int, MemberValidation] = {}
+        waiting = []
         for member in range(s.members):
             record = attempt.read_text(member_record(member))
             if record is not None:
                 print(f"sft: member {member + 1}/{s.members} was saved by an earlier attempt in {attempt.dir}; kept", file=sys.stderr)
-                trained.append(MemberValidation(**json.loads(record)))
-                continue
-            fit = train_member(cfg, data, train, f"{attempt.dir}/ray_train", store.fs, member)
+                trained[member] = MemberValidation(**json.loads(record))
+            else:
+                waiting.append(member)
+        running: dict[ray.ObjectRef, int] = {}
+        shared = ray.put(data)
+        while waiting or running:
+            while waiting and len(running) < s.concurrent_members:
+                member = waiting.pop(0)
+                running[_train_member_task.remote(cfg, shared, train, f"{attempt.dir}/ray_train", store.fs, member)] = member
+            done, _ = ray.wait(list(running))
+            member = running.pop(done[0])
+            fit = ray.get(done[0])
             save_model(attempt, fit.model, data.meta, data.tokenizer, member=member)
             # Written after the weights: its presence means the member is saved whole.
             attempt.write_atomic(member_record(member), json.dumps(asdict(fit.validation)).encode())
-            trained.append(fit.validation)
+            trained[member] = fit.validation
+        trained = [trained[member] for member in range(s.members)]
         first = trained[0]
         report = {
             "backbone": s.backbone, "users": sum(1 for t in seqs.train if t), "valid_users": len(data.valid_users),

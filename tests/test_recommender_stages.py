@@ -133,8 +133,8 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(tiny_run, tmp_pat
 
 
 def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(tiny_run, tmp_path, monkeypatch):
-    """Two tiny members (seeds 0 and 1) on the synthetic run: one model folder, one ranking; a crash
-    during the second member's fit keeps the first for the rerun."""
+    """Two tiny members (seeds 0 and 1), trained at once, on the synthetic run: one model folder, one ranking;
+    a crash while saving the second member to finish keeps the first for the rerun."""
     import numpy as np
     import torch
 
@@ -143,26 +143,35 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     from deepinterestgr.recommender.beam_search import beam_search
     from deepinterestgr.recommender.ensemble import Ensemble
 
-    cfg, store = copy_of_tiny_run(tiny_run, tmp_path, *STAGES, "sft.members=2", "sft.num_workers=1", "sft.epochs=2",
-                                  "evaluate.sasrec.grid={}", "pipeline.stages=[prepare,tokenize,sft,evaluate]", stages=PREPARED)
-    fits, train_member = [], sft.train_member
+    cfg, store = copy_of_tiny_run(tiny_run, tmp_path, *STAGES, "sft.members=2", "sft.concurrent_members=2", "sft.num_workers=1",
+                                  "sft.epochs=2", "evaluate.sasrec.grid={}", "pipeline.stages=[prepare,tokenize,sft,evaluate]",
+                                  stages=PREPARED)
+    launched, saved, task, save_model = [], [], sft._train_member_task, sft.save_model
 
-    def crash_in_the_second_members_first_fit(cfg, data, train, storage_path, fs, member):
-        fits.append(member)
-        if fits == [0, 1]:
+    class RecordedTask:
+        def remote(self, *args):
+            launched.append(args[-1])
+            return task.remote(*args)
+
+    def crash_saving_the_second(attempt, model, meta, tokenizer, member):
+        saved.append(member)
+        if len(saved) == 2:
             raise RuntimeError("driver lost")
-        return train_member(cfg, data, train, storage_path, fs, member)
+        return save_model(attempt, model, meta, tokenizer, member=member)
 
-    monkeypatch.setattr(sft, "train_member", crash_in_the_second_members_first_fit)
+    monkeypatch.setattr(sft, "_train_member_task", RecordedTask())
+    monkeypatch.setattr(sft, "save_model", crash_saving_the_second)
     with pytest.raises(RuntimeError, match="driver lost"):
         sft.run(cfg, store)
     assert store.entry("sft") is None
+    assert launched == [0, 1], "both members' fits start before either ends"
     [kept] = (Path(store.root) / "sft").iterdir()
-    first_weights = (kept / member_folder(0) / "model.safetensors").read_bytes()
+    kept_member, lost = saved
+    first_weights = (kept / member_folder(kept_member) / "model.safetensors").read_bytes()
     report = sft.run(cfg, store).report
-    assert fits == [0, 1, 1], "the rerun trains only the member that had not been saved"
+    assert launched == [0, 1, lost], "the rerun trains only the member that had not been saved"
     assert store.entry("sft").attempt == kept.name
-    assert (kept / member_folder(0) / "model.safetensors").read_bytes() == first_weights
+    assert (kept / member_folder(kept_member) / "model.safetensors").read_bytes() == first_weights
     assert [m["seed"] for m in report["members"]] == [0, 1]
     assert report["val_ndcg@10"] == report["members"][0]["val_ndcg@10"], "the top-level figures are the first member's"
     model = load_model(store, "sft")

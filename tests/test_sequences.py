@@ -139,6 +139,29 @@ def test_sasrec_members_keep_the_grid_point_validation_prefers_and_rank_by_summe
             assert every_size[size - 1].tolist() == sasrec_ranks(fit.models[:size], histories, targets, exclude_history=exclude).tolist()
 
 
+def test_sasrec_fits_as_concurrent_ray_tasks_choose_and_train_what_one_after_another_does(ray_cluster):
+    from deepinterestgr.baselines.sasrec import fit_sasrec_members
+    from deepinterestgr.config import SASRecShape
+    from ray_jobs.evaluate import ray_fit_map
+
+    n = 10
+    train = [[(s + k) % n for k in range(6)] for s in range(n)] * 3
+    valid = np.array([(s + 6) % n for s in range(n)] * 3)
+    cfg = SASRecShape(hidden_size=16, heads=2, epochs=10, eval_every=5, dropout=0.1, patience=10)
+    grid = {"lr": [1e-3, 1e-2], "hidden_size": [8, 16]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each 1-CPU task runs with
+    try:
+        alone = fit_sasrec_members(train, valid, n, cfg, grid, members=3, seed=4)
+    finally:
+        torch.set_num_threads(threads)
+    tasks = fit_sasrec_members(train, valid, n, cfg, grid, members=3, seed=4, fit_map=ray_fit_map(1))
+    assert [(p["settings"], p["val_ndcg@10"]) for p in tasks.grid] == [(p["settings"], p["val_ndcg@10"]) for p in alone.grid]
+    assert tasks.shape == alone.shape and tasks.history == alone.history and len(tasks.models) == 3
+    for ours, theirs in zip(tasks.models, alone.models):
+        assert torch.equal(ours.items.weight, theirs.items.weight), "each member, by its seed, lands where it lands in process"
+
+
 def test_epoch_order_caps_each_group_with_a_fresh_sample_per_epoch():
     from deepinterestgr.recommender.sft_loop import epoch_order
 

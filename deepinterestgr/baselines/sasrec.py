@@ -188,25 +188,60 @@ class SASRecFit:
     fits: int = 0
 
 
-def fit_sasrec_members(train: Sequence[Sequence[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape,
-                       grid: dict[str, list], members: int, seed: int, label: str = "SASRec") -> SASRecFit:
-    """Fit every grid point with `seed`, keep the one with the best validation NDCG@10 (ties: the first),
-    then fit it with seeds seed+1..seed+members-1: the models that rank together (`sasrec_ranks`)."""
-    began = time.perf_counter()
-    points = grid_points(cfg, grid)
-    tried, best = [], None
-    for index, point in enumerate(points):
-        name = label if len(points) == 1 else f"{label} grid {index + 1}/{len(points)}"
+@dataclass(frozen=True)
+class FitJob:
+    """One SASRec fit of `fit_sasrec_members`: a setting, a seed and its progress label."""
+
+    shape: SASRecShape
+    seed: int
+    label: str
+
+
+@dataclass
+class FitData:
+    """What every fit of one `fit_sasrec_members` call trains and validates on; called on a `FitJob`,
+    it fits it (a plain picklable callable, so a Ray task can run it: ray_jobs/evaluate.py does)."""
+
+    train: Sequence[Sequence[int]]
+    valid_targets: np.ndarray
+    num_items: int
+
+    def __call__(self, job: FitJob) -> tuple[SASRec, list[dict], float]:
         started = time.perf_counter()
-        model, history = fit_sasrec(train, valid_targets, num_items, point, seed, on_epoch=epoch_progress(name, point.epochs))
+        model, history = fit_sasrec(self.train, self.valid_targets, self.num_items, job.shape, job.seed,
+                                    on_epoch=epoch_progress(job.label, job.shape.epochs))
+        return model, history, time.perf_counter() - started
+
+
+FitMap = Callable[[FitData, list[FitJob]], list[tuple[SASRec, list[dict], float]]]
+
+
+def fit_one_after_another(data: FitData, jobs: list[FitJob]) -> list[tuple[SASRec, list[dict], float]]:
+    """The default `FitMap`: every fit in this process, in order."""
+    return [data(job) for job in jobs]
+
+
+def fit_sasrec_members(train: Sequence[Sequence[int]], valid_targets: np.ndarray, num_items: int, cfg: SASRecShape,
+                       grid: dict[str, list], members: int, seed: int, label: str = "SASRec",
+                       fit_map: FitMap = fit_one_after_another) -> SASRecFit:
+    """Fit every grid point with `seed`, keep the one with the best validation NDCG@10 (ties: the first),
+    then fit it with seeds seed+1..seed+members-1: the models that rank together (`sasrec_ranks`).
+
+    `fit_map` runs a list of fits (the grid's, then the members'); one that runs them at once changes no
+    choice, only the wall time."""
+    began = time.perf_counter()
+    data = FitData(train, valid_targets, num_items)
+    points = grid_points(cfg, grid)
+    fits = fit_map(data, [FitJob(point, seed, label if len(points) == 1 else f"{label} grid {index + 1}/{len(points)}")
+                          for index, point in enumerate(points)])
+    tried, best = [], None
+    for point, (model, history, seconds) in zip(points, fits):
         score = max(h["val_ndcg@10"] for h in history)
         tried.append({"settings": {k: getattr(point, k) for k in grid}, "val_ndcg@10": score,
-                      "epochs_run": history[-1]["epoch"] + 1, "seconds": round(time.perf_counter() - started, 1)})
+                      "epochs_run": history[-1]["epoch"] + 1, "seconds": round(seconds, 1)})
         if best is None or score > best[0]:
             best = (score, point, model, history)
     _, shape, first, history = best
-    models = [first]
-    for member in range(1, members):
-        name = f"{label} member {member + 1}/{members}"
-        models.append(fit_sasrec(train, valid_targets, num_items, shape, seed + member, on_epoch=epoch_progress(name, shape.epochs))[0])
-    return SASRecFit(models, shape, tried if grid else [], history, time.perf_counter() - began, len(points) + members - 1)
+    others = fit_map(data, [FitJob(shape, seed + member, f"{label} member {member + 1}/{members}") for member in range(1, members)])
+    return SASRecFit([first] + [model for model, _, _ in others], shape, tried if grid else [], history,
+                     time.perf_counter() - began, len(points) + members - 1)
