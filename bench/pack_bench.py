@@ -3,7 +3,7 @@ by a token budget (`sft.batch_tokens`) and with a compiled forward pass (`sft.co
 example, on a run's own examples, in one run.
 
     python bench/pack_bench.py --run runs/default --config configs/default.yaml --set sft.backbone=llm ... \
-        [--arms packed,bucketed,budget,compiled] [--pack-tokens 512] [--buckets 50] [--batch-tokens N] \
+        [--arms labelled,packed,bucketed,budget,compiled] [--pack-tokens 512] [--buckets 50] [--batch-tokens N] \
         [--compile default] [--steps 30] [--warmup 2] [--threads 2] [--device cuda]
 
 Every arm starts from the same weights. The padded and packed arms see the same batches (`sft.batch_size`
@@ -13,7 +13,9 @@ loss differs by sampling, not by computation). The compiled arm is the padded on
 (its dropout draws differ), compiled_bucketed the bucketed one through it (not run by default). The budget arm
 is the bucketed one cut by `--batch-tokens` instead of `sft.batch_size` (short examples in larger batches: its steps
 read more examples; with `--examples N` every arm reads the same N examples, so validation compares), compiled_budget
-the same through `torch.compile`. Prints one JSON line: per arm tokens/s (real tokens, padding excluded) over the
+the same through `torch.compile`. The padded arm computes the llm backbone's logits at every position, as training did
+before `sft.llm.labelled_logits`; every other arm as the config says (default: only where a label follows), and the
+labelled arm is the padded one with that alone. Prints one JSON line: per arm tokens/s (real tokens, padding excluded) over the
 steps after the first `--warmup` (where compilation happens), the seconds of those first steps and of all, the
 padding share of the positions computed, the steps and examples read, the mean loss of the steps, and validation
 HR@10 / NDCG@10 of the run's validation users after the steps (`sft.valid_users`; the same across arms up to float noise and dropout draws, since they change
@@ -67,7 +69,7 @@ def arm(model, cfg, data, steps: int, seed: int, warmup: int = 2, examples_cap: 
         chunk = [examples[i] for i in indices.tolist()]
         batch = {k: v.to(device) for k, v in backbone.training_batch(chunk, data.fmt.pad_id, s.pack_tokens).items()}
         with autocast():
-            loss = sft_loss(trained, batch, s.label_smoothing, s.item_head, data.fmt.vocab)
+            loss = sft_loss(trained, batch, s.label_smoothing, s.item_head, data.fmt.vocab, labelled_logits=backbone.labelled_logits(s))
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -100,8 +102,8 @@ def main() -> int:
     parser.add_argument("--compile", default="default", choices=modes,
                         help="sft.compile of the compiled arms")
     parser.add_argument("--arms", type=lambda text: text.split(","), default=["packed", "bucketed", "compiled"],
-                        help="comma-separated arms beside padded (the baseline, always run): packed, bucketed, budget, "
-                             "compiled, compiled_bucketed, compiled_budget")
+                        help="comma-separated arms beside padded (the baseline, always run): labelled, packed, bucketed, "
+                             "budget, compiled, compiled_bucketed, compiled_budget")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--examples", type=int, default=0,
                         help="run each arm until it has read this many examples instead of --steps (arms whose batches "
@@ -122,11 +124,12 @@ def main() -> int:
     start = copy.deepcopy(model.state_dict())
     batch_tokens = args.batch_tokens or round(cfg.sft.batch_size * np.mean([len(e.ids) for _, e in data.grouped]) * 1.5)
 
-    def layout(compile_mode: str, pack_tokens: int = 0, buckets: int = 0, tokens: int = 0):
-        update = {"compile": compile_mode, "pack_tokens": pack_tokens, "length_buckets": buckets, "batch_tokens": tokens}
+    def layout(compile_mode: str, pack_tokens: int = 0, buckets: int = 0, tokens: int = 0, labelled: bool = cfg.sft.llm.labelled_logits):
+        update = {"compile": compile_mode, "pack_tokens": pack_tokens, "length_buckets": buckets, "batch_tokens": tokens,
+                  "llm": cfg.sft.llm.model_copy(update={"labelled_logits": labelled})}
         return cfg.model_copy(update={"sft": cfg.sft.model_copy(update=update)})
 
-    arms = {"padded": layout("off"), "packed": layout("off", pack_tokens=args.pack_tokens),
+    arms = {"padded": layout("off", labelled=False), "labelled": layout("off"), "packed": layout("off", pack_tokens=args.pack_tokens),
             "bucketed": layout("off", buckets=args.buckets), "budget": layout("off", buckets=args.buckets, tokens=batch_tokens),
             "compiled": layout(args.compile), "compiled_bucketed": layout(args.compile, buckets=args.buckets),
             "compiled_budget": layout(args.compile, buckets=args.buckets, tokens=batch_tokens)}

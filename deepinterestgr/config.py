@@ -367,6 +367,10 @@ class LLMBackboneConfig(Section):
     item_tasks: bool = True
     # bf16 weights and autocast on GPU workers; CPU always trains in float32.
     bf16: bool = True
+    # Training computes the output layer and its softmax (SmolLM2's 49k vocabulary rows) only at the positions
+    # whose next token has a label (the SID or title after each prompt; the union over a batch's rows): the same
+    # loss; false = at every position, as the model's own loss does.
+    labelled_logits: bool = True
 
 
 class SFTConfig(TrainerScaling):

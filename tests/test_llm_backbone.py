@@ -67,3 +67,34 @@ def test_the_model_folders_metadata_counts_the_members_of_every_backbone(backbon
     cfg = load_config(None, [f"sft.backbone={backbone}", "sft.members=3", "pipeline.stages=[prepare,tokenize,sft,evaluate]"])
     meta, _ = backbones.get(cfg.sft.backbone).meta(cfg.sft, [8, 8], 24)
     assert (meta.backbone, meta.members) == (backbone, 3)
+
+
+@pytest.mark.parametrize("pack_tokens", [0, 64])
+def test_labelled_logits_give_the_loss_and_gradients_of_logits_everywhere(smollm2, pack_tokens):
+    """SmolLM2's real weights with LoRA, a batch of examples of several lengths and label starts (one row
+    per example, or packed): the output layer at labelled positions only changes no figure."""
+    from deepinterestgr.recommender.formats import Example
+    from deepinterestgr.recommender.sft_loop import sft_loss
+
+    model, vocab, _ = pretrained_model(smollm2, [8, 8], LLMBackboneConfig(lora_r=4), seed=0)
+    model.eval()  # no dropout: both passes compute the same function
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for length, start in ((9, 6), (23, 20), (15, 3), (31, 29)):
+        ids = torch.randint(0, 49152, (length - 2,), generator=generator).tolist() + [vocab.offset + 1, vocab.offset + 12]
+        examples.append(Example(ids, start))
+    batch = backbones.get("llm").training_batch(examples, 0, pack_tokens)
+    for smoothing in (0.0, 0.1):  # 0: the model's own loss; 0.1: the loop's cross-entropy
+        figures = []
+        for labelled in (False, True):
+            model.zero_grad()
+            loss = sft_loss(model, batch, label_smoothing=smoothing, labelled_logits=labelled)
+            loss.backward()
+            figures.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        (everywhere, grads), (labelled, labelled_grads) = figures
+        assert torch.isclose(everywhere, labelled, rtol=1e-5)
+        for a, b in zip(grads, labelled_grads):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+        assert any(g.abs().sum() > 0 for g in grads), "the loss reaches the adapters"
+    with pytest.raises(ValueError, match="item head"):
+        sft_loss(model, batch, item_head=0.5, labelled_logits=True)

@@ -188,14 +188,24 @@ def item_head_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0,
              item_head: float = 0.0, vocab: SIDVocab | None = None, item_token_dropout: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, labelled_logits: bool = False) -> torch.Tensor:
     """Mean cross-entropy over the labelled tokens of a backbone's `training_batch`, optionally
     label-smoothed, plus `item_head` x the item head's loss (`item_head_loss`; compact models with item
     tokens). With `item_token_dropout` the model reads the batch through `drop_item_tokens`; the item
-    head's targets still come from the batch as it is."""
+    head's targets still come from the batch as it is. With `labelled_logits` (decoder-only transformers
+    models, no item head) the model computes logits only at the positions some row has a label after:
+    the same loss, without the output layer's work on prompts."""
     inputs = batch
     if item_token_dropout:
         inputs = {**batch, "input_ids": drop_item_tokens(batch["input_ids"], vocab, item_token_dropout, generator)}
+    if labelled_logits:
+        if item_head:
+            raise ValueError("labelled_logits leaves out the positions the item head reads")
+        labels = batch["labels"]
+        keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, keep + 1].reshape(-1),
+                                                 ignore_index=IGNORE, label_smoothing=label_smoothing)
     out = model(**inputs)
     if not label_smoothing:
         loss = out.loss
@@ -239,7 +249,8 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
         batch = backbone.training_batch(chunk, pad_id, cfg.pack_tokens)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
-            loss = sft_loss(model, batch, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop)
+            loss = sft_loss(model, batch, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop,
+                            backbone.labelled_logits(cfg))
         (loss / cfg.grad_accum).backward()
         if (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -66,6 +66,10 @@ class Backbone(Decoding):
     # Whether `training_batch` packs several examples into a row (sft.pack_tokens).
     packs = False
 
+    def labelled_logits(self, cfg) -> bool:
+        """Whether training asks the model for logits only where a label follows (`sft_loss`)."""
+        return False
+
     def check(self, cfg) -> None:
         """Refuse `sft` options (an `SFTConfig`) that do not apply to this backbone, naming the key (ValueError)."""
 

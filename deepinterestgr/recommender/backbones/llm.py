@@ -152,6 +152,9 @@ class LLMBackbone(DecoderOnly):
     def item_tasks(self, cfg) -> bool:
         return cfg.llm.item_tasks
 
+    def labelled_logits(self, cfg) -> bool:
+        return cfg.llm.labelled_logits
+
     def policy(self, model, cfg, vocab):
         """Fresh LoRA adapters on the merged SFT model (with `sft.llm.lora_r`), else the model itself."""
         return add_lora(model, cfg.llm, list(range(vocab.offset, vocab.size))) if cfg.llm.lora_r else model
