@@ -91,13 +91,13 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     # Resumable: a rerun after a crash keeps the members already saved, and Ray Train resumes the
     # member that was training from its latest epoch checkpoint in the same folder.
     with store.stage(STAGE, config_hash, inputs, resumable=True) as attempt:
-        trained: dict[int, MemberValidation] = {}
+        saved: dict[int, MemberValidation] = {}
         waiting = []
         for member in range(s.members):
             record = attempt.read_text(member_record(member))
             if record is not None:
                 print(f"sft: member {member + 1}/{s.members} was saved by an earlier attempt in {attempt.dir}; kept", file=sys.stderr)
-                trained[member] = MemberValidation(**json.loads(record))
+                saved[member] = MemberValidation(**json.loads(record))
             else:
                 waiting.append(member)
         running: dict[ray.ObjectRef, int] = {}
@@ -112,8 +112,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
             save_model(attempt, fit.model, data.meta, data.tokenizer, member=member)
             # Written after the weights: its presence means the member is saved whole.
             attempt.write_atomic(member_record(member), json.dumps(asdict(fit.validation)).encode())
-            trained[member] = fit.validation
-        trained = [trained[member] for member in range(s.members)]
+            saved[member] = fit.validation
+        trained = [saved[member] for member in range(s.members)]
         first = trained[0]
         report = {
             "backbone": s.backbone, "users": sum(1 for t in seqs.train if t), "valid_users": len(data.valid_users),
