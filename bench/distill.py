@@ -52,7 +52,8 @@ def distillation_loss(student_logits: torch.Tensor, teachers: list[torch.nn.Modu
     """KD on the SID positions (whole vocabulary) plus `item_head` x KD on the item head (item-token rows)."""
     labels, ids = batch["labels"], batch["input_ids"]
     with torch.no_grad():
-        teacher_logits = [t(**batch).logits[:, :-1] for t in teachers]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # logits only: no teacher loss to compute
+        teacher_logits = [t(**inputs).logits[:, :-1] for t in teachers]
     labelled = labels[:, 1:] != IGNORE
     loss = kl(mean_distribution([z[labelled] for z in teacher_logits]), student_logits[:, :-1][labelled])
     if item_head:
