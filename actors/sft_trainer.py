@@ -67,10 +67,12 @@ def train_sft(config: dict) -> None:
         model.load_state_dict(state["live"], strict=False)
     trained = compiled(ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None), cfg)
     autocast = backbone.autocast(cfg)
+    # A distilled student's teachers: the trained members, read only.
+    teachers = [t.to(device).eval().requires_grad_(False) for t in config.get("teachers") or []]
 
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_epoch(trained, optimizer, scheduler, examples, groups, cfg, vocab, pad_id, epoch_seed(seed, epoch, rank),
-                            average, model, autocast)
+                            average, model, autocast, teachers)
         if (epoch + 1) % cfg.eval_every and epoch != cfg.epochs - 1:
             continue
 

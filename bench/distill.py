@@ -1,17 +1,13 @@
-"""One model distilled from a run's SFT members (`sft.members` > 1) against the members ranked together, on the
-same users: can one model's serving cost keep the ensemble's quality?
+"""Choose `sft.distill`'s weight on a run whose sft stage already trained several compact members, without
+training them again: one student per weight, each ranked against the members ranked together on the same users.
 
     python bench/distill.py --run bench/out/office/seed0/default [--weights 0,3] [--out distill.jsonl]
 
-The student is trained as member 0 was (the same seed, examples, order, item-token dropout, weight average and
-early stopping on the sft stage's sampled validation users, every `sft.eval_every` epochs), with loss = the SFT loss + w x KD, where KD is the
-KL divergence from the members' per-token distribution (the geometric mean of their softmaxes, renormalised, at
-every labelled SID position) to the student's, plus `sft.item_head` x the same on the item head (over the
-item-token rows, at each item's first SID code). w = 0 trains member 0 again: the same-run baseline. The
-members only read (eval mode, no dropout); each student step runs every member forward once more. Then all
-validation and test users are ranked as evaluate ranks them (beam `evaluate.beam_width`, the item head's
-weight). Prints one JSON line per weight as it ends (also appended to `--out`), with the members' own figures
-from the run's evaluate report beside it. One process, no Ray: a benchmark of a candidate, not a stage.
+Each student trains as `dig sft --set sft.distill=<w>` trains the distilled model (the same `train_epoch`, seed,
+examples, order and early stopping on the stage's sampled validation users, in this process at `--threads`); w = 0
+trains member 0 again: the same-run baseline. Then all validation and test users are ranked as evaluate ranks
+them. Prints one JSON line per weight as it ends (also appended to `--out`), with the members' own figures from
+the run's evaluate report beside it. One process, no Ray: a benchmark of a setting, not a stage.
 """
 
 from __future__ import annotations
@@ -23,81 +19,38 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from deepinterestgr.config import load_config
 from deepinterestgr.metrics import ranking_metrics
 from deepinterestgr.recommender import backbones
 from deepinterestgr.recommender.artifacts import load_model
-from deepinterestgr.recommender.backbones.base import IGNORE
 from deepinterestgr.recommender.inputs import sft_inputs, split_rows
 from deepinterestgr.recommender.model import trainable_state
 from deepinterestgr.recommender.ranking import target_ranks
-from deepinterestgr.recommender.sft_loop import (average_weights, averaged, drop_item_tokens, epoch_plan, epoch_seed,
-                                                 first_code_positions, item_head_loss, optimizer_and_schedule, validation_ranks, weight_average)
+from deepinterestgr.recommender.sft_loop import (averaged, epoch_plan, epoch_seed, optimizer_and_schedule, train_epoch,
+                                                 validation_ranks, weight_average)
 from deepinterestgr.storage.runstore import RunStore
 
 
-def mean_distribution(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Log-probabilities of the renormalised geometric mean of several models' softmaxes (rows: positions)."""
-    return F.log_softmax(torch.stack([F.log_softmax(z.float(), -1) for z in logits]).mean(0), -1)
-
-
-def kl(teacher: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(teacher || student), the teacher given as log-probabilities."""
-    return (teacher.exp() * (teacher - F.log_softmax(student_logits.float(), -1))).sum(-1).mean()
-
-
-def distillation_loss(student_logits: torch.Tensor, teachers: list[torch.nn.Module], batch: dict, vocab, item_head: float):
-    """KD on the SID positions (whole vocabulary) plus `item_head` x KD on the item head (item-token rows)."""
-    labels, ids = batch["labels"], batch["input_ids"]
-    with torch.no_grad():
-        inputs = {k: v for k, v in batch.items() if k != "labels"}  # logits only: no teacher loss to compute
-        teacher_logits = [t(**inputs).logits[:, :-1] for t in teachers]
-    labelled = labels[:, 1:] != IGNORE
-    loss = kl(mean_distribution([z[labelled] for z in teacher_logits]), student_logits[:, :-1][labelled])
-    if item_head:
-        first = first_code_positions(ids, labels, vocab)
-        items = slice(vocab.size, None)
-        loss = loss + item_head * kl(mean_distribution([z[first][:, items] for z in teacher_logits]),
-                                     student_logits[:, :-1][first][:, items])
-    return loss
-
-
 def student(run: str, weight: float) -> dict:
-    # The run's own config (its stage hashes) to read it; one member's to train the student.
+    """The model distilled with `weight` from `run`'s members (w = 0: member 0 again), with its figures."""
     store = RunStore(load_config(f"{run}/config.yaml", [f"storage.uri={run}"]))
-    cfg = load_config(f"{run}/config.yaml", [f"storage.uri={run}", "sft.members=1"])
+    teachers = load_model(store, "sft", members=True)
+    teachers = [m.eval().requires_grad_(False) for m in getattr(teachers, "members", [teachers])]
+    cfg = load_config(f"{run}/config.yaml", [f"storage.uri={run}", f"sft.distill={weight}"])
+    if len(teachers) < 2 or cfg.sft.backbone != "compact":
+        raise SystemExit(f"distill: {run} must hold a compact model with sft.members > 1 (it has {len(teachers)} {cfg.sft.backbone})")
     s = cfg.sft
     data = sft_inputs(cfg, store)
-    teachers = load_model(store, "sft")
-    teachers = [m.eval().requires_grad_(False) for m in getattr(teachers, "members", [teachers])]
-    if len(teachers) < 2 or s.backbone != "compact":
-        raise SystemExit(f"distill: {run} must hold a compact model with sft.members > 1 (it has {len(teachers)} {s.backbone})")
-    backbone = backbones.get(s.backbone)
-    model, vocab, _ = backbone.build(s, data.catalog.trie.sizes, cfg.seed, items=len(data.catalog.codes), item_rows=data.item_rows)
+    model, vocab, _ = backbones.get(s.backbone).build(s, data.catalog.trie.sizes, cfg.seed, items=len(data.catalog.codes),
+                                                      item_rows=data.item_rows)
     examples, groups = [e for _, e in data.grouped], np.array([g for g, _ in data.grouped])
     optimizer, scheduler = optimizer_and_schedule(model, s, len(epoch_plan(examples, groups, s, epoch_seed(cfg.seed, 0, 0))))
     average, trie = weight_average(model, s), data.catalog.trie
     best, stale, best_state, best_epoch, began = -1.0, 0, None, -1, time.perf_counter()
     for epoch in range(s.epochs):
-        seed = epoch_seed(cfg.seed, epoch, 0)
-        model.train()
-        item_drop = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        for indices in epoch_plan(examples, groups, s, seed):
-            batch = backbone.training_batch([examples[i] for i in indices.tolist()], data.fmt.pad_id, s.pack_tokens)
-            out = model(**{**batch, "input_ids": drop_item_tokens(batch["input_ids"], vocab, s.item_token_dropout, item_drop)})
-            loss = out.loss + s.item_head * item_head_loss(out.logits, batch["input_ids"], batch["labels"], vocab)
-            if weight:
-                loss = loss + weight * distillation_loss(out.logits, teachers, batch, vocab, s.item_head)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if average is not None:
-                average_weights(average, model, s.ema_decay)
+        train_epoch(model, optimizer, scheduler, examples, groups, s, vocab, data.fmt.pad_id, epoch_seed(cfg.seed, epoch, 0),
+                    average, teachers=teachers if weight else None)
         if (epoch + 1) % s.eval_every and epoch != s.epochs - 1:
             continue
         with averaged(model, average):

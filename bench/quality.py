@@ -162,11 +162,12 @@ def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], c
             upstream.setdefault(key, store)
             report = store.require("evaluate").report
             validation = report.get("validation", {})
+            # An arm's GR figure is the model it serves: evaluate's first GR row (the distilled one where sft.distill made one).
+            served = next(model for model in report["results"] if model.startswith("GR"))
             for model, metrics in report["results"].items():
-                if model.startswith("GR"):
-                    results[name].append({"test": metrics, **({"validation": validation[model]} if model in validation else {})})
-                elif model == "most-popular":
-                    results.setdefault(model, []).append({"test": metrics, **({"validation": validation[model]} if model in validation else {})})
+                if model in (served, "most-popular"):
+                    results.setdefault(name if model == served else model, []).append(
+                        {"test": metrics, **({"validation": validation[model]} if model in validation else {})})
             for size, figures in report.get("sasrec_by_members", {}).items():
                 results.setdefault(f"SASRec x{size}", []).append({"test": figures["test"], **({"validation": figures["valid"]} if "valid" in figures else {})})
             curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in store.require("sft").report["history"]])

@@ -446,12 +446,19 @@ class SFTConfig(TrainerScaling):
     # Train this many models alike, member k with seed `seed + k` (one Ray Train fit each), and
     # rank by the sum of their scores (`recommender.ensemble`): K x the training, ranking and serving
     # cost. Each member is validated and early-stopped on its own. GRPO tunes one model, so members > 1
-    # needs grpo left out of pipeline.stages.
+    # needs grpo left out of pipeline.stages, or sft.distill.
     members: int = Field(1, ge=1)
     # Members whose fits run at once, each holding its own num_workers x cpus_per_worker (a fit that finds
     # no room waits, Ray Train retrying its start, until one ends). Small models use a second core
     # poorly: on 2 cores two 1-CPU fits at once beat two 2-CPU fits in turn.
     concurrent_members: int = Field(1, ge=1)
+    # With members > 1: after the members, one more fit trains a single model that serves in their place
+    # (the sft model GRPO tunes, evaluate ranks and dig serve loads; evaluate also ranks the members
+    # together). It trains as member 0 does (same seed, data and validation) with loss = the SFT loss +
+    # `distill` x the KL divergence from the members' per-token distribution (their softmaxes' geometric
+    # mean, at every labelled SID position, plus item_head x the same on the item head) to its own: K + 1
+    # fits to train, one model's cost to rank and serve. 0 = off. compact backbone only.
+    distill: float = Field(0.0, ge=0.0)
     # Validate on a seeded sample of this many users (0 = all); grpo validates on the same users.
     valid_users: int = Field(2000, ge=0)
     # Validate (and checkpoint) every this many epochs and after the last; patience counts validations.
@@ -493,6 +500,10 @@ class SFTConfig(TrainerScaling):
         # what was set: a resolved config.yaml holds every key.
         backbones.get(self.backbone).check(self)
         defaults = SFTConfig.model_construct()
+        if self.distill and self.members < 2:
+            raise ValueError(f"sft.distill distils the members into one model: it needs sft.members >= 2, not {self.members}")
+        if self.distill and self.backbone != "compact":
+            raise ValueError(f"sft.distill is built for sft.backbone=compact, not {self.backbone}")
         if self.item_head and not self.item_tokens:
             raise ValueError("sft.item_head needs sft.item_tokens=true (the head scores the item-token rows)")
         if self.item_token_init != defaults.item_token_init and not self.item_tokens:
@@ -704,9 +715,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _grpo_tunes_one_model(self) -> "RunConfig":
-        if self.sft.members > 1 and "grpo" in self.pipeline.stages:
+        if self.sft.members > 1 and not self.sft.distill and "grpo" in self.pipeline.stages:
             raise ValueError(f"sft.members={self.sft.members} trains an ensemble, which grpo cannot tune: "
-                             "set sft.members=1 or leave grpo out of pipeline.stages")
+                             "set sft.members=1, distil the members into one model (sft.distill), or leave grpo out of pipeline.stages")
         return self
 
     def section_hash(self, *sections: str) -> str:

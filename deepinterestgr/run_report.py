@@ -67,13 +67,15 @@ def _points(history: list[dict]) -> list[tuple[int, float]]:
 
 
 def validation_curves(reports: dict) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Validation NDCG@10 per epoch, by panel (sft, grpo, SASRec) and line: every sft member has its own
-    line (runs from before members kept their history show the first member only)."""
+    """Validation NDCG@10 per epoch, by panel (sft, grpo, SASRec) and line: every sft member, and the model
+    distilled from them, has its own line (runs from before members kept their history show the first member only)."""
     curves: dict[str, dict[str, list]] = {}
     if "sft" in reports:
         members = [m for m in reports["sft"].get("members", []) if m.get("history")]
         curves["sft"] = ({f"member {k + 1} (seed {m['seed']})": _points(m["history"]) for k, m in enumerate(members)} if members
                          else {"sft": _points(reports["sft"].get("history", []))})
+        if "distilled" in reports["sft"]:
+            curves["sft"][f"distilled (seed {reports['sft']['distilled']['seed']})"] = _points(reports["sft"]["distilled"]["history"])
     if "grpo" in reports:
         curves["grpo"] = {"grpo": _points(reports["grpo"].get("history", []))}
     if "evaluate" in reports and reports["evaluate"].get("sasrec_history"):

@@ -6,6 +6,7 @@ import functools
 import sys
 
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
 
@@ -73,6 +74,28 @@ def example_users(store: RunStore, catalog: Catalog, rows: list[dict], top: np.n
     return out
 
 
+def rank_users(every: list[dict], load, catalog: Catalog, fmt, e, name: str) -> pa.Table:
+    """Every row of `every` (split, key, prompt, target, history) ranked by the model `load()` gives, on a
+    Ray Data actor pool: its target's rank and top items, sorted by split and key; each user exactly once."""
+    ranked = ray.data.from_items(every).map_batches(
+        TargetRanker,
+        fn_constructor_kwargs={
+            "load_model": load, "trie_bytes": catalog.trie_bytes, "vocab": fmt.vocab, "pad_id": fmt.pad_id,
+            "beam_width": e.beam_width, "exclude_history": e.exclude_history, "device": accelerator(e.num_gpus),
+            "item_weight": fmt.item_weight,
+        },
+        batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.num_gpus,
+    )
+    splits = " and ".join(dict.fromkeys(r["split"] for r in every))
+    table = collect(ranked.select_columns(["split", "key", "rank", "top"]), f"evaluate: {name} ranking ({splits} users)",
+                    "users", len(every)).sort_by([("split", "ascending"), ("key", "ascending")])
+    # Exactly once: a ranking actor that died is replaced and its batch ranked again, never twice.
+    pairs = set(zip(table.column("split").to_pylist(), table.column("key").to_pylist()))
+    if table.num_rows != len(every) or len(pairs) != len(every):
+        raise StorageError(f"evaluate: ranking returned {table.num_rows} rows ({len(pairs)} distinct) for {len(every)} users")
+    return table
+
+
 def _fit_in_task(data: FitData, job: FitJob, threads: int) -> tuple[SASRec, list[dict], float]:
     torch.set_num_threads(threads)  # a pooled Ray worker keeps the last task's count otherwise
     return data(job)
@@ -110,28 +133,21 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
     histories = {split: [r["history"] for r in rows[split]] for split in splits}
     targets = {split: np.array([r["target"] for r in rows[split]], dtype=np.int64) for split in splits}
     # The model's own member count (its folder says), not the config's: a run evaluated with another config still counts right.
-    members = load_meta(store, model_stage).members
-    gr = f"GR ({model_stage}) x{members}"
+    meta = load_meta(store, model_stage)
+    members = meta.members
+    ensemble = f"GR ({model_stage}) x{members}"
+    # The model that serves comes first: the one distilled from the members where sft made one.
+    gr = f"GR ({model_stage}) x1 distilled" if meta.distilled else ensemble
     with store.stage(STAGE, config_hash, inputs) as attempt:
         every = [{**r, "key": k, "split": split} for split in splits for k, r in enumerate(rows[split])]
-        ranked = ray.data.from_items(every).map_batches(
-            TargetRanker,
-            fn_constructor_kwargs={
-                "load_model": functools.partial(load_model, store, model_stage), "trie_bytes": catalog.trie_bytes,
-                "vocab": fmt.vocab, "pad_id": fmt.pad_id, "beam_width": e.beam_width,
-                "exclude_history": e.exclude_history, "device": accelerator(e.num_gpus), "item_weight": fmt.item_weight,
-            },
-            batch_size=e.batch_size, compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.num_gpus,
-        )
-        table = collect(ranked.select_columns(["split", "key", "rank", "top"]), f"evaluate: GR ({model_stage}) ranking "
-                        f"({' and '.join(splits)} users)", "users", len(every)).sort_by([("split", "ascending"), ("key", "ascending")])
-        # Exactly once: a ranking actor that died is replaced and its batch ranked again, never twice.
-        pairs = set(zip(table.column("split").to_pylist(), table.column("key").to_pylist()))
-        if table.num_rows != len(every) or len(pairs) != len(every):
-            raise StorageError(f"evaluate: ranking returned {table.num_rows} rows ({len(pairs)} distinct) for {len(every)} users")
+        table = rank_users(every, functools.partial(load_model, store, model_stage), catalog, fmt, e, gr)
         split_of = table.column("split").to_numpy(zero_copy_only=False)
         popular = most_popular(seqs, len(catalog.item_ids))
         ranks = {split: {gr: table.column("rank").to_numpy()[split_of == split]} for split in splits}
+        if meta.distilled:
+            together = rank_users(every, functools.partial(load_model, store, model_stage, members=True), catalog, fmt, e, ensemble)
+            for split in splits:
+                ranks[split][ensemble] = together.column("rank").to_numpy()[split_of == split]
         test_top = np.stack([np.asarray(t, dtype=np.int64) for t in table.column("top").to_pylist()])[split_of == "test"]
         details = {"examples": example_users(store, catalog, rows["test"], test_top, ranks["test"][gr], interests, e.examples, cfg.seed)}
         if e.sasrec.enabled:
@@ -160,7 +176,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         if e.popularity_groups:
             counts = training_counts(seqs, len(catalog.item_ids))[targets["test"]]
             details["by_target_popularity"] = metrics_by_popularity(ranks["test"], counts, e.popularity_groups, e.ks)
-        report = {"model_stage": model_stage, "members": members, "test_users": len(rows["test"]),
+        report = {"model_stage": model_stage, "members": members, "distilled": meta.distilled, "test_users": len(rows["test"]),
                   "items": len(catalog.item_ids), "beam_width": e.beam_width, "exclude_history": e.exclude_history,
                   "results": results, **details}
         markdown = "Test users:\n\n" + markdown_table(results)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -92,7 +92,9 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         checkpoint, best = max(result.best_checkpoints, key=lambda pair: (pair[1]["val_ndcg@10"], -pair[1]["epoch"]))
         state = read_checkpoint(checkpoint, CHECKPOINT_FILE)
         prepared.policy.load_state_dict(state["model"], strict=False)
-        save_model(attempt, export_model(prepared.policy), load_meta(store, "sft"), getattr(prepared.fmt, "tokenizer", None))
+        # One model, tuned from the sft model that serves (the distilled one where sft distilled its members).
+        meta = replace(load_meta(store, "sft"), members=1, distilled=False)
+        save_model(attempt, export_model(prepared.policy), meta, getattr(prepared.fmt, "tokenizer", None))
         trained = [h for h in history if h["epoch"] >= 0]
         report = {
             "backbone": cfg.sft.backbone, "prompts": len(prepared.loop_config["prompts"]),

@@ -102,9 +102,14 @@ def test_options_of_another_backbone_are_errors_that_name_the_key():
         load_config(None, ["sft.item_tokens=false", "sft.item_token_init=content"])
     with pytest.raises(ConfigError, match="sft.embedding_dropout applies only to the from-scratch backbones"):
         load_config(None, ["sft.backbone=llm", "sft.embedding_dropout=0.1"])
-    with pytest.raises(ConfigError, match=r"^invalid config: sft.members=3 trains an ensemble, which grpo cannot tune: set sft.members=1 or "
-                                          r"leave grpo out of pipeline.stages$"):
+    with pytest.raises(ConfigError, match=r"^invalid config: sft.members=3 trains an ensemble, which grpo cannot tune: set sft.members=1, "
+                                          r"distil the members into one model \(sft.distill\), or leave grpo out of pipeline.stages$"):
         load_config(None, ["sft.members=3"])
     assert load_config(None, ["sft.members=3", "pipeline.stages=[prepare,tokenize,sft,evaluate]"]).sft.members == 3
+    assert load_config(None, ["sft.members=3", "sft.distill=3"]).sft.distill == 3, "grpo tunes the one distilled model"
+    with pytest.raises(ConfigError, match="sft.distill distils the members into one model: it needs sft.members >= 2, not 1"):
+        load_config(None, ["sft.distill=3"])
+    with pytest.raises(ConfigError, match="sft.distill is built for sft.backbone=compact, not encoder_decoder"):
+        load_config(None, ["sft.backbone=encoder_decoder", "sft.members=2", "sft.distill=3"])
     encdec = load_config(None, ["sft.backbone=encoder_decoder", "sft.layers=3"])
     assert RunConfig.model_validate(yaml.safe_load(encdec.to_yaml())) == encdec, "a resolved config still loads"

@@ -8,7 +8,7 @@ from conftest import TINY_RUN, copy_of_tiny_run
 from deepinterestgr.config import load_config
 from deepinterestgr.errors import DataError, StorageError
 from deepinterestgr.metrics import ranking_metrics
-from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_format, load_model, member_folder
+from deepinterestgr.recommender.artifacts import check_vocabulary, load_catalog, load_format, load_model
 from deepinterestgr.recommender.ranking import target_ranks
 from deepinterestgr.run_report import build_report, validation_curves
 from deepinterestgr.storage.runstore import RunStore
@@ -132,32 +132,35 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(tiny_run, tmp_pat
         evaluate.run(changed, RunStore(changed))
 
 
-def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_grpo_refuses(tiny_run, tmp_path, monkeypatch):
-    """Two tiny members (seeds 0 and 1), trained at once, on the synthetic run: one model folder, one ranking;
-    a crash while saving the second member to finish keeps the first for the rerun."""
+def test_sft_members_and_the_model_distilled_from_them_feed_evaluate_serving_and_grpo(tiny_run, tmp_path, monkeypatch):
+    """Two tiny members (seeds 0 and 1), trained at once, on the synthetic run, then one model distilled from them
+    (sft.distill): evaluate ranks both, the distilled one serves and GRPO tunes it; a crash while saving the second
+    member to finish keeps the first for the rerun."""
     import numpy as np
     import torch
 
     from actors.predictor import Predictor
+    from deepinterestgr.recommender.artifacts import load_meta
+    from deepinterestgr.recommender.backbones.base import backbone_of
     from deepinterestgr.recommender.request import RecommendRequest
     from deepinterestgr.recommender.beam_search import beam_search
     from deepinterestgr.recommender.ensemble import Ensemble
 
     cfg, store = copy_of_tiny_run(tiny_run, tmp_path, *STAGES, "sft.members=2", "sft.concurrent_members=2", "sft.num_workers=1",
-                                  "sft.epochs=2", "evaluate.sasrec.grid={}", "pipeline.stages=[prepare,tokenize,sft,evaluate]",
-                                  stages=PREPARED)
+                                  "sft.epochs=2", "sft.distill=1", "evaluate.sasrec.grid={}",
+                                  "pipeline.stages=[prepare,tokenize,sft,evaluate]", stages=PREPARED)
     launched, saved, task, save_model = [], [], sft._train_member_task, sft.save_model
 
     class RecordedTask:
         def remote(self, *args):
-            launched.append(args[-1])
+            launched.append("distilled" if len(args) > 6 else args[-1])
             return task.remote(*args)
 
-    def crash_saving_the_second(attempt, model, meta, tokenizer, member):
-        saved.append(member)
+    def crash_saving_the_second(attempt, model, meta, tokenizer, folder):
+        saved.append(folder)
         if len(saved) == 2:
             raise RuntimeError("driver lost")
-        return save_model(attempt, model, meta, tokenizer, member=member)
+        return save_model(attempt, model, meta, tokenizer, folder=folder)
 
     monkeypatch.setattr(sft, "_train_member_task", RecordedTask())
     monkeypatch.setattr(sft, "save_model", crash_saving_the_second)
@@ -166,18 +169,22 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     assert store.entry("sft") is None
     assert launched == [0, 1], "both members' fits start before either ends"
     [kept] = (Path(store.root) / "sft").iterdir()
-    kept_member, lost = saved
-    first_weights = (kept / member_folder(kept_member) / "model.safetensors").read_bytes()
+    kept_folder, lost_folder = saved
+    lost = int(lost_folder.rsplit("/", 1)[1])
+    first_weights = (kept / kept_folder / "model.safetensors").read_bytes()
     report = sft.run(cfg, store).report
-    assert launched == [0, 1, lost], "the rerun trains only the member that had not been saved"
+    assert launched == [0, 1, lost, "distilled"], "the rerun trains only the member that had not been saved, then distils"
     assert store.entry("sft").attempt == kept.name
-    assert (kept / member_folder(kept_member) / "model.safetensors").read_bytes() == first_weights
-    assert [m["seed"] for m in report["members"]] == [0, 1]
+    assert (kept / kept_folder / "model.safetensors").read_bytes() == first_weights
+    assert [m["seed"] for m in report["members"]] == [0, 1] and report["distilled"]["seed"] == 0
     assert report["val_ndcg@10"] == report["members"][0]["val_ndcg@10"], "the top-level figures are the first member's"
-    model = load_model(store, "sft")
-    assert isinstance(model, Ensemble) and len(model.members) == 2
+    model = load_model(store, "sft", members=True)
+    assert isinstance(model, Ensemble) and len(model.members) == 2 and not backbone_of(model).tunable
     first, second = (m.get_input_embeddings().weight for m in model.members)
     assert not torch.equal(first, second), "each member trains from its own seed"
+    distilled = load_model(store, "sft")
+    assert not isinstance(distilled, Ensemble), "the distilled model serves in the members' place"
+    assert not torch.equal(distilled.get_input_embeddings().weight, first), "member 0's seed, but the members' distributions"
 
     catalog = load_catalog(store)
     fmt = load_format(store, "sft", catalog)
@@ -186,54 +193,58 @@ def test_sft_members_train_an_ensemble_that_evaluate_and_serving_rank_with_and_g
     histories = [seqs.train[u] + ([int(seqs.valid[u])] if seqs.valid[u] >= 0 else []) for u in users]
     prompts = [fmt.prompt(h) for h in histories]
     exclude = histories if cfg.evaluate.exclude_history else None
-    ranks = target_ranks(model, prompts, seqs.test[users], catalog.trie, fmt.vocab, cfg.evaluate.beam_width, exclude=exclude,
-                         item_weight=fmt.item_weight)
-    alone = target_ranks(model.members[0], prompts, seqs.test[users], catalog.trie, fmt.vocab, cfg.evaluate.beam_width,
-                         exclude=exclude, item_weight=fmt.item_weight)
+
+    def ranks_of(ranker):
+        return target_ranks(ranker, prompts, seqs.test[users], catalog.trie, fmt.vocab, cfg.evaluate.beam_width, exclude=exclude,
+                            item_weight=fmt.item_weight)
+
+    ranks, alone, served_ranks = ranks_of(model), ranks_of(model.members[0]), ranks_of(distilled)
     assert not np.array_equal(ranks, alone), "the second member changes the test ranking"
     evaluated = evaluate.run(cfg, store).report
     results = evaluated["results"]
+    assert list(results) == ["GR (sft) x1 distilled", "GR (sft) x2", "SASRec x2", "SASRec x1", "most-popular"], \
+        "the model that serves, the members together, SASRec at the members' cost, and one alone"
     assert results["GR (sft) x2"] == pytest.approx(ranking_metrics(ranks, cfg.evaluate.ks)), "evaluate ranks with the ensemble"
-    assert list(results) == ["GR (sft) x2", "SASRec x2", "SASRec x1", "most-popular"], "SASRec at equal cost, and one alone"
-    assert (evaluated["sasrec"]["members"], evaluated["sasrec"]["fits"]) == (2, 2)
+    assert results["GR (sft) x1 distilled"] == pytest.approx(ranking_metrics(served_ranks, cfg.evaluate.ks))
+    assert evaluated["distilled"] and (evaluated["sasrec"]["members"], evaluated["sasrec"]["fits"]) == (2, 2)
     for size in ("1", "2"):
         assert evaluated["sasrec_by_members"][size]["test"] == results[f"SASRec x{size}"]
         assert evaluated["sasrec_by_members"][size]["valid"] == evaluated["validation"][f"SASRec x{size}"]
     assert results["SASRec x2"] != results["SASRec x1"], "the second SASRec seed changes the ranking"
-    # The report's example users: GR's top 5 is the ensemble's beam for that user, the target ranked as above.
+    # The report's example users: GR's top 5 is the served model's beam for that user, the target ranked as above.
     assert len(evaluated["examples"]) == min(cfg.evaluate.examples, len(users))
     for example in evaluated["examples"]:
         i = [seqs.user_ids[u] for u in users].index(example["user_id"])
-        beam = beam_search(model, [prompts[i]], catalog.trie, fmt.vocab, cfg.evaluate.beam_width, cfg.evaluate.beam_width,
+        beam = beam_search(distilled, [prompts[i]], catalog.trie, fmt.vocab, cfg.evaluate.beam_width, cfg.evaluate.beam_width,
                            pad_id=fmt.pad_id, item_weight=fmt.item_weight).items[0]
         assert [item["item_id"] for item in example["top"]] == [catalog.item_ids[r] for r in beam[:5]]
         assert example["target"]["item_id"] == catalog.item_ids[int(seqs.test[users[i]])]
-        assert example["rank"] == (int(ranks[i]) + 1 if ranks[i] >= 0 else None)
+        assert example["rank"] == (int(served_ranks[i]) + 1 if served_ranks[i] >= 0 else None)
     curves = validation_curves({"sft": report, "evaluate": evaluated})
-    assert list(curves["sft"]) == ["member 1 (seed 0)", "member 2 (seed 1)"] and all(curves["sft"].values()), \
-        "every member's validation curve is in the report"
+    assert list(curves["sft"]) == ["member 1 (seed 0)", "member 2 (seed 1)", "distilled (seed 0)"] and all(curves["sft"].values()), \
+        "every member's validation curve, and the distilled model's, is in the report"
     assert "## Example users" in build_report({"sft": report, "evaluate": evaluated}, "run").markdown
 
     user = seqs.user_ids[users[0]]
     served = Predictor(cfg).recommend([RecommendRequest(k=5, user_id=user)])[0]
     history = seqs.train[users[0]] + [int(x) for x in (seqs.valid[users[0]], seqs.test[users[0]]) if x >= 0]
     width = max(cfg.serve.beam_width, 5)
-    expected = beam_search(model, [fmt.prompt(history)], catalog.trie, fmt.vocab, width, width, pad_id=fmt.pad_id,
+    expected = beam_search(distilled, [fmt.prompt(history)], catalog.trie, fmt.vocab, width, width, pad_id=fmt.pad_id,
                            item_weight=fmt.item_weight).items[0][:5]
     assert [item["item_id"] for item in served["items"]] == [catalog.item_ids[r] for r in expected]
 
-    with pytest.raises(DataError, match="ensemble of 2 members .*sft.members=1"):
-        grpo.run(cfg, store)
+    tuned = grpo.run(cfg, store).report
+    assert tuned["sft_val_ndcg@10"] == pytest.approx(report["distilled"]["val_ndcg@10"], abs=1e-4), "GRPO starts from the distilled model"
+    assert (load_meta(store, "grpo").members, load_meta(store, "grpo").distilled) == (1, False)
 
-    # bench/distill.py on these members (in this process): weight 0 trains member 0 again (the stage's validation
-    # figure), weight 1 a student of both; the members' own figures are evaluate's.
+    # bench/distill.py on these members (in this process) trains what the stage trained: the same figure.
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("distill", Path(__file__).parents[1] / "bench" / "distill.py")
     distill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(distill)
     store.save_config(cfg)
-    again, student = distill.student(store.root, 0.0), distill.student(store.root, 1.0)
-    assert again["sampled_val_ndcg@10"] == pytest.approx(report["members"][0]["val_ndcg@10"], abs=1e-4)
-    assert (student["weight"], student["teachers"]) == (1.0, 2)
+    student = distill.student(store.root, 1.0)
+    assert student["sampled_val_ndcg@10"] == pytest.approx(report["distilled"]["val_ndcg@10"], abs=1e-4)
+    assert student["teachers"] == 2
     assert student["members_ranked_together"]["test"]["GR (sft) x2"]["ndcg@10"] == pytest.approx(results["GR (sft) x2"]["ndcg@10"], abs=1e-4)

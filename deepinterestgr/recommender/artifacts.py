@@ -74,6 +74,10 @@ def member_folder(member: int) -> str:
     return f"model/members/{member}"
 
 
+STUDENT_FOLDER = "model/student"
+"""Where a stage keeps the model distilled from its members (`sft.distill`), which serves in their place."""
+
+
 def _stored_member(store: RunStore, stage: str, member: int) -> str:
     folder = member_folder(member)
     if member == 0 and not store.fs.get_file_info(store.table_path(stage, f"{folder}/config.json")).is_file:
@@ -81,15 +85,19 @@ def _stored_member(store: RunStore, stage: str, member: int) -> str:
     return folder
 
 
-def _fetch(store: RunStore, stage: str, folder: str, weights: bool, member: int = 0) -> None:
-    source = store.table_path(stage, _stored_member(store, stage, member))
-    selector = pafs.FileSelector(source, recursive=False)
-    for info in store.fs.get_file_info(selector):
+def _copy_folder(fs: pafs.FileSystem, source: str, folder: str, weights: bool) -> None:
+    for info in fs.get_file_info(pafs.FileSelector(source, recursive=False)):
         if info.type == pafs.FileType.Directory:
             continue
         if weights or not info.base_name.endswith((".safetensors", ".bin")):
-            pafs.copy_files(info.path, f"{folder}/{info.base_name}", source_filesystem=store.fs,
+            pafs.copy_files(info.path, f"{folder}/{info.base_name}", source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
+
+
+def _load_folder(fs: pafs.FileSystem, source: str, backbone):
+    with tempfile.TemporaryDirectory() as folder:
+        _copy_folder(fs, source, folder, weights=True)
+        return backbone.load(folder)
 
 
 def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
@@ -101,17 +109,21 @@ def load_meta(store: RunStore, stage: str) -> RecommenderMeta:
                         f"rerun `dig {stage}`") from None
 
 
-def load_model(store: RunStore, stage: str):
-    """The committed model of a stage (sft or grpo), ready for inference: an `Ensemble` when it has members."""
+def load_model(store: RunStore, stage: str, members: bool = False):
+    """The committed model of a stage (sft or grpo), ready for inference: the one that serves. That is the
+    model distilled from the members when the stage has one (`sft.distill`), else an `Ensemble` when it has
+    members, else its one model. `members=True`: the members (an `Ensemble`) even where a distilled model serves."""
     meta = load_meta(store, stage)
-    members = [_load_member(store, stage, k, backbones.get(meta.backbone)) for k in range(meta.members)]
-    return members[0] if len(members) == 1 else Ensemble(members).eval()
+    backbone = backbones.get(meta.backbone)
+    if meta.distilled and not members:
+        return _load_folder(store.fs, store.table_path(stage, STUDENT_FOLDER), backbone)
+    models = [_load_folder(store.fs, store.table_path(stage, _stored_member(store, stage, k)), backbone) for k in range(meta.members)]
+    return models[0] if len(models) == 1 else Ensemble(models).eval()
 
 
-def _load_member(store: RunStore, stage: str, member: int, backbone):
-    with tempfile.TemporaryDirectory() as folder:
-        _fetch(store, stage, folder, weights=True, member=member)
-        return backbone.load(folder)
+def load_saved_members(attempt, backbone: str, count: int) -> list:
+    """Members 0 .. count - 1 as a stage attempt (still open) saved them: the teachers of `sft.distill`."""
+    return [_load_folder(attempt.store.fs, attempt.path(member_folder(k)), backbones.get(backbone)) for k in range(count)]
 
 
 def load_format(store: RunStore, stage: str, catalog: Catalog, backbone: str | None = None):
@@ -122,7 +134,7 @@ def load_format(store: RunStore, stage: str, catalog: Catalog, backbone: str | N
     meta = check_vocabulary(store, stage, catalog, backbone)
     model_backbone = backbones.get(meta.backbone)
     with tempfile.TemporaryDirectory() as folder:
-        _fetch(store, stage, folder, weights=False)
+        _copy_folder(store.fs, store.table_path(stage, _stored_member(store, stage, 0)), folder, weights=False)
         tokenizer = model_backbone.load_tokenizer(folder)
     return model_backbone.format(meta, catalog.codes, tokenizer)
 
@@ -144,15 +156,15 @@ def check_vocabulary(store: RunStore, stage: str, catalog: Catalog, backbone: st
     return meta
 
 
-def save_model(attempt, model, meta: RecommenderMeta, tokenizer=None, member: int = 0) -> None:
-    """Write member k of a stage's model (weights, config, tokenizer) into a stage attempt, and the model's
-    recommender.json beside its members (`member_folder`)."""
+def save_model(attempt, model, meta: RecommenderMeta, tokenizer=None, folder: str = member_folder(0)) -> None:
+    """Write one model (weights, config, tokenizer) into `folder` of a stage attempt (`member_folder(k)`, or
+    `STUDENT_FOLDER`), and the stage's recommender.json beside its models."""
     attempt.write_bytes(f"model/{META_FILE}", meta.to_json())
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
+    with tempfile.TemporaryDirectory() as local:
+        model.save_pretrained(local)
         if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
-        target = attempt.path(member_folder(member))
+            tokenizer.save_pretrained(local)
+        target = attempt.path(folder)
         attempt.store.fs.create_dir(target, recursive=True)
-        pafs.copy_files(folder, target, source_filesystem=pafs.LocalFileSystem(),
+        pafs.copy_files(local, target, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=attempt.store.fs)

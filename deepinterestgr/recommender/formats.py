@@ -31,6 +31,8 @@ class RecommenderMeta:
     item_weight: float = 0.0
     # Models in the folder (sft.members), member k in `model/members/<k>/` (runs before 2026-12 kept member 0 in `model/`).
     members: int = 1
+    # One more model distilled from the members (sft.distill), in `model/student/`: it serves in their place.
+    distilled: bool = False
 
     @property
     def vocab(self) -> SIDVocab:

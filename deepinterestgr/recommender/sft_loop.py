@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from deepinterestgr.config import SFTConfig
 from deepinterestgr.recommender.backbones.base import IGNORE, backbone_of
+from deepinterestgr.recommender.distillation import distillation_loss
 from deepinterestgr.recommender.formats import Example
 from deepinterestgr.recommender.model import PAD, trainable_state
 from deepinterestgr.recommender.ranking import target_ranks
@@ -188,19 +189,21 @@ def item_head_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0,
              item_head: float = 0.0, vocab: SIDVocab | None = None, item_token_dropout: float = 0.0,
-             generator: torch.Generator | None = None, labelled_logits: bool = False) -> torch.Tensor:
+             generator: torch.Generator | None = None, labelled_logits: bool = False,
+             teachers: list[torch.nn.Module] | None = None, distill: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over the labelled tokens of a backbone's `training_batch`, optionally
     label-smoothed, plus `item_head` x the item head's loss (`item_head_loss`; compact models with item
     tokens). With `item_token_dropout` the model reads the batch through `drop_item_tokens`; the item
     head's targets still come from the batch as it is. With `labelled_logits` (decoder-only transformers
     models, no item head) the model computes logits only at the positions some row has a label after:
-    the same loss, without the output layer's work on prompts."""
+    the same loss, without the output layer's work on prompts. With `teachers` and `distill` > 0 (compact),
+    plus `distill` x the KL from the teachers' mean distribution (`distillation.distillation_loss`)."""
     inputs = batch
     if item_token_dropout:
         inputs = {**batch, "input_ids": drop_item_tokens(batch["input_ids"], vocab, item_token_dropout, generator)}
     if labelled_logits:
-        if item_head:
-            raise ValueError("labelled_logits leaves out the positions the item head reads")
+        if item_head or distill:
+            raise ValueError("labelled_logits leaves out the positions the item head and distillation read")
         labels = batch["labels"]
         keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
         logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep).logits
@@ -217,6 +220,9 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], label_smoot
                                                  ignore_index=IGNORE, label_smoothing=label_smoothing)
     if item_head:
         loss = loss + item_head * item_head_loss(out.logits, batch["input_ids"], batch["labels"], vocab)
+    if distill:
+        first = first_code_positions(batch["input_ids"], batch["labels"], vocab) if item_head else None
+        loss = loss + distill * distillation_loss(out.logits, teachers, batch, vocab, item_head, first)
     return loss
 
 
@@ -231,9 +237,10 @@ def average_weights(average: dict[str, torch.Tensor], model: torch.nn.Module, de
 def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Example], groups: np.ndarray,
                 cfg: SFTConfig, vocab: SIDVocab, pad_id: int, seed: int,
                 average: dict[str, torch.Tensor] | None = None, average_of: torch.nn.Module | None = None,
-                autocast=contextlib.nullcontext) -> EpochStats:
+                autocast=contextlib.nullcontext, teachers: list[torch.nn.Module] | None = None) -> EpochStats:
     """One epoch of SFT. `model` is what trains (possibly DDP-wrapped); `average_of` the unwrapped model
-    whose weights `average` follows (default `model`)."""
+    whose weights `average` follows (default `model`); with `teachers` (trained members, in eval mode)
+    the model is distilled from them with weight `sft.distill`."""
     device = next(model.parameters()).device
     backbone = backbone_of(model)
     model.train()
@@ -250,7 +257,7 @@ def train_epoch(model: torch.nn.Module, optimizer, scheduler, examples: list[Exa
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
             loss = sft_loss(model, batch, cfg.label_smoothing, cfg.item_head, vocab, cfg.item_token_dropout, item_drop,
-                            backbone.labelled_logits(cfg))
+                            backbone.labelled_logits(cfg), teachers, cfg.distill if teachers else 0.0)
         (loss / cfg.grad_accum).backward()
         if (step + 1) % cfg.grad_accum == 0 or step == len(batches) - 1:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

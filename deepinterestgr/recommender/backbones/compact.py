@@ -106,7 +106,7 @@ class FromScratch:
 
     def meta(self, cfg, sizes, items):
         return RecommenderMeta(self.name, list(sizes), SPECIAL_TOKENS, cfg.max_items, item_tokens=items if cfg.item_tokens else 0,
-                               item_weight=cfg.ranking_item_weight, members=cfg.members), None
+                               item_weight=cfg.ranking_item_weight, members=cfg.members, distilled=cfg.distill > 0), None
 
     def build(self, cfg, sizes, seed, gpu=False, items=0, item_rows=None):
         shape = CompactModelConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.dropout, cfg.max_items + 1,
