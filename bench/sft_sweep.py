@@ -89,6 +89,9 @@ def parse_arm(spec: str) -> tuple[str, dict]:
         key = key.removeprefix("sft.")
         if not sep or key not in SFTConfig.model_fields:
             raise SystemExit(f"sft_sweep: arm {name!r}: {pair!r} is not sft_key=value (sft keys: {', '.join(SFTConfig.model_fields)})")
+        if key in ("members", "distill"):
+            raise SystemExit(f"sft_sweep: arm {name!r}: a job trains one model; members and their distillation are "
+                             "bench/quality.py's (sft.members) and bench/distill.py's")
         overrides[key] = yaml.safe_load(value)
     return name, overrides
 
