@@ -12,7 +12,7 @@ seed starts from a copy of those stages instead of recomputing them. SASRec and 
 on the split only, so they are trained and scored once per seed (in the first arm's evaluate) on the
 same split as every arm: SASRec's grid is searched on validation users, and as many SASRec seeds are
 trained as the arm with the most members has, so each arm meets SASRec with its own member count
-(equal cost) and SASRec x1 is shown for reference. A rerun with the same `--out` skips what is
+(equal cost; an arm with `sft.distill` ranks with one model, so it meets SASRec x1) and SASRec x1 is shown for reference. A rerun with the same `--out` skips what is
 already committed there.
 
 Every figure is given on the validation users (where arms are compared: the winner is the arm with the
@@ -124,6 +124,11 @@ def mined_answers(mined: str) -> list[str]:
     return [f"mine.miners={json.dumps([m.model_dump(mode='json') for m in source.mine.miners])}", f"mine.prompts={source.mine.prompts}"]
 
 
+def served_models(sft) -> int:
+    """The models an arm ranks with: its members, or the one distilled from them (`sft.distill`)."""
+    return 1 if sft.distill else sft.members
+
+
 def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], common: list[str], out: Path,
              mined: str | None = None, grpo: bool = False, on_run=None) -> dict:
     """Every arm for every seed (see the module's docstring); `on_run(seed, arm, evaluate_report, seconds)`
@@ -131,7 +136,7 @@ def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], c
     validation curves."""
     stages = ["prepare", "tokenize", "sft", *(["grpo"] if grpo else []), "evaluate"]
     answers = mined_answers(mined) if mined else []
-    members = {name: load_config(config, [*common, *overrides]).sft.members for name, overrides in arms}
+    members = {name: served_models(load_config(config, [*common, *overrides]).sft) for name, overrides in arms}
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}
     curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name, _ in arms}
