@@ -175,7 +175,9 @@ def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], c
                         {"test": metrics, **({"validation": validation[model]} if model in validation else {})})
             for size, figures in report.get("sasrec_by_members", {}).items():
                 results.setdefault(f"SASRec x{size}", []).append({"test": figures["test"], **({"validation": figures["valid"]} if "valid" in figures else {})})
-            curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in store.require("sft").report["history"]])
+            trained = store.require("sft").report
+            # The served model's curve: the distilled one's where sft made one, else the first member's.
+            curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in trained.get("distilled", trained)["history"]])
             print(f"quality: seed {seed} arm {name}: " + json.dumps(report["results"]), file=sys.stderr, flush=True)
             if on_run is not None:
                 on_run(seed, name, report, seconds[name][-1])
