@@ -58,9 +58,11 @@ def _has_image(messages: list[dict]) -> bool:
 class LocalGenerator:
     """A transformers causal LM kept loaded; rows of one batch are generated together (left padding)."""
 
-    def __init__(self, model: str, max_new_tokens: int, bf16: bool = True):
+    def __init__(self, model: str, max_new_tokens: int, bf16: bool = True, attention: str = "grouped"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from deepinterestgr import grouped_attention
 
         self.torch = torch
         path = resolve_llm(model)
@@ -71,7 +73,8 @@ class LocalGenerator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        kernel = grouped_attention.register() if attention == "grouped" else "sdpa"
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=kernel).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self._grammars: dict[str, object] = {}
 
@@ -306,6 +309,7 @@ def generate(dataset: ray.data.Dataset, cfg: GeneratorConfig, images: bool = Fal
         # Waiting on the network takes no CPU: a fraction lets HTTP actors sit beside the model actors.
         return dataset.map_batches(HttpGenerator, fn_constructor_kwargs=kwargs, batch_size=cfg.max_in_flight * 2,
                                    compute=pool, num_cpus=0.25)
-    return dataset.map_batches(LocalGenerator, fn_constructor_kwargs={"model": cfg.model, "max_new_tokens": cfg.max_new_tokens, "bf16": cfg.bf16},
+    return dataset.map_batches(LocalGenerator, fn_constructor_kwargs={"model": cfg.model, "max_new_tokens": cfg.max_new_tokens, "bf16": cfg.bf16,
+                                                                     "attention": cfg.attention},
                                batch_size=cfg.batch_size, compute=pool, num_cpus=cfg.num_cpus,
                                **({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {}))

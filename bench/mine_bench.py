@@ -1,5 +1,6 @@
-"""Mining throughput with the local backend (SmolLM2): batched vs one prompt at a time, and the full
-Ray Data stage vs the bare backend, on the same synthetic items in one run.
+"""Mining throughput with the local backend (SmolLM2): batched vs one prompt at a time, the grouped attention
+kernel (`mine.miners[].attention: grouped`) vs transformers' sdpa on the same batches, and the full Ray Data
+stage vs the bare backend, on the same synthetic items in one run.
 
     python bench/mine_bench.py [--items 32] [--batch-size 16] [--cpus 2] [--max-new-tokens 128]
 
@@ -23,19 +24,26 @@ from deepinterestgr.config import GeneratorConfig, load_config
 from deepinterestgr.data.registry import load_raw
 from deepinterestgr.interests.parsing import parse_descriptors
 from deepinterestgr.interests.requests import item_request
+from deepinterestgr.interests.schemas import descriptors_schema
 from deepinterestgr.prompts import load_template
 from deepinterestgr.storage.result_cache import ResultCache
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs.llm_batch import run_llm_task
 
 
-def timed(generator: LocalGenerator, chats: list, batch_size: int) -> dict:
-    started, tokens = time.perf_counter(), 0
+SCHEMA = descriptors_schema(8)  # what `dig mine` decodes items under
+
+
+def timed(generator: LocalGenerator, chats: list, batch_size: int) -> tuple[dict, list[str]]:
+    """Figures of answering `chats` in batches of `batch_size` under the mining schema, and the answers."""
+    started, outputs = time.perf_counter(), []
     for start in range(0, len(chats), batch_size):
         part = chats[start:start + batch_size]
-        tokens += sum(o["completion_tokens"] for o in generator.generate(part, [0.0] * len(part), [0] * len(part)))
+        outputs += generator.generate(part, [0.0] * len(part), [0] * len(part), [json.dumps(SCHEMA, sort_keys=True)] * len(part))
     seconds = time.perf_counter() - started
-    return {"items_per_s": round(len(chats) / seconds, 3), "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1)}
+    tokens = sum(o["completion_tokens"] for o in outputs)
+    figures = {"items_per_s": round(len(chats) / seconds, 3), "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1)}
+    return figures, [o["text"] for o in outputs]
 
 
 def main() -> int:
@@ -52,9 +60,10 @@ def main() -> int:
 
     torch.set_num_threads(args.cpus)
     generator = LocalGenerator("SmolLM2-135M-Instruct", args.max_new_tokens)
-    one = timed(generator, chats, 1)
-    batched = timed(generator, chats, args.batch_size)
+    one, _ = timed(generator, chats, 1)
+    batched, answers = timed(generator, chats, args.batch_size)
     del generator
+    stock, stock_answers = timed(LocalGenerator("SmolLM2-135M-Instruct", args.max_new_tokens, attention="sdpa"), chats, args.batch_size)
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -64,14 +73,16 @@ def main() -> int:
         requests = [{"id": i["item_id"], "messages": chat, "truncated": False} for i, chat in zip(items, chats)]
         started = time.perf_counter()
         outcome = run_llm_task("items", requests, lambda text: parse_descriptors(text, 8), gen,
-                               ResultCache(store, "mine", "bench"), cfg.seed, parse_retries=0, flush_rows=64)
+                               ResultCache(store, "mine", "bench"), cfg.seed, parse_retries=0, flush_rows=64, schema=SCHEMA)
         stage_seconds = time.perf_counter() - started
     stage = {"items_per_s": round(len(items) / stage_seconds, 3), "seconds": round(stage_seconds, 1),
              "failure_rate": outcome.stats["failure_rate"]}
     print(json.dumps({
         "bench": "mine_throughput", "model": "SmolLM2-135M-Instruct", "items": len(items), "batch_size": args.batch_size,
         "cpus": args.cpus, "max_new_tokens": args.max_new_tokens, "one_at_a_time": one, "batched": batched,
-        "batching_speedup": round(batched["items_per_s"] / one["items_per_s"], 2), "stage": stage,
+        "batching_speedup": round(batched["items_per_s"] / one["items_per_s"], 2), "batched_sdpa": stock,
+        "grouped_speedup": round(batched["items_per_s"] / stock["items_per_s"], 2),
+        "grouped_same_answers": sum(a == b for a, b in zip(answers, stock_answers)), "stage": stage,
         "stage_share_of_bare": round(stage["items_per_s"] / batched["items_per_s"], 3),
     }))
     return 0

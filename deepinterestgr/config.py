@@ -267,6 +267,10 @@ class GeneratorConfig(Section):
     num_gpus: float = Field(0.0, ge=0)
     # local only: bf16 weights on GPU; CPU always runs float32.
     bf16: bool = True
+    # local only: the attention kernel. grouped: a padded batch's decoding steps attend without copying the
+    # key/value cache once per query head of a group (the same answers, fewer seconds a step:
+    # bench/mine_bench.py); sdpa: transformers' own.
+    attention: Literal["grouped", "sdpa"] = "grouped"
     # Decode mining, judging and user-interest answers under their JSON schema (local: an xgrammar
     # logits processor; vllm: structured outputs; http: response_format json_schema). Turn off for
     # servers that reject response_format; free-text parsing is the fallback either way.

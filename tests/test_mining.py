@@ -160,6 +160,36 @@ def test_local_backend_batches_smollm2_like_one_at_a_time_and_refuses_images(smo
         LocalGenerator("/no/such/model", max_new_tokens=4)
 
 
+def test_grouped_attention_gives_sdpas_logits_and_answers_on_a_padded_batch_of_smollm2(smollm2):
+    """The local backend's grouped kernel against transformers' sdpa, SmolLM2's real weights: a left-padded
+    batch's logits (the prompt, then decoding steps from the cache) and greedy answers under a schema."""
+    import torch
+
+    from deepinterestgr import grouped_attention
+
+    grouped = LocalGenerator("SmolLM2-135M-Instruct", max_new_tokens=24)
+    stock = LocalGenerator("SmolLM2-135M-Instruct", max_new_tokens=24, attention="sdpa")
+    assert grouped.model.config._attn_implementation == grouped_attention.NAME
+    chats = [[{"role": "user", "content": "Name a fruit."}],
+             [{"role": "user", "content": "Why would someone buy a cast iron skillet? Give two reasons."}],
+             [{"role": "user", "content": "Tent for family camping: who buys it?"}]]
+    prompts = [grouped.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    batch = grouped.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert (batch["attention_mask"] == 0).any(), "the batch must be padded"
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        steps = []
+        for model in (grouped.model, stock.model):
+            out = model(**batch, use_cache=True)
+            step = model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True,
+                         attention_mask=torch.cat([batch["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1))
+            steps.append((out.logits[real], step.logits))
+    assert torch.allclose(steps[0][0], steps[1][0], atol=1e-4) and torch.allclose(steps[0][1], steps[1][1], atol=1e-4)
+    schema = [json.dumps(descriptors_schema(2))] * 3
+    assert [o["text"] for o in grouped.generate(chats, [0.0] * 3, [0] * 3, schema)] == \
+        [o["text"] for o in stock.generate(chats, [0.0] * 3, [0] * 3, schema)]
+
+
 def test_local_backend_under_a_json_schema_answers_json_that_parses_where_free_text_does_not(smollm2):
     import jsonschema
 
