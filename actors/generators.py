@@ -55,10 +55,40 @@ def _has_image(messages: list[dict]) -> bool:
     return any(isinstance(m["content"], list) and any(p.get("type") == "image_url" for p in m["content"]) for m in messages)
 
 
-class LocalGenerator:
-    """A transformers causal LM kept loaded; rows of one batch are generated together (left padding)."""
+# Prompts of a batch that open with at least this many identical tokens (the mining and judging templates'
+# system text and worked example, ~250 of ~350 tokens) have that opening computed once for the batch.
+MIN_SHARED_TOKENS = 16
 
-    def __init__(self, model: str, max_new_tokens: int, bf16: bool = True, attention: str = "grouped"):
+
+def shared_opening_layout(prompts: list[list[int]], pad_id: int, min_shared: int = MIN_SHARED_TOKENS) -> tuple[np.ndarray, np.ndarray, int]:
+    """Token ids and attention mask of a batch of prompts, and how many opening tokens they all share.
+
+    The shared opening (0 when under `min_shared` tokens or one prompt; never a whole prompt) fills the
+    first columns of every row; the rest of each prompt is left-padded after it, so that the last column
+    is every row's last prompt token, as generation needs. Without a shared opening this is plain left
+    padding.
+    """
+    shared = 0
+    if len(prompts) > 1:
+        limit = min(len(p) for p in prompts) - 1
+        while shared < limit and all(p[shared] == prompts[0][shared] for p in prompts):
+            shared += 1
+        shared = shared if shared >= min_shared else 0
+    width = shared + max(len(p) - shared for p in prompts)
+    ids, mask = np.full((len(prompts), width), pad_id, dtype=np.int64), np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, :shared], mask[row, :shared] = prompt[:shared], 1
+        rest = prompt[shared:]
+        ids[row, width - len(rest):], mask[row, width - len(rest):] = rest, 1
+    return ids, mask, shared
+
+
+class LocalGenerator:
+    """A transformers causal LM kept loaded; rows of one batch are generated together (left padding), the
+    opening their prompts share computed once (`shared_opening_layout`)."""
+
+    def __init__(self, model: str, max_new_tokens: int, bf16: bool = True, attention: str = "grouped",
+                 min_shared_tokens: int = MIN_SHARED_TOKENS):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,6 +106,7 @@ class LocalGenerator:
         kernel = grouped_attention.register() if attention == "grouped" else "sdpa"
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=kernel).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
+        self.min_shared_tokens = min_shared_tokens
         self._grammars: dict[str, object] = {}
 
     def _constraint(self, schema: str) -> list:
@@ -93,6 +124,19 @@ class LocalGenerator:
         # A processor keeps per-row matcher state: one per call.
         return [xgrammar.contrib.hf.LogitsProcessor(self._grammars[schema])]
 
+    def _batch(self, texts: list[str]) -> tuple[dict, object]:
+        """`generate`'s inputs for prompt texts, and the key/value cache of their shared opening (None without one)."""
+        torch = self.torch
+        ids, mask, shared = shared_opening_layout([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+                                                  self.tokenizer.pad_token_id, self.min_shared_tokens)
+        encoded = {"input_ids": torch.from_numpy(ids).to(self.device), "attention_mask": torch.from_numpy(mask).to(self.device)}
+        if not shared:
+            return encoded, None
+        with torch.no_grad():
+            cache = self.model(input_ids=encoded["input_ids"][:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(texts))
+        return encoded, cache
+
     def generate(self, requests: list[list[dict]], temperatures: list[float], seeds: list[int],
                  schemas: list[str] | None = None, top_logprobs: list[int] | None = None) -> list[dict]:
         """One output dict per request; rows with the same sampling mode, schema and `top_logprobs` share one `generate` call."""
@@ -109,14 +153,15 @@ class LocalGenerator:
         for i in prompts:
             groups.setdefault((float(temperatures[i]), schemas[i], int(top_logprobs[i])), []).append(i)
         for (temperature, schema, k), rows in sorted(groups.items()):
-            encoded = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            encoded, cache = self._batch([prompts[i] for i in rows])
             sampling = {"do_sample": False}
             if temperature > 0:
                 # One seed per call: the same rows in the same batch give the same answers.
                 self.torch.manual_seed(int(min(seeds[i] for i in rows)))
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
             with self.torch.no_grad():
-                generated = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens, logits_processor=self._constraint(schema),
+                generated = self.model.generate(**encoded, past_key_values=cache, max_new_tokens=self.max_new_tokens,
+                                                logits_processor=self._constraint(schema),
                                                 pad_token_id=self.tokenizer.pad_token_id, top_k=None, return_dict_in_generate=True,
                                                 output_scores=bool(k), **sampling)
             new = generated.sequences[:, encoded["input_ids"].shape[1]:]

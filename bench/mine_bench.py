@@ -1,6 +1,7 @@
 """Mining throughput with the local backend (SmolLM2): batched vs one prompt at a time, the grouped attention
-kernel (`mine.miners[].attention: grouped`) vs transformers' sdpa on the same batches, and the full Ray Data
-stage vs the bare backend, on the same synthetic items in one run.
+kernel (`mine.miners[].attention: grouped`) vs transformers' sdpa on the same batches, the prompts' shared
+opening computed once per batch vs in every row, and the full Ray Data stage vs the bare backend, on the
+same synthetic items in one run.
 
     python bench/mine_bench.py [--items 32] [--batch-size 16] [--cpus 2] [--max-new-tokens 128]
 
@@ -64,6 +65,8 @@ def main() -> int:
     batched, answers = timed(generator, chats, args.batch_size)
     del generator
     stock, stock_answers = timed(LocalGenerator("SmolLM2-135M-Instruct", args.max_new_tokens, attention="sdpa"), chats, args.batch_size)
+    unshared, unshared_answers = timed(LocalGenerator("SmolLM2-135M-Instruct", args.max_new_tokens, min_shared_tokens=1 << 30),
+                                       chats, args.batch_size)
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -82,7 +85,9 @@ def main() -> int:
         "cpus": args.cpus, "max_new_tokens": args.max_new_tokens, "one_at_a_time": one, "batched": batched,
         "batching_speedup": round(batched["items_per_s"] / one["items_per_s"], 2), "batched_sdpa": stock,
         "grouped_speedup": round(batched["items_per_s"] / stock["items_per_s"], 2),
-        "grouped_same_answers": sum(a == b for a, b in zip(answers, stock_answers)), "stage": stage,
+        "grouped_same_answers": sum(a == b for a, b in zip(answers, stock_answers)), "batched_unshared_opening": unshared,
+        "shared_opening_speedup": round(batched["items_per_s"] / unshared["items_per_s"], 2),
+        "shared_opening_same_answers": sum(a == b for a, b in zip(answers, unshared_answers)), "stage": stage,
         "stage_share_of_bare": round(stage["items_per_s"] / batched["items_per_s"], 3),
     }))
     return 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.generators import HttpGenerator, LocalGenerator
+from actors.generators import MIN_SHARED_TOKENS, HttpGenerator, LocalGenerator, shared_opening_layout
 from chat_server import GENERIC, ChatServer
 from deepinterestgr.config import GeneratorConfig, load_config
 from deepinterestgr.interests.parsing import parse_descriptors, parse_label, parse_label_probability
@@ -146,13 +146,30 @@ def test_mine_and_label_over_http_merge_miners_record_failures_and_resume(ray_cl
         assert 0.15 < labelled.entry.report["threshold"] <= 0.9 and labelled.entry.report["own_vs_other_items_balanced_accuracy"] > 0.5
 
 
+def test_shared_opening_layout_puts_the_shared_tokens_first_and_left_pads_the_rest():
+    ids, mask, shared = shared_opening_layout([[5, 6, 7, 8, 9], [5, 6, 7, 1], [5, 6, 7, 8, 2, 3, 4]], pad_id=0, min_shared=3)
+    assert shared == 3
+    assert ids.tolist() == [[5, 6, 7, 0, 0, 8, 9], [5, 6, 7, 0, 0, 0, 1], [5, 6, 7, 8, 2, 3, 4]]
+    assert mask.tolist() == [[1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 0, 0, 0, 1], [1] * 7]
+    # A prompt that is all opening keeps its last token after it: generation needs one uncomputed token per row.
+    assert shared_opening_layout([[5, 6, 7], [5, 6, 7, 8]], pad_id=0, min_shared=1)[2] == 2
+    # Under min_shared, or one prompt: plain left padding.
+    ids, mask, shared = shared_opening_layout([[5, 6, 9], [5, 6, 7, 8]], pad_id=0, min_shared=3)
+    assert shared == 0 and ids.tolist() == [[0, 5, 6, 9], [5, 6, 7, 8]] and mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert shared_opening_layout([[5, 6, 7, 8]], pad_id=0, min_shared=1)[2] == 0
+
+
 def test_local_backend_batches_smollm2_like_one_at_a_time_and_refuses_images(smollm2):
     generator = LocalGenerator("SmolLM2-135M-Instruct", max_new_tokens=12)
     chats = [[{"role": "user", "content": "Name a fruit."}], [{"role": "user", "content": "What colour is the sky on a clear day? Answer in one word."}],
              [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]]
     together = generator.generate(chats, [0.0] * 3, [0] * 3)
     alone = [generator.generate([chat], [0.0], [0])[0] for chat in chats[:2]]
-    assert [o["text"] for o in together[:2]] == [o["text"] for o in alone], "left padding must not change greedy answers"
+    assert [o["text"] for o in together[:2]] == [o["text"] for o in alone], \
+        "left padding and the shared opening computed once must not change greedy answers"
+    texts = [generator.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats[:2]]
+    _, _, shared = shared_opening_layout([generator.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], 0)
+    assert shared >= MIN_SHARED_TOKENS, "the chat template's system text opens both prompts"
     assert all(o["completion_tokens"] > 0 and o["text"] for o in together[:2])
     assert together[0]["prompt_tokens"] < together[1]["prompt_tokens"]
     assert "takes no images" in together[2]["error"]
