@@ -191,7 +191,8 @@ def test_grouped_attention_gives_sdpas_logits_and_answers_on_a_padded_batch_of_s
              [{"role": "user", "content": "Why would someone buy a cast iron skillet? Give two reasons."}],
              [{"role": "user", "content": "Tent for family camping: who buys it?"}]]
     prompts = [grouped.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-    batch = grouped.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    # Left-padded as generation lays a batch out (the tokenizer's own default side is right).
+    batch = grouped.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     assert (batch["attention_mask"] == 0).any(), "the batch must be padded"
     real = batch["attention_mask"].bool()
     with torch.no_grad():
