@@ -18,7 +18,9 @@ already committed there.
 Every figure is given on the validation users (where arms are compared: the winner is the arm with the
 best mean validation NDCG@10) and on the test users (reported, never used to choose). Prints one
 JSON line (per arm and baseline: mean and std of HR@5/10 and NDCG@5/10 over the seeds on both splits,
-the mean seconds this invocation spent on it, near 0 for reused stages; the arm validation chose) and
+the mean seconds this invocation spent on it, near 0 for reused stages; per arm `vs_sasrec`, its NDCG@10 over
+SASRec's at its cost with a 95% paired bootstrap interval over the users, pooled over the seeds; the arm
+validation chose) and
 writes `quality.md` (the table) and `quality_val.png` (validation NDCG@10 per SFT epoch per arm) into `--out`.
 """
 
@@ -35,6 +37,7 @@ import numpy as np
 import ray
 
 from deepinterestgr.config import load_config
+from deepinterestgr.metrics import ndcg_gains, ratio_interval
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import pipeline
 from ray_jobs.common import start_ray
@@ -71,6 +74,27 @@ def summarise(values: list[dict[str, dict[str, float]]]) -> dict[str, float]:
     return out
 
 
+def split_gains(store: RunStore, model: str, k: int = 10) -> dict[str, np.ndarray] | None:
+    """Each split's per-user NDCG@k of one model, from a run's evaluate `ranks` table (None for a run
+    evaluated before evaluate kept the table, or without that model)."""
+    try:
+        table = store.read_table("evaluate", "ranks").to_pandas()
+    except (FileNotFoundError, OSError):
+        return None
+    if model not in table:
+        return None
+    return {split: ndcg_gains(rows[model].to_numpy(), k) for split, rows in table.groupby("split")}
+
+
+def pooled_intervals(arm: list[dict | None], sasrec: list[dict | None], samples: int) -> dict[str, dict[str, float]]:
+    """An arm's NDCG@10 over SASRec's at its cost, over every seed, with a paired bootstrap interval over
+    the users (`ratio_interval`); {} when a run lacks its ranks table."""
+    if not samples or any(g is None for g in (*arm, *sasrec)):
+        return {}
+    return {"validation" if split == "valid" else split: ratio_interval([g[split] for g in arm], [g[split] for g in sasrec], samples, seed=0)
+            for split in arm[0] if all(split in g for g in (*arm, *sasrec))}
+
+
 def chosen_arm(rows: dict[str, dict], arms: list[str]) -> str | None:
     """The arm with the best mean validation NDCG@10 (None without validation figures)."""
     scored = [a for a in arms if "val_ndcg@10_mean" in rows.get(a, {})]
@@ -79,21 +103,25 @@ def chosen_arm(rows: dict[str, dict], arms: list[str]) -> str | None:
 
 def markdown(config: str, seeds: list[int], rows: dict[str, dict], members: dict[str, int], winner: str | None) -> str:
     lines = [f"Quality benchmark: `{config}`, seeds {seeds}, full ranking (mean ± std over seeds). Arms are compared on "
-             "validation NDCG@10; test figures are reported. Ratios are to SASRec with as many models as the arm has.", "",
+             "validation NDCG@10; test figures are reported. Ratios are to SASRec with as many models as the arm has, "
+             "with a 95% paired bootstrap interval over the users in brackets (runs that kept their ranks).", "",
              "| arm | models | val NDCG@10 | val / SASRec | HR@5 | HR@10 | NDCG@5 | NDCG@10 | NDCG@10 / SASRec | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         k = members.get(name)
         sasrec = rows.get(f"SASRec x{k}", {}) if k else {}
 
-        def ratio(key: str) -> str:
-            return f"{row[key] / sasrec[key]:.3f}" if key in row and sasrec.get(key) else "-"
+        def ratio(key: str, split: str) -> str:
+            if key not in row or not sasrec.get(key):
+                return "-"
+            interval = row.get("vs_sasrec", {}).get(split)
+            return f"{row[key] / sasrec[key]:.3f}" + (f" ({interval['low']:.3f}-{interval['high']:.3f})" if interval else "")
 
         val = f"{row['val_ndcg@10_mean']:.4f} ± {row['val_ndcg@10_std']:.4f}" if "val_ndcg@10_mean" in row else "-"
         cells = [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}" for m in METRICS]
         mark = " (chosen)" if name == winner else ""
-        lines.append(f"| {name}{mark} | {k or '-'} | {val} | {ratio('val_ndcg@10_mean')} | " + " | ".join(cells)
-                     + f" | {ratio('ndcg@10_mean')} | {row.get('seconds', 0):.0f} |")
+        lines.append(f"| {name}{mark} | {k or '-'} | {val} | {ratio('val_ndcg@10_mean', 'validation')} | " + " | ".join(cells)
+                     + f" | {ratio('ndcg@10_mean', 'test')} | {row.get('seconds', 0):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +168,8 @@ def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], c
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     seconds: dict[str, list[float]] = {name: [] for name, _ in arms}
     curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name, _ in arms}
+    gains: dict[str, list[dict | None]] = {name: [] for name, _ in arms}
+    with_sasrec: dict[int, RunStore] = {}  # each seed's run that trained SASRec (its first arm's)
     started_ray, first_run = False, None
     for seed in seeds:
         upstream: dict[str, RunStore] = {}
@@ -175,6 +205,8 @@ def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], c
                         {"test": metrics, **({"validation": validation[model]} if model in validation else {})})
             for size, figures in report.get("sasrec_by_members", {}).items():
                 results.setdefault(f"SASRec x{size}", []).append({"test": figures["test"], **({"validation": figures["valid"]} if "valid" in figures else {})})
+            gains[name].append(split_gains(store, served))
+            with_sasrec.setdefault(seed, store)
             trained = store.require("sft").report
             # The served model's curve: the distilled one's where sft made one, else the first member's.
             curves[name].append([(h["epoch"] + 1, h["val_ndcg@10"]) for h in trained.get("distilled", trained)["history"]])
@@ -184,6 +216,11 @@ def run_arms(config: str, arms: list[tuple[str, list[str]]], seeds: list[int], c
     shown = [*members, *sorted({f"SASRec x{k}" for k in members.values()} | {"SASRec x1"}), "most-popular"]
     rows = {name: {**summarise(results[name]), **({"seconds": round(float(np.mean(seconds[name])), 1)} if name in seconds else {})}
             for name in shown if results.get(name)}
+    samples = load_config(config, common).evaluate.bootstrap
+    for name, k in members.items():
+        intervals = pooled_intervals(gains[name], [split_gains(with_sasrec[seed], f"SASRec x{k}") for seed in seeds], samples)
+        if name in rows and intervals:
+            rows[name]["vs_sasrec"] = intervals
     return {"rows": rows, "members": members, "winner": chosen_arm(rows, list(members)), "curves": curves}
 
 

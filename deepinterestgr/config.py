@@ -605,6 +605,10 @@ class EvaluateConfig(Section):
     # Also rank the validation users (history: training items; target: the validation item) and report
     # every model on them: arms and settings are compared there, test figures are only reported.
     validation: bool = True
+    # A paired bootstrap over the users (this many resamples; 0 = off) gives a 95% interval of GR's
+    # NDCG@K (the largest K) as a ratio to each SASRec row, on each split: how far the one split's figures
+    # can be trusted. Every user's rank under every model is kept in the stage's `ranks` table.
+    bootstrap: int = Field(1000, ge=0)
     # The report shows this many test users (a seeded choice): their last items, GR's top 5 with the mined
     # interests of each item, and the target.
     examples: int = Field(3, ge=0)

@@ -37,13 +37,48 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str,
     found = ranks >= 0
     out: dict[str, float] = {}
     for k in ks:
-        if k <= 0:
-            raise ValueError(f"K must be positive, got {k}")
-        hit = found & (ranks < k)
-        gain = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
-        out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(gain.mean())
+        out[f"hr@{k}"] = float((found & (ranks < k)).mean())
+        out[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).mean())
     return out
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@K (one target: 1 / log2(rank + 2) inside the top K, else 0) from 0-based ranks."""
+    if k <= 0:
+        raise ValueError(f"K must be positive, got {k}")
+    ranks = np.asarray(ranks)
+    hit = (ranks >= 0) & (ranks < k)
+    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
+
+
+def ratio_interval(numerators: Sequence[np.ndarray], denominators: Sequence[np.ndarray], samples: int, seed: int,
+                   level: float = 0.95) -> dict[str, float]:
+    """A paired bootstrap interval of mean(numerator) / mean(denominator): per-user figures of two models
+    on the same users, one array per run (seed); the ratio is of the means over every run's users.
+
+    Each resample draws one set of user positions for every run: runs on one split (a real dataset's seeds
+    change only training) share their users, so a user's figures move together, as they must; runs with
+    their own users are independent, and averaging their i-th users gives independent draws all the same.
+    Both models' figures of a user are drawn together, so what the two models share does not widen it.
+    """
+    if not numerators or len(numerators) != len(denominators):
+        raise ValueError(f"ratio_interval needs one denominator per numerator run, got {len(numerators)} and {len(denominators)}")
+    sizes = {len(a) for a in (*numerators, *denominators)}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"ratio_interval needs every run to hold the same users, got user counts {sorted(sizes)}")
+    if samples < 1 or not 0 < level < 1:
+        raise ValueError(f"ratio_interval needs samples >= 1 and 0 < level < 1, got {samples} and {level}")
+    num = np.mean(np.asarray(numerators, dtype=np.float64), axis=0)
+    den = np.mean(np.asarray(denominators, dtype=np.float64), axis=0)
+    if den.sum() <= 0:
+        raise ValueError("ratio_interval: the denominator model scores 0 on every user")
+    rng, ratios = np.random.default_rng(seed), []
+    for start in range(0, samples, 64):  # in chunks: samples x users indices at once would not fit for large catalogs
+        draws = rng.integers(0, len(num), size=(min(64, samples - start), len(num)))
+        ratios.append(num[draws].sum(axis=1) / np.maximum(den[draws].sum(axis=1), np.finfo(np.float64).tiny))
+    ratios = np.concatenate(ratios)
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return {"ratio": float(num.sum() / den.sum()), "low": float(low), "high": float(high), "level": level, "samples": samples}
 
 
 def popularity_groups(target_counts: np.ndarray, groups: int) -> list[tuple[int, int, np.ndarray]]:

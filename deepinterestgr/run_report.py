@@ -59,6 +59,19 @@ def _metrics(evaluate: dict) -> list[str]:
                       f"{sasrec['fits']} fits in {sasrec['seconds']:.0f} s):", "",
                   "| settings | validation NDCG@10 | epochs | seconds |", "|---|---|---|---|"]
         lines += [f"| {point['settings']} | {point['val_ndcg@10']:.4f} | {point['epochs_run']} | {point['seconds']:.0f} |" for point in sasrec["grid"]]
+    if evaluate.get("intervals"):
+        lines += ["", *interval_lines(evaluate["intervals"], next(m for m in results if m.startswith("GR")))]
+    elif sasrec:
+        lines += ["", "This run was evaluated before evaluate bootstrapped its ratios to SASRec: no intervals (rerun `dig evaluate`)."]
+    return lines
+
+
+def interval_lines(intervals: dict[str, dict[str, dict]], gr: str) -> list[str]:
+    """evaluate's `intervals` as a reader reads them: GR's figure over each SASRec row's, per split."""
+    first = next(i for by_model in intervals.values() for i in by_model.values())
+    lines = [f"{gr}'s {first['metric'].upper()} over SASRec's, with a {first['level']:.0%} paired bootstrap interval over the users:", ""]
+    for split, by_model in intervals.items():
+        lines += [f"- {split}, over {name}: {i['ratio']:.3f} ({i['low']:.3f}-{i['high']:.3f})" for name, i in by_model.items()]
     return lines
 
 

@@ -14,10 +14,11 @@ from actors.recommender import TargetRanker
 from deepinterestgr.baselines.sasrec import FitData, FitJob, FitMap, SASRec, ensemble_ranks, fit_sasrec_members
 from deepinterestgr.config import RunConfig
 from deepinterestgr.errors import StorageError
-from deepinterestgr.metrics import metrics_by_popularity, ranking_metrics
+from deepinterestgr.metrics import metrics_by_popularity, ndcg_gains, ranking_metrics, ratio_interval
 from deepinterestgr.recommender.artifacts import Catalog, item_texts, load_catalog, load_format, load_meta, load_model, user_interests
 from deepinterestgr.recommender.inputs import split_rows
 from deepinterestgr.recommender.sequences import most_popular, training_counts
+from deepinterestgr.run_report import interval_lines
 from deepinterestgr.storage.runstore import ManifestEntry, RunStore
 from ray_jobs.common import accelerator, collect, stage_main, up_to_date
 
@@ -49,6 +50,27 @@ def popularity_table(rows: list[dict], metric: str) -> str:
              "|---|" + "---|" * len(rows)]
     lines += [f"| {m} | " + " | ".join(f"{r['models'][m][metric]:.4f}" for r in rows) + " |" for m in models]
     return "\n".join(lines) + "\n"
+
+
+def ranks_table(ranks: dict[str, dict[str, np.ndarray]], rows: dict[str, list[dict]], user_ids: list[str]) -> pa.Table:
+    """Every user's 0-based target rank (-1 = not ranked) under every model, a row per split and user:
+    what the report's figures and intervals are computed from, for a reader's own tests."""
+    columns: dict[str, list] = {"split": [], "user_id": [], "target": []}
+    for split, by_model in ranks.items():
+        columns["split"] += [split] * len(rows[split])
+        columns["user_id"] += [user_ids[r["user"]] for r in rows[split]]
+        columns["target"] += [r["target"] for r in rows[split]]
+        for name, r in by_model.items():
+            columns.setdefault(name, []).extend(int(x) for x in r)
+    return pa.table(columns)
+
+
+def ratio_intervals(ranks: dict[str, np.ndarray], gr: str, k: int, samples: int, seed: int) -> dict[str, dict[str, float]]:
+    """The served GR model's NDCG@k as a ratio to each SASRec row's (one that ranks no target in its top k
+    has none), with its paired bootstrap interval over the users."""
+    gains = {name: ndcg_gains(r, k) for name, r in ranks.items() if name == gr or name.startswith("SASRec")}
+    return {name: {**ratio_interval([gains[gr]], [g], samples, seed), "metric": f"ndcg@{k}"} for name, g in gains.items()
+            if name != gr and g.any()}
 
 
 def example_users(store: RunStore, catalog: Catalog, rows: list[dict], top: np.ndarray, ranks: np.ndarray,
@@ -150,6 +172,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
                 ranks[split][ensemble] = together.column("rank").to_numpy()[split_of == split]
         test_top = np.stack([np.asarray(t, dtype=np.int64) for t in table.column("top").to_pylist()])[split_of == "test"]
         details = {"examples": example_users(store, catalog, rows["test"], test_top, ranks["test"][gr], interests, e.examples, cfg.seed)}
+        # Every SASRec size's ranks go to the ranks table (a benchmark meets each arm with its own count).
+        sasrec_ranks = {split: {} for split in splits}
         if e.sasrec.enabled:
             k = sasrec_members(cfg, members)
             fit = fit_sasrec_members(seqs.train, seqs.valid, len(catalog.item_ids), e.sasrec, e.sasrec.grid, k, cfg.seed,
@@ -164,6 +188,7 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
                 for size in range(k, 0, -1):
                     by_members[str(size)][split] = ranking_metrics(sized[size - 1], e.ks)
                 ranks[split].update({f"SASRec x{size}": sized[size - 1] for size in dict.fromkeys((k, 1))})
+                sasrec_ranks[split] = {f"SASRec x{size}": sized[size - 1] for size in range(k, 0, -1)}
             details["sasrec_by_members"] = by_members
             details["sasrec_history"] = fit.history
             details["sasrec"] = {"members": k, "chosen": chosen,
@@ -173,6 +198,11 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         results = {name: ranking_metrics(r, e.ks) for name, r in ranks["test"].items()}
         if e.validation:
             details["validation"] = {name: ranking_metrics(r, e.ks) for name, r in ranks["valid"].items()}
+        attempt.write_table("ranks", ranks_table({split: {**ranks[split], **sasrec_ranks[split]} for split in splits}, rows, seqs.user_ids))
+        if e.bootstrap and e.sasrec.enabled:
+            intervals = {"validation" if split == "valid" else split: ratio_intervals(ranks[split], gr, max(e.ks), e.bootstrap, cfg.seed)
+                         for split in splits}
+            details["intervals"] = {split: by_model for split, by_model in intervals.items() if by_model}
         if e.popularity_groups:
             counts = training_counts(seqs, len(catalog.item_ids))[targets["test"]]
             details["by_target_popularity"] = metrics_by_popularity(ranks["test"], counts, e.popularity_groups, e.ks)
@@ -182,6 +212,8 @@ def run(cfg: RunConfig, store: RunStore) -> ManifestEntry:
         markdown = "Test users:\n\n" + markdown_table(results)
         if e.validation:
             markdown = f"Validation users:\n\n{markdown_table(details['validation'])}\n{markdown}"
+        if details.get("intervals"):
+            markdown += "\n" + "\n".join(interval_lines(details["intervals"], gr)) + "\n"
         if e.popularity_groups:
             markdown += "\n" + popularity_table(details["by_target_popularity"], f"ndcg@{max(e.ks)}")
         attempt.write_bytes("report.md", markdown.encode())

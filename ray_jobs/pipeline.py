@@ -16,7 +16,7 @@ import time
 import ray
 
 from deepinterestgr.config import ConfigError, PipelineConfig, RunConfig
-from deepinterestgr.run_report import label_balance
+from deepinterestgr.run_report import interval_lines, label_balance
 from deepinterestgr.storage.runstore import RunStore
 from ray_jobs import evaluate, grpo, label, mine, prepare, report, sft, tokenize
 from ray_jobs.common import USER_ERRORS, arg_parser, config_from, start_ray
@@ -80,7 +80,10 @@ def summary(store: RunStore) -> dict:
         if "validation" in entry.report:
             out["validation"] = {name: {k: round(v, 4) for k, v in metrics.items() if k.endswith("@10")}
                                  for name, metrics in entry.report["validation"].items()}
+        if "intervals" in entry.report:
+            out["intervals"] = entry.report["intervals"]
     return out
+
 
 
 def table(result: dict) -> str:
@@ -90,6 +93,8 @@ def table(result: dict) -> str:
     for name, metrics in result.get("test", {}).items():
         chosen_on = f"{validation[name]['ndcg@10']:.4f}" if name in validation else "-"
         lines.append(f"| {name} | {chosen_on} | {metrics['hr@10']:.4f} | {metrics['ndcg@10']:.4f} |")
+    if result.get("intervals"):
+        lines += ["", *interval_lines(result["intervals"], next(name for name in result["test"] if name.startswith("GR")))]
     if "mining" in result:
         m = result["mining"]
         lines.append(f"\nmining: {m['items_with_descriptors']}/{m['items_mined']} items got descriptors "

@@ -95,6 +95,18 @@ def test_sft_with_two_workers_then_evaluate_against_popularity(tiny_run, tmp_pat
                                fmt.vocab, cfg.evaluate.beam_width, item_weight=fmt.item_weight)
     assert validation["GR (sft) x1"] == pytest.approx(ranking_metrics(valid_ranks, cfg.evaluate.ks))
     assert evaluate.run(cfg, store).attempt == evaluated.attempt, "unchanged inputs: skipped"
+    # every user's rank under every model is kept, and the report's figures and intervals are those ranks'
+    table = store.read_table("evaluate", "ranks").to_pandas()
+    for split, figures in (("test", results), ("valid", validation)):
+        rows = table[table["split"] == split]
+        assert len(rows) == (len(users) if split == "test" else len(valid_users))
+        for name, metrics in figures.items():
+            assert ranking_metrics(rows[name].to_numpy(), cfg.evaluate.ks) == pytest.approx(metrics), (split, name)
+    assert table[table["split"] == "test"]["GR (sft) x1"].tolist() == ranks.tolist()
+    for split, figures in (("test", results), ("validation", validation)):
+        interval = evaluated.report["intervals"][split]["SASRec x1"]
+        assert interval["ratio"] == pytest.approx(figures["GR (sft) x1"]["ndcg@10"] / figures["SASRec x1"]["ndcg@10"])
+        assert interval["low"] <= interval["ratio"] <= interval["high"] and interval["low"] < interval["high"]
     md = store.read_bytes("evaluate", "report.md").decode()
     assert "| most-popular |" in md
     # the popularity groups partition the test users, so their user-weighted means are the overall figures
@@ -211,6 +223,9 @@ def test_sft_members_and_the_model_distilled_from_them_feed_evaluate_serving_and
         assert evaluated["sasrec_by_members"][size]["test"] == results[f"SASRec x{size}"]
         assert evaluated["sasrec_by_members"][size]["valid"] == evaluated["validation"][f"SASRec x{size}"]
     assert results["SASRec x2"] != results["SASRec x1"], "the second SASRec seed changes the ranking"
+    assert set(evaluated["intervals"]["test"]) == {"SASRec x2", "SASRec x1"}
+    test_ranks = store.read_table("evaluate", "ranks").to_pandas().query("split == 'test'")
+    assert test_ranks["GR (sft) x2"].tolist() == ranks.tolist() and test_ranks["GR (sft) x1 distilled"].tolist() == served_ranks.tolist()
     # The report's example users: GR's top 5 is the served model's beam for that user, the target ranked as above.
     assert len(evaluated["examples"]) == min(cfg.evaluate.examples, len(users))
     for example in evaluated["examples"]:

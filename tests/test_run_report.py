@@ -40,6 +40,13 @@ def test_a_run_with_validation_figures_and_a_sasrec_grid_lists_both():
     validation = text[text.index("Validation users"):]
     assert "| SASRec x2 | 0.3000 | 0.1500 |" in validation and "before validation" not in text
     assert "| {'lr': 0.01} | 0.1500 | 10 | 3 |" in text and "kept: {'lr': 0.01}, then 2 seed(s)" in text
+    assert "evaluated before evaluate bootstrapped its ratios to SASRec" in text, "a run from before the intervals says so"
+    interval = {"ratio": 2.0, "low": 1.5, "high": 2.6, "level": 0.95, "samples": 1000, "metric": "ndcg@10"}
+    new["intervals"] = {"validation": {"SASRec x2": interval}, "test": {"SASRec x2": {**interval, "low": 0.9}}}
+    text = build_report({"evaluate": new}, "run").markdown
+    assert "GR (sft) x2's NDCG@10 over SASRec's, with a 95% paired bootstrap interval" in text
+    assert "- validation, over SASRec x2: 2.000 (1.500-2.600)" in text and "- test, over SASRec x2: 2.000 (0.900-2.600)" in text
+    assert "evaluated before evaluate bootstrapped" not in text
 
 
 def test_example_users_show_history_top_items_with_interests_and_mark_the_target():
@@ -54,3 +61,15 @@ def test_example_users_show_history_top_items_with_interests_and_mark_the_target
     assert "| **title t** | reading lamp |" in section and "| title c | camping |" in section
     assert "Target: title t (GR ranked it 2)" in section and "Target: title t (not in GR's beam)" in section
     assert "| title c | - |" in section, "an item without mined interests says so"
+
+
+def test_the_demos_closing_table_gives_gr_over_sasrec_with_its_interval():
+    from ray_jobs.pipeline import table
+
+    interval = {"ratio": 1.006, "low": 0.931, "high": 1.082, "level": 0.95, "samples": 1000, "metric": "ndcg@10"}
+    result = {"test": {"GR (sft) x2": {"hr@10": 0.3, "ndcg@10": 0.2}, "SASRec x2": {"hr@10": 0.3, "ndcg@10": 0.2}},
+              "intervals": {"validation": {"SASRec x2": interval}, "test": {"SASRec x2": {**interval, "ratio": 0.994}}},
+              "seconds": {"sft": 1.0}, "run": "r", "report": "r/report.md"}
+    text = table(result)
+    assert "- validation, over SASRec x2: 1.006 (0.931-1.082)" in text and "- test, over SASRec x2: 0.994 (0.931-1.082)" in text
+    assert "over SASRec's" not in table({**result, "intervals": {}}), "a run evaluated before the intervals prints none"
