@@ -56,13 +56,14 @@ def ranks_table(ranks: dict[str, dict[str, np.ndarray]], rows: dict[str, list[di
     """Every user's 0-based target rank (-1 = not ranked) under every model, a row per split and user:
     what the report's figures and intervals are computed from, for a reader's own tests."""
     columns: dict[str, list] = {"split": [], "user_id": [], "target": []}
+    by_name: dict[str, list[np.ndarray]] = {}
     for split, by_model in ranks.items():
         columns["split"] += [split] * len(rows[split])
         columns["user_id"] += [user_ids[r["user"]] for r in rows[split]]
         columns["target"] += [r["target"] for r in rows[split]]
         for name, r in by_model.items():
-            columns.setdefault(name, []).extend(int(x) for x in r)
-    return pa.table(columns)
+            by_name.setdefault(name, []).append(np.asarray(r, dtype=np.int64))
+    return pa.table({**columns, **{name: np.concatenate(parts) for name, parts in by_name.items()}})
 
 
 def ratio_intervals(ranks: dict[str, np.ndarray], gr: str, k: int, samples: int, seed: int) -> dict[str, dict[str, float]]:
